@@ -1,0 +1,545 @@
+//! The TOML config: a raw serde layer that rejects unknown keys, validated into [`Config`].
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sensor::SourceSpec;
+
+/// Where the packaged config lives; `--config` overrides it.
+pub const DEFAULT_PATH: &str = "/etc/telemetryd/telemetryd.toml";
+
+/// The shortest sensor interval accepted: below this a Pi spends its time in syscalls.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A validated configuration: everything the daemon needs, with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub log_level: String,
+    pub sysfs_root: PathBuf,
+    pub stats_interval: Duration,
+    pub mqtt: MqttConfig,
+    pub buffer: BufferConfig,
+    pub sensors: Vec<SensorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferConfig {
+    pub path: PathBuf,
+    pub max_messages: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorConfig {
+    pub name: String,
+    pub source: SourceSpec,
+    pub interval: Duration,
+    pub topic: String,
+    pub qos: Qos,
+    pub retain: bool,
+    pub decimals: Option<u8>,
+    pub scale: f64,
+    pub offset: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub unit: Option<String>,
+    pub format: Format,
+}
+
+/// QoS 2 is deliberately absent: the outbox gives at-least-once, and `seq` lets consumers dedupe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u8")]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            _ => Err(format!(
+                "qos {v} is not supported: use 1 (stored until acknowledged) or 0 (fire and forget)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Plain,
+    Json,
+}
+
+/// A config that cannot be used; the message names the file, the place and what was expected.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    log_level: Option<String>,
+    sysfs_root: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    stats_interval: Option<Duration>,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default, rename = "sensor")]
+    sensors: Vec<Spanned<RawSensor>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    host: Option<String>,
+    port: Option<u16>,
+    client_id: Option<String>,
+    clean_session: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    keep_alive: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    path: Option<PathBuf>,
+    max_messages: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Ds18b20,
+    Iio,
+    Hwmon,
+    Thermal,
+    File,
+    Command,
+}
+
+/// One `[[sensor]]` table; which of the optional keys are required depends on `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    name: String,
+    kind: Kind,
+    #[serde(with = "humantime_serde")]
+    interval: Duration,
+    topic: String,
+    qos: Option<Qos>,
+    retain: Option<bool>,
+    decimals: Option<u8>,
+    scale: Option<f64>,
+    offset: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    unit: Option<String>,
+    format: Option<Format>,
+    // Kind-specific keys.
+    path: Option<PathBuf>,
+    device: Option<String>,
+    channel: Option<String>,
+    chip: Option<String>,
+    input: Option<String>,
+    zone: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))?;
+        let at = |span: Range<usize>, msg: String| {
+            let (line, col) = line_col(text, span.start);
+            ConfigError(format!("{}:{line}:{col}: {msg}", path.display()))
+        };
+
+        let mqtt = validate_mqtt(raw.mqtt).map_err(|m| {
+            ConfigError(format!(
+                "invalid config file {}: [mqtt] {m}",
+                path.display()
+            ))
+        })?;
+        let buffer = BufferConfig {
+            path: raw
+                .buffer
+                .path
+                .unwrap_or_else(|| PathBuf::from("/var/lib/telemetryd/buffer")),
+            max_messages: raw.buffer.max_messages.unwrap_or(500_000),
+        };
+        if buffer.max_messages == 0 {
+            return Err(ConfigError(format!(
+                "invalid config file {}: [buffer] max_messages must be at least 1",
+                path.display()
+            )));
+        }
+
+        let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
+        if !crate::logging::LEVELS.contains(&log_level.as_str()) {
+            return Err(ConfigError(format!(
+                "invalid config file {}: log_level {log_level:?} is not one of {}",
+                path.display(),
+                crate::logging::LEVELS.join(", ")
+            )));
+        }
+
+        let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
+        for spanned in raw.sensors {
+            let span = spanned.span();
+            let sensor = validate_sensor(spanned.into_inner()).map_err(|m| at(span.clone(), m))?;
+            if sensors.iter().any(|s| s.name == sensor.name) {
+                let msg = format!(
+                    "sensor name {:?} is used twice: names must be unique",
+                    sensor.name
+                );
+                return Err(at(span, msg));
+            }
+            sensors.push(sensor);
+        }
+
+        Ok(Config {
+            log_level,
+            sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
+            stats_interval: raw.stats_interval.unwrap_or(Duration::from_secs(300)),
+            mqtt,
+            buffer,
+            sensors,
+        })
+    }
+}
+
+fn validate_mqtt(raw: RawMqtt) -> Result<MqttConfig, String> {
+    let client_id = raw.client_id.unwrap_or_else(default_client_id);
+    if client_id.is_empty() {
+        return Err("client_id must not be empty: it names the persistent session".into());
+    }
+    let keep_alive = raw.keep_alive.unwrap_or(Duration::from_secs(30));
+    if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(u16::MAX as u64) {
+        return Err(format!(
+            "keep_alive must be between 1s and 18h, got {}",
+            humantime::format_duration(keep_alive)
+        ));
+    }
+    Ok(MqttConfig {
+        host: raw.host.unwrap_or_else(|| "localhost".to_owned()),
+        port: raw.port.unwrap_or(1883),
+        client_id,
+        clean_session: raw.clean_session.unwrap_or(false),
+        // MQTT carries keep-alive in whole seconds.
+        keep_alive: Duration::from_secs(keep_alive.as_secs()),
+    })
+}
+
+fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
+    let name = raw.name.clone();
+    let fail = |msg: String| format!("sensor {name:?}: {msg}");
+    if raw.name.trim().is_empty() {
+        return Err("sensor: name must not be empty".into());
+    }
+    if raw.interval < MIN_INTERVAL {
+        return Err(fail(format!(
+            "interval {} is too short: the minimum is 10ms",
+            humantime::format_duration(raw.interval)
+        )));
+    }
+    if raw.topic.is_empty() || raw.topic.contains(['+', '#', '\0']) {
+        return Err(fail(format!(
+            "topic {:?} is not a publish topic: it must be non-empty without + or # wildcards",
+            raw.topic
+        )));
+    }
+    if let (Some(min), Some(max)) = (raw.min, raw.max)
+        && min > max
+    {
+        return Err(fail(format!("min ({min}) is greater than max ({max})")));
+    }
+    if raw.decimals.is_some_and(|d| d > 9) {
+        return Err(fail("decimals must be between 0 and 9".into()));
+    }
+    let source = source_spec(&raw).map_err(fail)?;
+    Ok(SensorConfig {
+        name: raw.name,
+        source,
+        interval: raw.interval,
+        topic: raw.topic,
+        qos: raw.qos.unwrap_or(Qos::AtLeastOnce),
+        retain: raw.retain.unwrap_or(false),
+        decimals: raw.decimals,
+        scale: raw.scale.unwrap_or(1.0),
+        offset: raw.offset.unwrap_or(0.0),
+        min: raw.min,
+        max: raw.max,
+        unit: raw.unit,
+        format: raw.format.unwrap_or(Format::Plain),
+    })
+}
+
+/// Builds the kind-specific part, refusing keys that belong to another kind: a `chip` on a
+/// ds18b20 is a mistake the user wants to hear about, not a silently ignored line.
+fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
+    let kind = raw.kind;
+    let present: [(&str, bool); 8] = [
+        ("path", raw.path.is_some()),
+        ("device", raw.device.is_some()),
+        ("channel", raw.channel.is_some()),
+        ("chip", raw.chip.is_some()),
+        ("input", raw.input.is_some()),
+        ("zone", raw.zone.is_some()),
+        ("command", raw.command.is_some()),
+        ("timeout", raw.timeout.is_some()),
+    ];
+    let allowed: &[&str] = match kind {
+        Kind::Ds18b20 => &["path", "device"],
+        Kind::Iio => &["device", "channel"],
+        Kind::Hwmon => &["chip", "input"],
+        Kind::Thermal => &["zone"],
+        Kind::File => &["path"],
+        Kind::Command => &["command", "timeout"],
+    };
+    let kind_name = format!("{kind:?}").to_lowercase();
+    if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+        return Err(format!(
+            "key `{key}` does not apply to kind \"{kind_name}\" (its keys: {})",
+            allowed.join(", ")
+        ));
+    }
+    let need = |key: &str, v: &Option<String>| -> Result<String, String> {
+        match v {
+            Some(s) if !s.trim().is_empty() => Ok(s.clone()),
+            _ => Err(format!("kind \"{kind_name}\" needs `{key}`")),
+        }
+    };
+    Ok(match kind {
+        Kind::Ds18b20 => match (&raw.path, &raw.device) {
+            (None, None) => {
+                return Err(
+                    "kind \"ds18b20\" needs `path` (a w1_slave file) or `device` (e.g. \"28-0316a2795aff\")"
+                        .into(),
+                );
+            }
+            (Some(_), Some(_)) => return Err("give either `path` or `device`, not both".into()),
+            _ => SourceSpec::Ds18b20 {
+                path: raw.path.clone(),
+                device: raw.device.clone(),
+            },
+        },
+        Kind::Iio => SourceSpec::Iio {
+            device: need("device", &raw.device)?,
+            channel: need("channel", &raw.channel)?,
+        },
+        Kind::Hwmon => SourceSpec::Hwmon {
+            chip: need("chip", &raw.chip)?,
+            input: need("input", &raw.input)?,
+        },
+        Kind::Thermal => SourceSpec::Thermal {
+            zone: need("zone", &raw.zone)?,
+        },
+        Kind::File => SourceSpec::File {
+            path: raw.path.clone().ok_or("kind \"file\" needs `path`")?,
+        },
+        Kind::Command => {
+            let argv = raw.command.clone().unwrap_or_default();
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(
+                    "kind \"command\" needs `command`, e.g. [\"vcgencmd\", \"measure_temp\"]"
+                        .into(),
+                );
+            }
+            SourceSpec::Command {
+                argv,
+                timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
+            }
+        }
+    })
+}
+
+/// `telemetryd-<hostname>`: stable across restarts, so the broker keeps our session.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    match host.trim() {
+        "" => "telemetryd".to_owned(),
+        h => format!("telemetryd-{h}"),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/telemetryd/t.toml")).map_err(|e| e.to_string())
+    }
+
+    const SEED: &str = r#"
+[mqtt]
+host = "localhost"
+client_id = "pi-garden"
+
+[buffer]
+path = "/tmp/buf"
+
+[[sensor]]
+name = "outside"
+kind = "ds18b20"
+device = "28-0316a2795aff"
+interval = "30s"
+topic = "temperature/outside"
+decimals = 1
+"#;
+
+    #[test]
+    fn seed_config_gets_defaults() {
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.mqtt.port, 1883);
+        assert!(!c.mqtt.clean_session);
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.buffer.max_messages, 500_000);
+        let s = &c.sensors[0];
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.qos, Qos::AtLeastOnce);
+        assert_eq!(s.format, Format::Plain);
+        assert_eq!(
+            s.source,
+            SourceSpec::Ds18b20 {
+                path: None,
+                device: Some("28-0316a2795aff".into())
+            }
+        );
+    }
+
+    #[test]
+    fn default_client_id_is_stable_and_named() {
+        let c = parse("[[sensor]]\nname='a'\nkind='file'\npath='/x'\ninterval='1s'\ntopic='a'\n")
+            .unwrap();
+        assert!(c.mqtt.client_id.starts_with("telemetryd"));
+        assert_eq!(c.mqtt.client_id, default_client_id());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse(&SEED.replace("decimals = 1", "decimal = 1")).unwrap_err();
+        assert!(err.contains("/etc/telemetryd/t.toml"), "{err}");
+        assert!(err.contains("line 15"), "{err}");
+        assert!(err.contains("unknown field `decimal`"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_qos_are_located() {
+        let err = parse(&SEED.replace("\"30s\"", "\"30 parsecs\"")).unwrap_err();
+        assert!(err.contains("line 13") && err.contains("interval"), "{err}");
+        let err = parse(&SEED.replace("decimals = 1", "qos = 2")).unwrap_err();
+        assert!(
+            err.contains("line 15") && err.contains("qos 2 is not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kind_errors_point_at_the_sensor_table() {
+        let err = parse(&SEED.replace("device = \"28-0316a2795aff\"", "")).unwrap_err();
+        assert!(
+            err.starts_with("/etc/telemetryd/t.toml:9:1: sensor \"outside\""),
+            "{err}"
+        );
+        assert!(err.contains("needs `path`"), "{err}");
+        let err = parse(&SEED.replace("decimals = 1", "chip = \"x\"")).unwrap_err();
+        assert!(
+            err.contains("key `chip` does not apply to kind \"ds18b20\""),
+            "{err}"
+        );
+        let err = parse(&SEED.replace("kind = \"ds18b20\"", "kind = \"dht\"")).unwrap_err();
+        assert!(err.contains("unknown variant `dht`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_wildcard_topics_short_intervals_and_duplicate_names() {
+        let err = parse(&SEED.replace("temperature/outside", "temperature/#")).unwrap_err();
+        assert!(err.contains("wildcards"), "{err}");
+        let err = parse(&SEED.replace("\"30s\"", "\"1ms\"")).unwrap_err();
+        assert!(err.contains("too short"), "{err}");
+        let twice = format!("{SEED}\n{}", &SEED[SEED.find("[[sensor]]").unwrap()..]);
+        let err = parse(&twice).unwrap_err();
+        assert!(
+            err.contains(":17:1:") && err.contains("used twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_mqtt_settings() {
+        let err =
+            parse(&SEED.replace("client_id = \"pi-garden\"", "client_id = \"\"")).unwrap_err();
+        assert!(err.contains("[mqtt] client_id"), "{err}");
+        let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nkeep_alive = \"100ms\"")).unwrap_err();
+        assert!(err.contains("keep_alive"), "{err}");
+        let err = parse(&format!("log_level = 'loud'\n{SEED}")).unwrap_err();
+        assert!(err.contains("log_level \"loud\""), "{err}");
+        let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nport = 70000")).unwrap_err();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!c.sensors.is_empty(), "{} has no sensors", path.display());
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 2,
+            "expected the Pi config and the demo config in {}",
+            dir.display()
+        );
+    }
+}

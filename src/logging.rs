@@ -1,0 +1,129 @@
+//! Logging to stderr: journald-friendly under systemd, timestamps and colours on a terminal.
+
+use std::fmt;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The levels `log_level` accepts.
+pub const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// Installs the global subscriber. `RUST_LOG`, when set and non-empty, wins over `level`.
+/// Dependencies only log warnings unless asked for: sled and rumqttc are chatty at debug.
+pub fn init(level: &str) {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(s) if !s.trim().is_empty() => EnvFilter::new(s),
+        _ => EnvFilter::new(format!("warn,telemetryd={level}")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if stderr_is_journal() {
+        // journald adds the time and the unit; the `<N>` prefix sets the priority, so
+        // `journalctl -p warning` works.
+        let inner = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false)
+            .with_level(false);
+        builder.with_ansi(false).event_format(Journal(inner)).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// True when stderr is the journal stream systemd gave us, not merely when the variable is
+/// inherited (a shell started from a service has it too, with another stderr).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    stream == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+struct Journal<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Journal<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(w, "<{priority}>")?;
+        self.0.format_event(ctx, w, event)
+    }
+}
+
+/// How often an unchanged error is repeated in the log.
+const REPEAT_EVERY: Duration = Duration::from_secs(600);
+
+/// Rate-limits a repeating error: a new message is logged at once, the same one again only
+/// every [`REPEAT_EVERY`], so a sensor unplugged for a week does not flood the journal.
+#[derive(Default)]
+pub struct Throttle {
+    last: Option<(String, Instant)>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(n)` when `msg` should be logged now, `n` being how many repeats were held back.
+    pub fn admit(&mut self, msg: &str) -> Option<u64> {
+        let now = Instant::now();
+        match &self.last {
+            Some((last, at)) if last == msg && now.duration_since(*at) < REPEAT_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some((msg.to_owned(), now));
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// Forgets the last message (the condition cleared); returns whether one was active.
+    pub fn clear(&mut self) -> bool {
+        self.suppressed = 0;
+        self.last.take().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_logs_new_messages_and_holds_back_repeats() {
+        let mut t = Throttle::default();
+        assert_eq!(t.admit("a"), Some(0));
+        assert_eq!(t.admit("a"), None);
+        assert_eq!(t.admit("a"), None);
+        assert_eq!(t.admit("b"), Some(2));
+        assert!(t.clear());
+        assert_eq!(t.admit("b"), Some(0));
+        assert!(!Throttle::default().clear());
+    }
+}

@@ -1,0 +1,136 @@
+//! One task per sensor: read on its interval, calibrate, check bounds, hand the reading on.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Stats;
+use crate::config::SensorConfig;
+use crate::logging::Throttle;
+use crate::sensor::Source;
+
+/// A calibrated value, with the sensor it came from and when it was taken.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub sensor: Arc<SensorConfig>,
+    pub value: f64,
+    pub taken: SystemTime,
+}
+
+/// Reads `source` every `cfg.interval` until `stop`. Errors are logged (rate-limited) and the
+/// schedule goes on: one failing sensor never holds up the others or the daemon.
+pub async fn run_sensor(
+    mut cfg: SensorConfig,
+    mut source: Source,
+    tx: mpsc::Sender<Reading>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    if cfg.unit.is_none() {
+        cfg.unit = source.unit().map(str::to_owned);
+    }
+    let sensor = Arc::new(cfg);
+    let name = sensor.name.as_str();
+    let mut ticker = tokio::time::interval(sensor.interval);
+    // A slow read (a DS18B20 takes 750 ms) delays the next one rather than bunching reads up.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut throttle = Throttle::default();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        // Cancelling a read is fine: a command child is killed on drop, a file read just ends.
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = source.read() => r,
+        };
+        let taken = SystemTime::now();
+        let outcome = result.map_err(|e| (e.to_string(), e.is_transient(), e.retry_after()));
+        match outcome.and_then(|raw| calibrate(&sensor, raw).map_err(|m| (m, false, None))) {
+            Ok(value) => {
+                if throttle.clear() {
+                    info!(sensor = name, value, "sensor recovered");
+                }
+                stats.readings.fetch_add(1, Ordering::Relaxed);
+                let reading = Reading {
+                    sensor: sensor.clone(),
+                    value,
+                    taken,
+                };
+                if tx.send(reading).await.is_err() {
+                    return;
+                }
+            }
+            Err((error, transient, retry_after)) => {
+                stats.sensor_errors.fetch_add(1, Ordering::Relaxed);
+                if transient {
+                    debug!(sensor = name, %error, "sensor read failed (expected now and then)");
+                } else if let Some(repeats) = throttle.admit(&error) {
+                    warn!(sensor = name, %error, repeats, "sensor read failed; retrying on schedule");
+                }
+                if let Some(after) = retry_after.filter(|a| *a < sensor.interval) {
+                    ticker.reset_after(after);
+                }
+            }
+        }
+    }
+}
+
+/// Applies `scale` and `offset`, then the plausibility bounds.
+fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, String> {
+    let value = raw * s.scale + s.offset;
+    if !value.is_finite() {
+        return Err(format!("value {value} is not a number"));
+    }
+    if s.min.is_some_and(|min| value < min) || s.max.is_some_and(|max| value > max) {
+        let bound = |b: Option<f64>| b.map_or("-".to_owned(), |b| b.to_string());
+        return Err(format!(
+            "value {value} is outside the plausible range [{}, {}]: discarded",
+            bound(s.min),
+            bound(s.max)
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn sensor(extra: &str) -> SensorConfig {
+        let text = format!(
+            "[[sensor]]\nname='t'\nkind='file'\npath='/x'\ninterval='1s'\ntopic='t'\n{extra}"
+        );
+        Config::parse(&text, Path::new("t.toml"))
+            .unwrap()
+            .sensors
+            .remove(0)
+    }
+
+    #[test]
+    fn calibration_applies_scale_then_offset() {
+        let s = sensor("scale = 0.001\noffset = -0.5");
+        assert!((calibrate(&s, 23125.0).unwrap() - 22.625).abs() < 1e-9);
+    }
+
+    #[test]
+    fn values_outside_bounds_are_errors() {
+        let s = sensor("min = -40\nmax = 60");
+        assert_eq!(calibrate(&s, 59.9), Ok(59.9));
+        let err = calibrate(&s, 85.0).unwrap_err();
+        assert!(
+            err.contains("outside the plausible range [-40, 60]"),
+            "{err}"
+        );
+        assert!(calibrate(&s, -41.0).is_err());
+        assert!(calibrate(&s, f64::NAN).is_err());
+    }
+}

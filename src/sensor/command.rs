@@ -1,0 +1,191 @@
+//! A command run without a shell (e.g. `vcgencmd measure_temp`); the first number on stdout is the value.
+
+use std::io;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::{ReadError, excerpt, first_number};
+
+#[derive(Debug, Clone)]
+pub struct CommandSource {
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+impl CommandSource {
+    pub(crate) fn new(argv: Vec<String>, timeout: Duration) -> Self {
+        CommandSource { argv, timeout }
+    }
+
+    pub async fn read(&mut self) -> Result<f64, ReadError> {
+        let Some((program, args)) = self.argv.split_first() else {
+            return Err(ReadError::new("command sensor has an empty command"));
+        };
+        let shown = display_argv(&self.argv);
+        let child = Command::new(program)
+            .args(args)
+            // A sensor command must never wait for input from the daemon's terminal.
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // On timeout the future owning the child is dropped, which kills it.
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| spawn_error(&shown, program, &e))?;
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Err(ReadError::new(format!("command `{shown}`: {e}"))),
+            // Duration's Debug form ("5s", "200ms") is stable and readable.
+            Err(_) => {
+                return Err(ReadError::new(format!(
+                    "command `{shown}` timed out after {:?}",
+                    self.timeout
+                )));
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+            let mut msg = format!("command `{shown}` {}", describe(output.status));
+            if let Some(line) = first {
+                msg = format!("{msg}: {}", excerpt(line));
+            }
+            return Err(ReadError::new(msg));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        first_number(&stdout).ok_or_else(|| {
+            ReadError::new(format!(
+                "command `{shown}`: no number in output {:?}",
+                excerpt(&stdout)
+            ))
+        })
+    }
+}
+
+fn spawn_error(shown: &str, program: &str, err: &io::Error) -> ReadError {
+    let why = match err.kind() {
+        io::ErrorKind::NotFound => {
+            format!("program {program:?} not found (not installed or not on PATH?)")
+        }
+        io::ErrorKind::PermissionDenied => format!("permission denied running {program:?}"),
+        _ => format!("cannot start: {err}"),
+    };
+    ReadError::new(format!("command `{shown}`: {why}"))
+}
+
+/// "exited with status 2" or, on Unix, "was killed by signal 9".
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("was killed by signal {signal}");
+        }
+    }
+    format!("failed ({status})")
+}
+
+/// The argv as a user would type it, quoting arguments that contain spaces or quotes,
+/// so the message can be copied into a shell to reproduce the failure.
+fn display_argv(argv: &[String]) -> String {
+    let quote = |a: &String| {
+        if !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)) {
+            a.clone()
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn sh(script: &str, timeout: Duration) -> CommandSource {
+        CommandSource::new(vec!["sh".into(), "-c".into(), script.into()], timeout)
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn parses_vcgencmd_style_output() {
+        let mut s = sh(r#"echo 'temp=48.3'"'"'C'"#, 5 * SECOND);
+        assert_eq!(s.read().await, Ok(48.3));
+        assert_eq!(sh("printf ' -7.25\\n'", 5 * SECOND).read().await, Ok(-7.25));
+    }
+
+    #[tokio::test]
+    async fn garbage_output_is_an_error() {
+        let err = sh("echo abc", 5 * SECOND).read().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command `sh -c 'echo abc'`: no number in output \"abc\""
+        );
+    }
+
+    #[tokio::test]
+    async fn nonzero_exit_reports_status_and_stderr() {
+        let script = "echo 42; echo sensor busy >&2; echo more >&2; exit 2";
+        let err = sh(script, 5 * SECOND).read().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("command `sh -c '{script}'` exited with status 2: sensor busy")
+        );
+        let err = sh("exit 3", 5 * SECOND).read().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command `sh -c 'exit 3'` exited with status 3"
+        );
+    }
+
+    #[tokio::test]
+    async fn stdin_is_null() {
+        // `cat` would hang on an inherited terminal; with a null stdin it sees EOF at once.
+        assert_eq!(sh("cat; echo 1", 5 * SECOND).read().await, Ok(1.0));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_promptly() {
+        let mut s = sh("sleep 5", Duration::from_millis(200));
+        let started = Instant::now();
+        let err = s.read().await.unwrap_err();
+        // Correctness bound: the read must not wait for the child to finish on its own.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            err.to_string(),
+            "command `sh -c 'sleep 5'` timed out after 200ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_program_and_empty_argv() {
+        let argv = vec!["telemetryd-no-such-program".to_string(), "x".into()];
+        let err = CommandSource::new(argv, SECOND).read().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "command `telemetryd-no-such-program x`: program \"telemetryd-no-such-program\" \
+             not found (not installed or not on PATH?)"
+        );
+        let err = CommandSource::new(vec![], SECOND).read().await.unwrap_err();
+        assert!(err.to_string().contains("empty command"));
+    }
+
+    #[test]
+    fn argv_display_quotes_when_needed() {
+        let argv = ["vcgencmd", "measure_temp"].map(String::from);
+        assert_eq!(display_argv(&argv), "vcgencmd measure_temp");
+        let argv = ["sh", "-c", "echo 'x'", ""].map(String::from);
+        assert_eq!(display_argv(&argv), r"sh -c 'echo '\''x'\''' ''");
+    }
+}

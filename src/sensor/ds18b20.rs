@@ -1,0 +1,168 @@
+//! DS18B20 (and other w1_therm) 1-Wire thermometers, read through the kernel's `w1_slave` file.
+
+use std::path::{Path, PathBuf};
+
+use super::{ReadError, blocking};
+
+/// Millidegrees the sensor reports after power-on, before any conversion completed.
+const POWER_ON_RESET: i64 = 85_000;
+/// Millidegrees reported when the sensor lacks power to convert (e.g. parasite power).
+const INSUFFICIENT_POWER: i64 = 127_937;
+
+#[derive(Debug, Clone)]
+pub struct Ds18b20 {
+    /// `None` only when the config gave neither `path` nor `device`; reported at read time
+    /// because [`super::Source::new`] never fails.
+    path: Option<PathBuf>,
+}
+
+impl Ds18b20 {
+    pub(crate) fn new(path: Option<PathBuf>, device: Option<String>, sysfs_root: &Path) -> Self {
+        let path = path
+            .or_else(|| device.map(|d| sysfs_root.join("bus/w1/devices").join(d).join("w1_slave")));
+        Ds18b20 { path }
+    }
+
+    /// Reads °C. Reading `w1_slave` triggers a ~750 ms conversion, hence the blocking pool.
+    pub async fn read(&mut self) -> Result<f64, ReadError> {
+        let Some(path) = self.path.clone() else {
+            return Err(ReadError::new(
+                "ds18b20 sensor has neither `path` nor `device` set",
+            ));
+        };
+        blocking(move || {
+            let text = std::fs::read_to_string(&path).map_err(|e| ReadError::io(&path, &e))?;
+            parse_w1_slave(&text)
+                .map_err(|why| ReadError::new(format!("{}: {why}", path.display())))
+        })
+        .await
+    }
+}
+
+/// Parses the two-line `w1_slave` format into °C:
+/// ```text
+/// 72 01 4b 46 7f ff 0e 10 57 : crc=57 YES
+/// 72 01 4b 46 7f ff 0e 10 57 t=23125
+/// ```
+/// Errors are the reason only; the caller prefixes the path.
+fn parse_w1_slave(text: &str) -> Result<f64, String> {
+    let mut lines = text.lines();
+    let crc_line = lines.next().unwrap_or("").trim();
+    if crc_line.is_empty() {
+        return Err("empty reading (sensor disconnected or conversion pending?)".into());
+    }
+    if crc_line.ends_with("NO") {
+        return Err("CRC check failed (NO)".into());
+    }
+    if !crc_line.ends_with("YES") {
+        return Err(format!(
+            "unexpected first line {:?}",
+            super::excerpt(crc_line)
+        ));
+    }
+    let data_line = lines.next().unwrap_or("");
+    let Some((_, t)) = data_line.split_once("t=") else {
+        return Err(format!("no t= value in {:?}", super::excerpt(data_line)));
+    };
+    let milli: i64 = t
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad t= value {:?}", super::excerpt(t)))?;
+    // Both values are well-known garbage: believing them once can trigger real actions
+    // (a fridge controller that sees 85 °C cools to freezing), so they are errors, not data.
+    match milli {
+        POWER_ON_RESET => Err(
+            "85.000 °C is the power-on reset value (read before a conversion completed); discarded"
+                .into(),
+        ),
+        INSUFFICIENT_POWER => Err(
+            "127.937 °C means the sensor has insufficient power (check VDD / parasite-power wiring); discarded"
+                .into(),
+        ),
+        _ => Ok(milli as f64 / 1000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sensor::tests::put;
+
+    const YES: &str =
+        "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n";
+
+    fn sample(crc: &str, t: &str) -> String {
+        format!("72 01 4b 46 7f ff 0e 10 57 : crc=57 {crc}\n72 01 4b 46 7f ff 0e 10 57 t={t}\n")
+    }
+
+    #[test]
+    fn parses_good_and_negative_readings() {
+        assert_eq!(parse_w1_slave(YES), Ok(23.125));
+        assert_eq!(parse_w1_slave(&sample("YES", "-1250")), Ok(-1.25));
+        assert_eq!(parse_w1_slave(&sample("YES", "0")), Ok(0.0));
+    }
+
+    #[test]
+    fn rejects_crc_errors_and_known_bad_values() {
+        assert_eq!(
+            parse_w1_slave(&sample("NO", "23125")),
+            Err("CRC check failed (NO)".into())
+        );
+        let reset = parse_w1_slave(&sample("YES", "85000")).unwrap_err();
+        assert!(reset.contains("power-on reset"), "{reset}");
+        let power = parse_w1_slave(&sample("YES", "127937")).unwrap_err();
+        assert!(power.contains("insufficient power"), "{power}");
+        // Neighbouring values are real temperatures.
+        assert_eq!(parse_w1_slave(&sample("YES", "85062")), Ok(85.062));
+    }
+
+    #[test]
+    fn rejects_malformed_content() {
+        assert!(parse_w1_slave("").is_err());
+        assert!(parse_w1_slave("garbage\n").is_err());
+        assert!(parse_w1_slave("00 : crc=00 YES\n").is_err());
+        assert!(parse_w1_slave("00 : crc=00 YES\n00 t=abc\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn reads_by_device_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        put(tmp.path(), "bus/w1/devices/28-0316a2795aff/w1_slave", YES);
+        let mut s = Ds18b20::new(None, Some("28-0316a2795aff".into()), tmp.path());
+        assert_eq!(s.read().await, Ok(23.125));
+    }
+
+    #[tokio::test]
+    async fn explicit_path_wins_and_errors_name_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("w1_slave");
+        std::fs::write(&path, sample("NO", "1")).unwrap();
+        let mut s = Ds18b20::new(Some(path.clone()), Some("28-other".into()), tmp.path());
+        let err = s.read().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: CRC check failed (NO)", path.display())
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn missing_device_names_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Ds18b20::new(None, Some("28-000000000000".into()), tmp.path());
+        let err = s.read().await.unwrap_err();
+        let expected = tmp.path().join("bus/w1/devices/28-000000000000/w1_slave");
+        assert_eq!(
+            err.to_string(),
+            format!("{}: no such file", expected.display())
+        );
+        // Same failure, same message: the caller rate-limits by comparing them.
+        assert_eq!(s.read().await.unwrap_err(), err);
+    }
+
+    #[tokio::test]
+    async fn neither_path_nor_device() {
+        let mut s = Ds18b20::new(None, None, Path::new("/sys"));
+        assert!(s.read().await.unwrap_err().to_string().contains("neither"));
+    }
+}

@@ -1,0 +1,37 @@
+//! SIGTERM/SIGINT: the first starts a graceful stop, a second one ends the process at once.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
+use signal_hook::flag;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT. Must be called inside the runtime.
+pub fn install(shutdown: CancellationToken) -> io::Result<()> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        // Order matters: the conditional default is checked before the flag is set, so only
+        // a signal that arrives while already stopping kills the process.
+        flag::register_conditional_default(sig, Arc::clone(&stopping))?;
+        flag::register(sig, Arc::clone(&stopping))?;
+    }
+    // With a file-size limit, a write past it raises SIGXFSZ, which kills by default. Caught,
+    // the write fails with EFBIG instead and the store's error handling takes over.
+    flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "stopping (send it again to exit at once)");
+        shutdown.cancel();
+    });
+    Ok(())
+}
