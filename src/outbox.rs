@@ -504,3 +504,152 @@ fn key_of(k: &[u8]) -> anyhow::Result<u64> {
         k.try_into().map_err(|_| BadRecord("key is not 8 bytes"))?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64) -> Record {
+        Record { topic: "t".into(), payload: n.to_string().into_bytes(), retain: false, taken_ms: n }
+    }
+
+    fn commit_n(outbox: &Outbox, n: usize) -> Vec<u64> {
+        let batch: Vec<Entry> = (0..n).map(|_| outbox.next_seq()).map(|k| (k, record(k))).collect();
+        let keys = batch.iter().map(|(k, _)| *k).collect();
+        outbox.commit(batch);
+        keys
+    }
+
+    fn keys(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn keeps_fifo_order_and_sequence_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let mut written = commit_n(&outbox, 3);
+        written.extend(commit_n(&outbox, 2));
+        assert_eq!(keys(&outbox.read_after(None, 100)), written);
+        assert_eq!(keys(&outbox.read_after(Some(written[1]), 2)), written[2..4]);
+        drop(outbox);
+
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 5);
+        let read = outbox.read_after(None, 100);
+        assert_eq!(keys(&read), written);
+        assert_eq!(read[4].1, record(written[4]));
+        assert!(outbox.next_seq() > *written.last().unwrap());
+    }
+
+    #[test]
+    fn removes_acked_entries_and_counts_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 4);
+        outbox.remove(&[k[2], k[0], k[0]]); // out of order, and a duplicate ack
+        assert_eq!(outbox.depth(), 2);
+        assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[1], k[3]]);
+        outbox.close();
+        drop(outbox);
+        assert_eq!(depth_at(&path).unwrap(), 2);
+    }
+
+    #[test]
+    fn sequence_keeps_rising_after_the_store_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 3);
+        outbox.remove(&k);
+        let qos0_seq = outbox.next_seq(); // a reading that was never stored
+        outbox.close();
+        drop(outbox);
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 0);
+        assert!(outbox.next_seq() > qos0_seq);
+    }
+
+    #[test]
+    fn drops_exactly_the_oldest_at_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 5).unwrap();
+        let mut k = commit_n(&outbox, 4);
+        k.extend(commit_n(&outbox, 4));
+        assert_eq!(outbox.depth(), 5);
+        assert_eq!(outbox.dropped(), 3);
+        assert_eq!(keys(&outbox.read_after(None, 100)), k[3..]);
+    }
+
+    #[test]
+    fn a_damaged_store_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        commit_n(&outbox, 10);
+        drop(outbox);
+        let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(path.join("db"), &garbage).unwrap();
+        std::fs::write(path.join("conf"), &garbage[..512]).unwrap();
+
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 0);
+        assert!(!outbox.is_degraded());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("buf.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        let k = commit_n(&outbox, 2);
+        assert_eq!(keys(&outbox.read_after(None, 10)), k);
+    }
+
+    #[test]
+    fn an_unwritable_store_keeps_readings_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        // A directory cannot be created below a regular file.
+        let path = dir.path().join("file").join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert!(outbox.is_degraded());
+        let k = commit_n(&outbox, 3);
+        assert_eq!(keys(&outbox.read_after(None, 10)), k);
+        outbox.remove(&k[..1]);
+        assert_eq!(outbox.depth(), 2);
+        assert!(!dir.path().join("file.damaged").exists());
+    }
+
+    #[test]
+    fn memory_readings_move_into_the_store_once_it_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("state");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 3);
+        let generation = outbox.generation();
+
+        std::fs::remove_file(&blocker).unwrap();
+        outbox.lock().reopen_at = Instant::now();
+        outbox.maintain();
+        assert!(!outbox.is_degraded());
+        assert!(outbox.generation() > generation);
+        assert_eq!(keys(&outbox.read_after(None, 10)), k);
+        outbox.close();
+        drop(outbox);
+        assert_eq!(depth_at(&path).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_store_in_use_is_an_error_not_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let _held = Outbox::open(&path, 100).unwrap();
+        let err = Outbox::open(&path, 100).err().expect("a second open must fail");
+        assert!(format!("{err:#}").contains("in use by another process"), "{err:#}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
+    }
+}
