@@ -510,11 +510,19 @@ mod tests {
     use super::*;
 
     fn record(n: u64) -> Record {
-        Record { topic: "t".into(), payload: n.to_string().into_bytes(), retain: false, taken_ms: n }
+        Record {
+            topic: "t".into(),
+            payload: n.to_string().into_bytes(),
+            retain: false,
+            taken_ms: n,
+        }
     }
 
     fn commit_n(outbox: &Outbox, n: usize) -> Vec<u64> {
-        let batch: Vec<Entry> = (0..n).map(|_| outbox.next_seq()).map(|k| (k, record(k))).collect();
+        let batch: Vec<Entry> = (0..n)
+            .map(|_| outbox.next_seq())
+            .map(|k| (k, record(k)))
+            .collect();
         let keys = batch.iter().map(|(k, _)| *k).collect();
         outbox.commit(batch);
         keys
@@ -590,7 +598,9 @@ mod tests {
         let outbox = Outbox::open(&path, 100).unwrap();
         commit_n(&outbox, 10);
         drop(outbox);
-        let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         std::fs::write(path.join("db"), &garbage).unwrap();
         std::fs::write(path.join("conf"), &garbage[..512]).unwrap();
 
@@ -648,8 +658,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("buf");
         let _held = Outbox::open(&path, 100).unwrap();
-        let err = Outbox::open(&path, 100).err().expect("a second open must fail");
-        assert!(format!("{err:#}").contains("in use by another process"), "{err:#}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing moved aside");
+        let err = Outbox::open(&path, 100)
+            .err()
+            .expect("a second open must fail");
+        assert!(
+            format!("{err:#}").contains("in use by another process"),
+            "{err:#}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "nothing moved aside"
+        );
     }
 }

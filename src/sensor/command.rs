@@ -30,12 +30,24 @@ impl CommandSource {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // On timeout the future owning the child is dropped, which kills it.
+            // Its own process group, so a timeout kills what it started too (`sh -c` leaves
+            // its children behind otherwise, one more every interval).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| spawn_error(&shown, program, &e))?;
-        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => output,
+        let pid = child.id();
+        let output = child.wait_with_output();
+        tokio::pin!(output);
+        // Declared after `output`, so dropped before it: the group is killed while the child
+        // is not yet reaped, when its pid cannot belong to anyone else. Covers both the
+        // timeout and the daemon stopping in the middle of a read.
+        let mut group = KillGroupOnDrop(pid);
+        let output = match tokio::time::timeout(self.timeout, &mut output).await {
+            Ok(Ok(output)) => {
+                group.0 = None;
+                output
+            }
             Ok(Err(e)) => return Err(ReadError::new(format!("command `{shown}`: {e}"))),
             // Duration's Debug form ("5s", "200ms") is stable and readable.
             Err(_) => {
@@ -61,6 +73,18 @@ impl CommandSource {
                 excerpt(&stdout)
             ))
         })
+    }
+}
+
+/// Sends SIGKILL to a process group when dropped, unless disarmed (`.0 = None`).
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
     }
 }
 
@@ -166,6 +190,38 @@ mod tests {
             err.to_string(),
             "command `sh -c 'sleep 5'` timed out after 200ms"
         );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_what_the_command_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let err = sh(&script, Duration::from_millis(300))
+            .read()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+        // The orphaned `sleep` is reparented and reaped; until then it may show as a zombie.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            if stat.is_empty() || state == Some("Z") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command's child {pid} survived the timeout: {stat}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
