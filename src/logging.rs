@@ -1,6 +1,7 @@
 //! Logging to stderr: journald-friendly under systemd, timestamps and colours on a terminal.
 
 use std::fmt;
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,8 @@ pub fn init(level: &str) {
             .with_level(false);
         builder.with_ansi(false).event_format(Journal(inner)).init();
     } else {
-        builder.init();
+        // Colours only for a person at a terminal, never into a file or a pipe.
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 

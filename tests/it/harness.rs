@@ -1,0 +1,1151 @@
+//! Test harness: real processes (Mosquitto, mosquitto_sub, the built telemetryd), a counter
+//! sensor script, polling helpers, sequence checks, and a failure dump.
+//!
+//! Everything a test starts lives in an [`Env`]; dropping it kills and reaps every process and
+//! removes the temp dir. When the drop happens during a panic, the env first prints the config,
+//! the daemon logs, the Mosquitto log and what the subscriber received. Set
+//! `TELEMETRYD_IT_KEEP=1` to keep the temp dir of a failed test.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Deadline for anything that should happen "soon" on a healthy machine. Generous on purpose:
+/// a passing test returns as soon as the condition holds.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// The spec's shutdown grace (≤ 5 s) plus room for process start-up/tear-down on a slow box.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
+const POLL: Duration = Duration::from_millis(25);
+
+// ---------------------------------------------------------------------------------------------
+// Polling
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `cond` every 25 ms until it holds; panics after `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(timeout, what, || cond().then_some(()))
+}
+
+/// Polls `f` every 25 ms until it returns `Some`; panics after `timeout` naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is killed (SIGKILL) and reaped on drop if still running.
+///
+/// Signals go to the pid only while the child is un-reaped (a zombie still owns its pid), so
+/// a signal can never hit a recycled pid.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            status: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited (reaps it).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if self.try_status().is_none() {
+            // SAFETY: kill(2) on the pid of our own un-reaped child.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        if self.status.is_none() {
+            self.status = self.child.wait().ok();
+        }
+        self.status.expect("reaped")
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the status and whether it exited
+    /// within the grace.
+    pub fn terminate(&mut self, grace: Duration) -> (ExitStatus, bool) {
+        self.signal(libc::SIGTERM);
+        match self.wait_timeout(grace) {
+            Some(s) => (s, true),
+            None => (self.kill(), false),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn log_file(path: &Path) -> (File, File) {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let g = f.try_clone().expect("dup log fd");
+    (f, g)
+}
+
+fn read_lossy(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0 and let go). Racy by nature: the
+/// broker start retries with a new one if the bind fails.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto
+// ---------------------------------------------------------------------------------------------
+
+/// `mosquitto` from PATH, else Debian's /usr/sbin (not in every non-root PATH).
+fn mosquitto_bin() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+/// A real Mosquitto with its own config, persistence dir and log, on 127.0.0.1.
+pub struct Broker {
+    pub port: u16,
+    pub dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Broker {
+    /// Starts on a fresh free port, trying a new port if Mosquitto cannot bind.
+    pub fn start(dir: &Path) -> Broker {
+        fs::create_dir_all(dir).expect("broker dir");
+        let mut errors = String::new();
+        for _ in 0..5 {
+            let mut b = Broker {
+                port: free_port(),
+                dir: dir.to_path_buf(),
+                proc: None,
+            };
+            match b.spawn() {
+                Ok(()) => return b,
+                Err(e) => writeln!(errors, "port {}: {e}", b.port).unwrap(),
+            }
+        }
+        panic!("mosquitto did not start on any of 5 ports:\n{errors}");
+    }
+
+    /// Starts again on the same port with the same persistence dir (sessions and queued
+    /// messages survive). Retries while the port is briefly unavailable.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "restart of a running broker");
+        let start = Instant::now();
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if start.elapsed() < DEADLINE => {
+                    // E.g. the port is held for a moment; a retry pause, not a synchronisation.
+                    eprintln!(
+                        "mosquitto restart on port {} failed, retrying: {e}",
+                        self.port
+                    );
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("mosquitto did not restart on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// SIGTERM (Mosquitto saves its database) and wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let (status, in_time) = p.terminate(DEADLINE);
+            assert!(in_time, "mosquitto did not exit on SIGTERM ({status})");
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.conf")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.log")
+    }
+
+    fn running_lines(&self) -> usize {
+        read_lossy(&self.log_path())
+            .lines()
+            .filter(|l| l.contains(" mosquitto version ") && l.ends_with(" running"))
+            .count()
+    }
+
+    /// Spawns Mosquitto on `self.port`; ready once its log says "running" one more time than
+    /// before (the listener is open by then). Err if it exits first.
+    fn spawn(&mut self) -> Result<(), String> {
+        let dir = self.dir.display();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence true\n\
+             persistence_location {dir}/\n\
+             autosave_interval 1\n\
+             max_queued_messages 0\n\
+             log_dest file {dir}/mosquitto.log\n\
+             log_type all\n",
+            port = self.port
+        );
+        if is_root() {
+            // Otherwise Mosquitto drops to user `mosquitto` and cannot save its database in a
+            // root-owned temp dir: sessions would silently not survive a restart.
+            conf.push_str("user root\n");
+        }
+        fs::write(self.conf_path(), conf).expect("write mosquitto.conf");
+        let before = self.running_lines();
+        let (out, err) = log_file(&self.dir.join("mosquitto.stderr"));
+        let mut p = Proc::spawn(
+            "mosquitto",
+            Command::new(mosquitto_bin())
+                .arg("-c")
+                .arg(self.conf_path())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+        );
+        let start = Instant::now();
+        loop {
+            if let Some(status) = p.try_status() {
+                let log = read_lossy(&self.log_path());
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(format!("mosquitto exited ({status}); log tail: {tail:?}"));
+            }
+            if self.running_lines() > before {
+                self.proc = Some(p);
+                return Ok(());
+            }
+            if start.elapsed() > DEADLINE {
+                return Err("mosquitto did not log `running`".into());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriber
+// ---------------------------------------------------------------------------------------------
+
+/// `mosquitto_sub` with a persistent session (`-c -i ID -q 1`) on `#`, printing `%t %p` lines
+/// into a file. Checked on Mosquitto 2.0.11: with `-F` it appends a newline and flushes stdout
+/// after every message even when stdout is a file, so no `stdbuf` is needed, and it reconnects
+/// by itself (every ~1 s) when the broker restarts; its session and queue are in the broker's
+/// persistence.
+pub struct Subscriber {
+    pub id: String,
+    pub out: PathBuf,
+    port: u16,
+    proc: Proc,
+}
+
+pub const PROBE_PREFIX: &str = "probe/";
+
+impl Subscriber {
+    /// Starts and returns once the subscription is active: a probe published to
+    /// `probe/<id>` (matched by `#`) has come back.
+    pub fn start(dir: &Path, port: u16, id: &str) -> Subscriber {
+        let out = dir.join("sub.out");
+        let err = log_file(&dir.join("sub.err")).0;
+        let proc = Proc::spawn(
+            "mosquitto_sub",
+            Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-c", "-i", id, "-q", "1", "-t", "#", "-F", "%t %p"])
+                .stdin(Stdio::null())
+                .stdout(log_file(&out).0)
+                .stderr(err),
+        );
+        let mut sub = Subscriber {
+            id: id.to_string(),
+            out,
+            port,
+            proc,
+        };
+        let probe_topic = format!("{PROBE_PREFIX}{id}");
+        let mut last_probe = Instant::now() - Duration::from_secs(1);
+        wait_until(DEADLINE, "mosquitto_sub receives its probe", || {
+            if let Some(s) = sub.proc.try_status() {
+                panic!(
+                    "mosquitto_sub exited ({s}): {}",
+                    read_lossy(&dir.join("sub.err"))
+                );
+            }
+            if sub.lines().iter().any(|(t, _)| *t == probe_topic) {
+                return true;
+            }
+            // Non-retained probe: only one published after the SUBACK comes back, so repeat.
+            if last_probe.elapsed() > Duration::from_millis(250) {
+                last_probe = Instant::now();
+                let mut p = Proc::spawn(
+                    "mosquitto_pub",
+                    Command::new("mosquitto_pub")
+                        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                        .args(["-q", "1", "-t", &probe_topic, "-m", "probe"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null()),
+                );
+                p.wait_timeout(Duration::from_secs(5));
+            }
+            false
+        });
+        sub
+    }
+
+    /// Every complete `topic payload` line so far, in arrival order (probes included).
+    pub fn lines(&self) -> Vec<(String, String)> {
+        let raw = fs::read(&self.out).unwrap_or_default();
+        let raw = String::from_utf8_lossy(&raw);
+        let complete = match raw.rfind('\n') {
+            Some(i) => &raw[..=i],
+            None => "",
+        };
+        complete
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some((t, p)) => (t.to_string(), p.to_string()),
+                None => (l.to_string(), String::new()),
+            })
+            .collect()
+    }
+
+    /// Payloads received on `topic`, in arrival order.
+    pub fn payloads(&self, topic: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// Counter values received on `topic`, in arrival order; panics on a non-integer payload.
+    pub fn values(&self, topic: &str) -> Vec<u64> {
+        self.payloads(topic)
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .unwrap_or_else(|_| panic!("payload {p:?} on {topic} is not an integer"))
+            })
+            .collect()
+    }
+
+    pub fn raw(&self) -> String {
+        read_lossy(&self.out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counter sensor
+// ---------------------------------------------------------------------------------------------
+
+/// A `command` sensor whose every reading is the next integer, persisted in a file so it
+/// survives daemon restarts. Gaps and reorders of readings become visible downstream.
+///
+/// It can be paused: while `<name>.pause` exists the script increments nothing, touches
+/// `<name>.refused` and fails. Once `refused` exists, every earlier reading has been fully
+/// read by the daemon (a sensor is read one reading at a time), so the counter value is the
+/// exact number of readings taken. The new value is written to a temp file and renamed, so a
+/// script killed half-way can never reset the counter.
+#[derive(Clone)]
+pub struct Counter {
+    pub file: PathBuf,
+    pause: PathBuf,
+    refused: PathBuf,
+}
+
+impl Counter {
+    pub fn new(dir: &Path, name: &str) -> Counter {
+        Counter {
+            file: dir.join(name),
+            pause: dir.join(format!("{name}.pause")),
+            refused: dir.join(format!("{name}.refused")),
+        }
+    }
+
+    /// The `command = [...]` TOML value.
+    pub fn command_toml(&self) -> String {
+        let script = format!(
+            "f={f}; if [ -e {p} ]; then touch {r}; exit 1; fi; \
+             n=$(( $(cat $f 2>/dev/null || echo 0) + 1 )); echo $n > $f.tmp && mv $f.tmp $f; echo $n",
+            f = self.file.display(),
+            p = self.pause.display(),
+            r = self.refused.display(),
+        );
+        format!("[\"sh\", \"-c\", {}]", toml_str(&script))
+    }
+
+    /// A `[[sensor]]` table reading this counter.
+    pub fn sensor_toml(&self, name: &str, topic: &str, interval: &str, qos: u8) -> String {
+        format!(
+            "[[sensor]]\n\
+             name = {name}\n\
+             kind = \"command\"\n\
+             command = {cmd}\n\
+             timeout = \"5s\"\n\
+             interval = \"{interval}\"\n\
+             topic = {topic}\n\
+             qos = {qos}\n\
+             decimals = 0\n",
+            name = toml_str(name),
+            cmd = self.command_toml(),
+            topic = toml_str(topic),
+        )
+    }
+
+    /// The last value handed out (0 before the first reading).
+    pub fn value(&self) -> u64 {
+        // The file is replaced atomically, so a read sees a whole number or no file.
+        fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn wait_value_at_least(&self, n: u64, what: &str) -> u64 {
+        wait_for(DEADLINE, &format!("{what} (counter >= {n})"), || {
+            let v = self.value();
+            (v >= n).then_some(v)
+        })
+    }
+
+    /// Pauses the counter and waits until the daemon has finished every reading; returns the
+    /// final count.
+    pub fn pause(&self) -> u64 {
+        let _ = fs::remove_file(&self.refused);
+        File::create(&self.pause).expect("create pause file");
+        wait_until(
+            DEADLINE,
+            "the daemon tries a reading of the paused counter",
+            || self.refused.exists(),
+        );
+        self.value()
+    }
+
+    pub fn resume(&self) {
+        let _ = fs::remove_file(&self.pause);
+        let _ = fs::remove_file(&self.refused);
+    }
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sequence checks
+// ---------------------------------------------------------------------------------------------
+
+/// What a stream of counter values looks like.
+#[derive(Debug)]
+pub struct SeqReport {
+    pub messages: usize,
+    pub distinct: usize,
+    pub duplicates: usize,
+    /// Highest value seen.
+    pub max: u64,
+    /// Values of 1..=max never received.
+    pub missing: Vec<u64>,
+    /// (arrival index, value, highest first delivery before it): a first delivery that came
+    /// after a higher value.
+    pub reorders: Vec<(usize, u64, u64)>,
+}
+
+impl SeqReport {
+    pub fn of(values: &[u64]) -> SeqReport {
+        let mut seen = HashSet::new();
+        let mut max = 0;
+        let mut reorders = Vec::new();
+        for (i, &v) in values.iter().enumerate() {
+            if seen.insert(v) {
+                if v < max {
+                    reorders.push((i, v, max));
+                }
+                max = max.max(v);
+            }
+        }
+        let missing = (1..=max).filter(|v| !seen.contains(v)).collect();
+        SeqReport {
+            messages: values.len(),
+            distinct: seen.len(),
+            duplicates: values.len() - seen.len(),
+            max,
+            missing,
+            reorders,
+        }
+    }
+
+    /// Whether 1..=upto arrived, except at most `allowed_missing` values.
+    pub fn covers(&self, upto: u64, allowed_missing: usize) -> bool {
+        self.max >= upto && self.missing.len() <= allowed_missing
+    }
+}
+
+/// `1-57,59,61-300` style summary of a value set.
+pub fn ranges(values: &[u64]) -> String {
+    let mut v: Vec<u64> = values.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        while i + 1 < v.len() && v[i + 1] == v[i] + 1 {
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if v[i] == start {
+            write!(out, "{start}").unwrap();
+        } else {
+            write!(out, "{start}-{}", v[i]).unwrap();
+        }
+        i += 1;
+    }
+    out
+}
+
+pub fn describe(values: &[u64]) -> String {
+    let r = SeqReport::of(values);
+    let reorders: Vec<_> = r.reorders.iter().take(10).collect();
+    format!(
+        "{} messages, {} distinct, {} duplicates, max {}, received {}, missing [{}], \
+         reorders (index, value, after) {:?}{}",
+        r.messages,
+        r.distinct,
+        r.duplicates,
+        r.max,
+        ranges(values),
+        ranges(&r.missing),
+        reorders,
+        if r.reorders.len() > 10 { " ..." } else { "" }
+    )
+}
+
+/// Asserts: first deliveries strictly increasing (no reorder), every value of 1..=upto
+/// received, except at most `allowed_missing` isolated values (each a gap of size 1).
+pub fn assert_in_order(values: &[u64], upto: u64, allowed_missing: usize) {
+    if let Err(e) = check_in_order(values, upto, allowed_missing) {
+        panic!("{e}");
+    }
+}
+
+pub fn check_in_order(values: &[u64], upto: u64, allowed_missing: usize) -> Result<(), String> {
+    let r = SeqReport::of(values);
+    let summary = describe(values);
+    if !r.reorders.is_empty() {
+        return Err(format!("reordered first deliveries: {summary}"));
+    }
+    if r.max < upto {
+        return Err(format!("expected values up to {upto}: {summary}"));
+    }
+    if r.missing.len() > allowed_missing {
+        return Err(format!(
+            "gap: at most {allowed_missing} missing value(s) allowed: {summary}"
+        ));
+    }
+    if r.missing.windows(2).any(|w| w[1] == w[0] + 1) {
+        return Err(format!("a gap of more than one value: {summary}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn sequence_checks_detect_gaps_and_reorders() {
+    let r = SeqReport::of(&[1, 2, 2, 3, 5, 4, 6, 1]);
+    assert_eq!((r.max, r.duplicates, r.distinct), (6, 2, 6));
+    assert_eq!(r.reorders, vec![(5, 4, 5)]);
+    assert!(r.missing.is_empty());
+    let r = SeqReport::of(&[2, 3, 5, 6]);
+    assert_eq!(r.missing, vec![1, 4]);
+    assert!(r.covers(6, 2) && !r.covers(6, 1) && !r.covers(7, 2));
+    assert_eq!(ranges(&[7, 1, 2, 3, 5, 3]), "1-3,5,7");
+    assert_in_order(&[1, 2, 1, 2, 3, 4, 3], 4, 0);
+    assert_in_order(&[1, 2, 4, 5], 5, 1);
+    assert_in_order(&[1, 3, 5], 5, 2);
+    for (bad, missing) in [
+        (&[1u64, 3, 2][..], 1),
+        (&[1, 2, 5], 1),
+        (&[2, 3], 0),
+        (&[1, 3, 5], 1),
+        (&[1, 2], 1),
+        (&[1, 4], 2),
+    ] {
+        let r = check_in_order(bad, 3, missing);
+        assert!(
+            r.is_err(),
+            "{bad:?} accepted with {missing} missing allowed"
+        );
+    }
+    assert_eq!(
+        strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m x"),
+        "time  INFO x"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_telemetryd")
+}
+
+/// The real `telemetryd` binary, restartable; each run logs (stderr and stdout) to its own
+/// file `daemon-N.log`.
+pub struct Daemon {
+    pub config: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    /// (log path, exit status) of every run so far.
+    runs: Vec<(PathBuf, Option<ExitStatus>)>,
+}
+
+impl Daemon {
+    pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts with `RUST_LOG` removed from the environment and `vars` set.
+    pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
+        assert!(self.proc.is_none(), "daemon already running");
+        let log = self.dir.join(format!("daemon-{}.log", self.runs.len() + 1));
+        let (out, err) = log_file(&log);
+        let p = Proc::spawn(
+            "telemetryd",
+            Command::new(bin())
+                .arg("--config")
+                .arg(&self.config)
+                .env_remove("RUST_LOG")
+                .envs(vars.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+        );
+        self.runs.push((log, None));
+        self.proc = Some(p);
+    }
+
+    fn proc(&mut self) -> &mut Proc {
+        self.proc.as_mut().expect("daemon not running")
+    }
+
+    pub fn pid(&mut self) -> u32 {
+        self.proc().pid()
+    }
+
+    /// Panics if the current run has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(s) = self.proc().try_status() {
+            self.finish(s);
+            panic!("telemetryd exited unexpectedly ({s})");
+        }
+    }
+
+    pub fn sigterm(&mut self) {
+        self.proc().signal(libc::SIGTERM);
+    }
+
+    pub fn sigkill(&mut self) -> ExitStatus {
+        let s = self.proc().kill();
+        self.finish(s);
+        s
+    }
+
+    /// Waits for the current run to exit; `None` (still running) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let s = self.proc().wait_timeout(timeout)?;
+        self.finish(s);
+        Some(s)
+    }
+
+    /// SIGTERM and expect exit status 0 within [`SHUTDOWN_LIMIT`]; returns how long it took.
+    pub fn stop_expect_success(&mut self) -> Duration {
+        let t0 = Instant::now();
+        self.sigterm();
+        let status = self.wait_exit(SHUTDOWN_LIMIT);
+        let took = t0.elapsed();
+        match status {
+            Some(s) if s.success() => took,
+            Some(s) => panic!("telemetryd exited with {s} after SIGTERM (expected 0)"),
+            None => panic!("telemetryd still running {SHUTDOWN_LIMIT:?} after SIGTERM"),
+        }
+    }
+
+    fn finish(&mut self, s: ExitStatus) {
+        self.proc = None;
+        if let Some(last) = self.runs.last_mut() {
+            last.1 = Some(s);
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.proc.is_some()
+    }
+
+    /// Log of the current (or last) run.
+    pub fn log(&self) -> String {
+        self.runs
+            .last()
+            .map(|(p, _)| strip_ansi(&read_lossy(p)))
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test environment
+// ---------------------------------------------------------------------------------------------
+
+type Dumper = Box<dyn Fn() -> String + Send>;
+
+/// One test's world: temp dir, broker, subscriber, daemon, and what to print if it fails.
+pub struct Env {
+    pub name: String,
+    pub broker: Option<Broker>,
+    pub sub: Option<Subscriber>,
+    pub daemon: Daemon,
+    dumpers: Vec<(String, Dumper)>,
+    // Last field: dropped after the processes above.
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl Env {
+    /// A bare env: temp dir and (not yet started) daemon.
+    pub fn new(name: &str) -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("telemetryd-it-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        Env {
+            name: name.to_string(),
+            broker: None,
+            sub: None,
+            daemon: Daemon {
+                config: dir.join("telemetryd.toml"),
+                dir,
+                proc: None,
+                runs: Vec::new(),
+            },
+            dumpers: Vec::new(),
+            tmp: Some(tmp),
+        }
+    }
+
+    /// An env with a running Mosquitto and a subscribed `mosquitto_sub`.
+    pub fn with_broker(name: &str) -> Env {
+        let mut env = Env::new(name);
+        let broker = Broker::start(&env.path("broker"));
+        let port = broker.port;
+        env.broker = Some(broker);
+        env.sub = Some(Subscriber::start(env.dir(), port, &format!("sub-{name}")));
+        env
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.as_ref().expect("temp dir").path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir().join(rel)
+    }
+
+    pub fn buffer_path(&self) -> PathBuf {
+        self.path("buffer")
+    }
+
+    pub fn broker(&mut self) -> &mut Broker {
+        self.broker.as_mut().expect("env has no broker")
+    }
+
+    pub fn sub(&self) -> &Subscriber {
+        self.sub.as_ref().expect("env has no subscriber")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.broker.as_ref().expect("env has no broker").port
+    }
+
+    /// A complete config: top-level keys, `[mqtt]` to `port` with client id `td-<name>`,
+    /// `[buffer]` in the temp dir, then `tail` (sensor tables).
+    pub fn config_for_port(&self, port: u16, top: &str, tail: &str) -> String {
+        format!(
+            "log_level = \"debug\"\n\
+             {top}\
+             [mqtt]\n\
+             host = \"127.0.0.1\"\n\
+             port = {port}\n\
+             client_id = \"td-{name}\"\n\
+             clean_session = false\n\
+             keep_alive = \"5s\"\n\
+             \n\
+             [buffer]\n\
+             path = {buffer}\n\
+             max_messages = 500000\n\
+             \n\
+             {tail}",
+            name = self.name,
+            buffer = toml_str(&self.buffer_path().display().to_string()),
+        )
+    }
+
+    /// [`Env::config_for_port`] for this env's Mosquitto.
+    pub fn config(&self, top: &str, tail: &str) -> String {
+        self.config_for_port(self.port(), top, tail)
+    }
+
+    pub fn write_config(&self, text: &str) {
+        fs::write(&self.daemon.config, text).expect("write config");
+    }
+
+    /// Registers a section for the failure dump.
+    pub fn on_failure_dump(&mut self, title: &str, f: impl Fn() -> String + Send + 'static) {
+        self.dumpers.push((title.to_string(), Box::new(f)));
+    }
+
+    /// Counter values on `topic` received by the subscriber.
+    pub fn values(&self, topic: &str) -> Vec<u64> {
+        self.sub().values(topic)
+    }
+
+    /// Waits until the subscriber has every value of 1..=upto on `topic` (but at most
+    /// `allowed_missing`), and checks the order.
+    pub fn wait_delivered(&self, topic: &str, upto: u64, allowed_missing: usize) {
+        let sub = self.sub();
+        wait_delivered_by(&|| sub.values(topic), topic, upto, allowed_missing);
+    }
+
+    /// Stops the counter, waits until everything it produced reached the subscriber on
+    /// `topic`, SIGTERMs the daemon (exit 0) and checks that the store ended empty. Returns
+    /// the final count.
+    pub fn drain_and_stop(
+        &mut self,
+        counter: &Counter,
+        topic: &str,
+        allowed_missing: usize,
+    ) -> u64 {
+        let sub = self.sub.as_ref().expect("env has no subscriber");
+        drain_and_stop_by(
+            &mut self.daemon,
+            &self.tmp.as_ref().expect("temp dir").path().join("buffer"),
+            counter,
+            &|| sub.values(topic),
+            topic,
+            allowed_missing,
+        )
+    }
+
+    fn dump(&self) -> String {
+        let mut o = String::new();
+        let bar = "=".repeat(100);
+        writeln!(
+            o,
+            "\n{bar}\nFAILED: {} (temp dir {})",
+            self.name,
+            self.dir().display()
+        )
+        .unwrap();
+        section(
+            &mut o,
+            "config",
+            &read_lossy(&self.daemon.config),
+            usize::MAX,
+        );
+        for (i, (log, status)) in self.daemon.runs.iter().enumerate() {
+            let title = format!(
+                "telemetryd run {} ({}), {}",
+                i + 1,
+                match status {
+                    Some(s) => s.to_string(),
+                    None => "killed by the harness".into(),
+                },
+                log.display()
+            );
+            section(&mut o, &title, &read_lossy(log), 400);
+        }
+        if let Some(b) = &self.broker {
+            section(
+                &mut o,
+                &format!("mosquitto.log (port {})", b.port),
+                &read_lossy(&b.log_path()),
+                300,
+            );
+            section(
+                &mut o,
+                "mosquitto stderr",
+                &read_lossy(&b.dir.join("mosquitto.stderr")),
+                30,
+            );
+        }
+        if let Some(s) = &self.sub {
+            let mut topics: Vec<String> = s.lines().into_iter().map(|(t, _)| t).collect();
+            topics.sort();
+            topics.dedup();
+            let mut summary = String::new();
+            for t in topics.iter().filter(|t| !t.starts_with(PROBE_PREFIX)) {
+                let payloads = s.payloads(t);
+                let ints: Option<Vec<u64>> = payloads.iter().map(|p| p.parse().ok()).collect();
+                match ints {
+                    Some(v) => writeln!(summary, "{t}: {}", describe(&v)).unwrap(),
+                    None => writeln!(summary, "{t}: {} messages", payloads.len()).unwrap(),
+                }
+            }
+            section(&mut o, "subscriber summary", &summary, usize::MAX);
+            section(&mut o, "subscriber received (topic payload)", &s.raw(), 200);
+            section(
+                &mut o,
+                "subscriber stderr",
+                &read_lossy(&self.path("sub.err")),
+                30,
+            );
+        }
+        for (title, f) in &self.dumpers {
+            section(&mut o, title, &f(), usize::MAX);
+        }
+        writeln!(o, "{bar}").unwrap();
+        o
+    }
+}
+
+fn section(o: &mut String, title: &str, body: &str, max_lines: usize) {
+    let body = strip_ansi(body);
+    let lines: Vec<&str> = body.lines().collect();
+    writeln!(o, "----- {title} ({} lines) -----", lines.len()).unwrap();
+    if lines.len() > max_lines {
+        writeln!(
+            o,
+            "[... {} earlier lines omitted ...]",
+            lines.len() - max_lines
+        )
+        .unwrap();
+    }
+    for l in &lines[lines.len().saturating_sub(max_lines)..] {
+        writeln!(o, "{l}").unwrap();
+    }
+}
+
+/// Removes ANSI colour sequences (ESC [ ... letter), for readable dumps.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Processes first (logs complete, ports free), then dump, then the temp dir.
+        if let Some(mut p) = self.daemon.proc.take() {
+            let s = p.kill();
+            let _ = s;
+        }
+        if let Some(s) = self.sub.as_mut() {
+            s.proc.kill();
+        }
+        if let Some(b) = self.broker.as_mut() {
+            b.kill();
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.dump());
+            if std::env::var_os("TELEMETRYD_IT_KEEP").is_some()
+                && let Some(t) = self.tmp.take()
+            {
+                eprintln!("kept {}", t.keep().display());
+            }
+        }
+    }
+}
+
+/// Waits until `values()` (counter values in arrival order) has every value of 1..=upto but at
+/// most `allowed_missing`, then checks the order.
+pub fn wait_delivered_by(
+    values: &dyn Fn() -> Vec<u64>,
+    what: &str,
+    upto: u64,
+    allowed_missing: usize,
+) {
+    let start = Instant::now();
+    while !SeqReport::of(&values()).covers(upto, allowed_missing) {
+        if start.elapsed() >= DEADLINE {
+            panic!(
+                "timed out after {DEADLINE:?} waiting until {what} has 1..={upto} \
+                 (at most {allowed_missing} missing); it has: {}",
+                describe(&values())
+            );
+        }
+        thread::sleep(POLL);
+    }
+    assert_in_order(&values(), upto, allowed_missing);
+}
+
+/// Stops the counter, waits until everything it produced has arrived (`values()`), SIGTERMs
+/// the daemon (exit 0 within the grace) and checks that the store at `buffer` ended empty and
+/// that the final sequence is in order, complete but for `allowed_missing`. Returns the final
+/// count.
+pub fn drain_and_stop_by(
+    daemon: &mut Daemon,
+    buffer: &Path,
+    counter: &Counter,
+    values: &dyn Fn() -> Vec<u64>,
+    what: &str,
+    allowed_missing: usize,
+) -> u64 {
+    let n = counter.pause();
+    wait_delivered_by(values, what, n, allowed_missing);
+    daemon.stop_expect_success();
+    assert_eq!(store_depth(buffer), 0, "store not empty at the end");
+    let all = values();
+    assert_in_order(&all, n, allowed_missing);
+    assert!(
+        all.iter().all(|&v| v <= n),
+        "values above the final count {n}: {}",
+        describe(&all)
+    );
+    n
+}
+
+/// Readings in the sled store at `path` (daemon stopped), via the library hook.
+pub fn store_depth(path: &Path) -> u64 {
+    telemetryd::outbox::depth_at(path)
+        .unwrap_or_else(|e| panic!("depth_at({}): {e:#}", path.display()))
+}
+
+/// Shared text log for in-test components (the fake broker), dumped on failure.
+#[derive(Clone, Default)]
+pub struct EventLog(Arc<Mutex<Vec<String>>>);
+
+impl EventLog {
+    pub fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+}
+
+/// A fake w1_slave file for `millidegrees`.
+pub fn write_w1_slave(path: &Path, millidegrees: i64) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("w1 dir");
+    let tmp = path.with_extension("tmp");
+    fs::write(
+        &tmp,
+        format!(
+            "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t={millidegrees}\n"
+        ),
+    )
+    .expect("write w1_slave");
+    fs::rename(&tmp, path).expect("rename w1_slave");
+}

@@ -1,0 +1,9 @@
+//! Integration tests for telemetryd: one test binary, real Mosquitto / mosquitto_sub / the
+//! built daemon, plus an in-test scripted broker. Every test has its own broker, port, temp
+//! dir and client ids, so they run in parallel.
+
+mod cli;
+mod delivery;
+mod fake_broker;
+mod harness;
+mod readings;

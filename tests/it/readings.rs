@@ -1,0 +1,188 @@
+//! What gets published for a reading: the DS18B20 seed example (explicit path and device
+//! lookup under a fake sysfs tree) and the JSON payload format.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::harness::*;
+
+const DEVICE: &str = "28-0316a2795aff";
+const TOPIC: &str = "temperature/outside";
+
+fn ds18b20_sensor(source: &str, format: &str) -> String {
+    format!(
+        "[[sensor]]\n\
+         name = \"outside\"\n\
+         kind = \"ds18b20\"\n\
+         {source}\n\
+         interval = \"100ms\"\n\
+         topic = \"{TOPIC}\"\n\
+         qos = 1\n\
+         retain = false\n\
+         decimals = 1\n\
+         format = \"{format}\"\n"
+    )
+}
+
+/// Waits for `n` messages on TOPIC and asserts every payload is exactly `28.4`.
+fn expect_seed_payloads(env: &Env, n: usize) {
+    wait_until(DEADLINE, &format!("{n} readings on {TOPIC}"), || {
+        env.sub().payloads(TOPIC).len() >= n
+    });
+    let payloads = env.sub().payloads(TOPIC);
+    assert!(
+        payloads.iter().all(|p| p == "28.4"),
+        "expected every payload to be exactly \"28.4\" (t=28437, decimals = 1), got {payloads:?}"
+    );
+}
+
+/// The spec's example: a w1_slave at 28.437 °C, decimals = 1 → payload `28.4`.
+#[test]
+fn seed_example() {
+    let mut env = Env::with_broker("seed_example");
+    let w1 = env.path(&format!("w1/{DEVICE}/w1_slave"));
+    write_w1_slave(&w1, 28437);
+    let source = format!("path = {}", toml_str(&w1.display().to_string()));
+    let cfg = env.config("", &ds18b20_sensor(&source, "plain"));
+    env.write_config(&cfg);
+    env.daemon.start();
+
+    expect_seed_payloads(&env, 3);
+    let others: Vec<_> = env
+        .sub()
+        .lines()
+        .into_iter()
+        .filter(|(t, _)| t != TOPIC && !t.starts_with(PROBE_PREFIX))
+        .collect();
+    assert!(others.is_empty(), "unexpected publishes: {others:?}");
+}
+
+/// Same, with `device = "28-..."` looked up under `<sysfs_root>/bus/w1/devices/`.
+#[test]
+fn seed_example_device_lookup() {
+    let mut env = Env::with_broker("seed_example_device_lookup");
+    let sysfs = env.path("sys");
+    write_w1_slave(
+        &sysfs.join(format!("bus/w1/devices/{DEVICE}/w1_slave")),
+        28437,
+    );
+    let top = format!("sysfs_root = {}\n", toml_str(&sysfs.display().to_string()));
+    let cfg = env.config(
+        &top,
+        &ds18b20_sensor(&format!("device = \"{DEVICE}\""), "plain"),
+    );
+    env.write_config(&cfg);
+    env.daemon.start();
+
+    expect_seed_payloads(&env, 3);
+}
+
+/// `format = "json"`: {"sensor","value","unit","ts","seq"}; value is a number and follows the
+/// file; unit °C; ts is RFC 3339 and close to now; seq strictly increasing over first
+/// deliveries.
+#[test]
+fn json_format() {
+    let mut env = Env::with_broker("json_format");
+    let w1 = env.path(&format!("w1/{DEVICE}/w1_slave"));
+    write_w1_slave(&w1, 28437);
+    let source = format!("path = {}", toml_str(&w1.display().to_string()));
+    let cfg = env.config("", &ds18b20_sensor(&source, "json"));
+    env.write_config(&cfg);
+    env.daemon.start();
+
+    wait_until(DEADLINE, "3 readings", || {
+        env.sub().payloads(TOPIC).len() >= 3
+    });
+    write_w1_slave(&w1, 21062);
+    wait_until(DEADLINE, "a reading of the new temperature 21.1", || {
+        env.sub()
+            .payloads(TOPIC)
+            .iter()
+            .filter_map(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .filter(|j| j["value"].as_f64() == Some(21.1))
+            .count()
+            >= 3
+    });
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // (seq, value) of first deliveries: QoS 1 may repeat a message, with its seq.
+    let mut firsts: Vec<(u64, f64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in env.sub().payloads(TOPIC) {
+        let j: serde_json::Value =
+            serde_json::from_str(&p).unwrap_or_else(|e| panic!("payload is not JSON ({e}): {p}"));
+        let obj = j
+            .as_object()
+            .unwrap_or_else(|| panic!("payload is not a JSON object: {p}"));
+        let mut keys: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["sensor", "seq", "ts", "unit", "value"],
+            "keys of {p}"
+        );
+        assert_eq!(j["sensor"], "outside", "sensor in {p}");
+        assert_eq!(j["unit"], "°C", "unit in {p}");
+        let value = j["value"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("value is not a number: {p}"));
+        assert!(
+            value == 28.4 || value == 21.1,
+            "value {value} is neither 28.4 nor 21.1 (rounded to 1 decimal): {p}"
+        );
+        let ts = j["ts"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ts is not a string: {p}"));
+        let t = parse_rfc3339(ts).unwrap_or_else(|e| panic!("ts {ts:?} is not RFC 3339: {e}"));
+        assert!(
+            (t - now).abs() < 300.0,
+            "ts {ts} is {:.0} s away from now",
+            t - now
+        );
+        let seq = j["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("seq is not an unsigned integer: {p}"));
+        if seen.insert(seq) {
+            firsts.push((seq, value));
+        }
+    }
+    assert!(
+        firsts.windows(2).all(|w| w[0].0 < w[1].0),
+        "seq not strictly increasing over first deliveries: {firsts:?}"
+    );
+    let switch = firsts.iter().position(|&(_, v)| v == 21.1).unwrap();
+    assert!(
+        firsts[switch..].iter().all(|&(_, v)| v == 21.1),
+        "an old value after the new one: {firsts:?}"
+    );
+}
+
+/// RFC 3339 date-time (`2026-11-25T04:20:00.123Z`, `...+01:00`) to Unix seconds.
+fn parse_rfc3339(s: &str) -> Result<f64, String> {
+    let (datetime, offset_secs) = if let Some(d) = s.strip_suffix('Z').or(s.strip_suffix('z')) {
+        (d, 0i64)
+    } else if s.len() > 6 && matches!(&s[s.len() - 6..s.len() - 5], "+" | "-") {
+        let (d, off) = s.split_at(s.len() - 6);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let h: i64 = off[1..3].parse().map_err(|_| "bad offset hours")?;
+        if &off[3..4] != ":" {
+            return Err("bad offset".into());
+        }
+        let m: i64 = off[4..6].parse().map_err(|_| "bad offset minutes")?;
+        (d, sign * (h * 3600 + m * 60))
+    } else {
+        return Err("no Z or ±hh:mm offset".into());
+    };
+    let utc = format!("{datetime}Z");
+    if !matches!(datetime.as_bytes().get(10), Some(b'T' | b't')) {
+        return Err("no T between date and time".into());
+    }
+    let t = humantime::parse_rfc3339(&utc).map_err(|e| e.to_string())?;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    Ok(secs - offset_secs as f64)
+}
