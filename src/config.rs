@@ -278,6 +278,19 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
             humantime::format_duration(raw.interval)
         )));
     }
+    // Bounds keep every publish far below rumqttc's 10 KiB packet limit: a reading the client
+    // refuses would otherwise sit at the head of the outbox forever.
+    for (key, value, max) in [
+        ("name", raw.name.as_str(), 128),
+        ("topic", &raw.topic, 1024),
+    ]
+    .into_iter()
+    .chain(raw.unit.as_deref().map(|u| ("unit", u, 32)))
+    {
+        if value.len() > max {
+            return Err(fail(format!("{key} is longer than {max} bytes")));
+        }
+    }
     if raw.topic.is_empty() || raw.topic.contains(['+', '#', '\0']) {
         return Err(fail(format!(
             "topic {:?} is not a publish topic: it must be non-empty without + or # wildcards",
@@ -501,6 +514,9 @@ decimals = 1
     fn rejects_wildcard_topics_short_intervals_and_duplicate_names() {
         let err = parse(&SEED.replace("temperature/outside", "temperature/#")).unwrap_err();
         assert!(err.contains("wildcards"), "{err}");
+        let long = "t/".repeat(600);
+        let err = parse(&SEED.replace("temperature/outside", &long)).unwrap_err();
+        assert!(err.contains("topic is longer than 1024 bytes"), "{err}");
         let err = parse(&SEED.replace("\"30s\"", "\"1ms\"")).unwrap_err();
         assert!(err.contains("too short"), "{err}");
         let twice = format!("{SEED}\n{}", &SEED[SEED.find("[[sensor]]").unwrap()..]);

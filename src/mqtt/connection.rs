@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rumqttc::{Event, EventLoop, Outgoing, Packet, Request};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -20,70 +20,73 @@ const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// How long a clean stop waits for our DISCONNECT to leave.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs until `stop` (cancelled by the feeder once it is done) or until the feeder is gone.
-pub(super) async fn run(
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<Link>,
-    stats: Arc<Stats>,
-    broker: String,
-    stop: CancellationToken,
-) {
+/// What the connection task talks to.
+pub(super) struct Connection {
+    /// `host:port`, for logs.
+    pub broker: String,
+    pub stats: Arc<Stats>,
+    pub events: mpsc::Sender<Link>,
+    /// Bumped by the feeder when the broker stops acknowledging: drop the link and reconnect.
+    pub reconnect: watch::Receiver<u64>,
+}
+
+/// Runs until `stop` (cancelled once the feeder is done) or until the feeder is gone.
+pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: CancellationToken) {
+    let broker = c.broker.clone();
     let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut throttle = Throttle::default();
     let mut failures = 0u64;
     let mut connected = false;
+    // Set by the first ack or ping response: only a link that works resets the backoff, so a
+    // broker that accepts us and then drops us at once is not hammered twice a second.
+    let mut healthy = false;
     loop {
-        // `poll()` is only ever dropped here, when stopping: cancelling it mid-flight could
-        // lose a half-written packet, and at that point we no longer care.
+        // `poll()` is dropped mid-flight only when stopping or when the link is being dropped
+        // anyway; a half-written packet matters to neither.
         let polled = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            polled = eventloop.poll() => polled,
+            changed = c.reconnect.changed(), if connected => match changed {
+                Ok(()) => Err("the broker stopped acknowledging publishes".to_owned()),
+                Err(_) => break,
+            },
+            polled = eventloop.poll() => polled.map_err(|e| e.to_string()),
         };
-        let event = match polled {
+        let link = match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected = true;
-                stats.connected.store(true, Ordering::Relaxed);
+                healthy = false;
+                c.stats.connected.store(true, Ordering::Relaxed);
+                // A reconnect asked for on the previous link is done.
+                c.reconnect.borrow_and_update();
                 info!(%broker, session_present = ack.session_present, failed_attempts = failures, "connected to the broker");
-                backoff.reset();
                 throttle = Throttle::default();
                 failures = 0;
                 Link::Connected
             }
-            Ok(event) => match translate(event) {
-                Some(link) => link,
-                None => continue,
-            },
-            Err(error) => {
-                // Events read before the failure (PUBACKs among them) come first: a real ack
-                // must not be lost, or its reading would be sent again for nothing.
-                let queued: Vec<Event> = eventloop.state.events.drain(..).collect();
-                for link in queued.into_iter().filter_map(translate) {
-                    if tx.send(link).await.is_err() {
-                        return;
-                    }
+            Ok(event) => {
+                if !healthy
+                    && matches!(event, Event::Incoming(Packet::PubAck(_) | Packet::PingResp))
+                {
+                    healthy = true;
+                    backoff.reset();
                 }
-                let (done_tx, done_rx) = oneshot::channel();
-                if tx.send(Link::Down(done_tx)).await.is_err() || done_rx.await.is_err() {
+                match translate(event) {
+                    Some(link) => link,
+                    None => continue,
+                }
+            }
+            Err(error) => {
+                if !link_down(&mut eventloop, &c.events).await {
                     return;
                 }
-                // The feeder has forgotten everything in flight and will requeue it from the
-                // store. Make sure rumqttc resends nothing itself: not its unacked publishes,
-                // not requests the feeder queued before it heard of the failure. Otherwise a
-                // `session_present = false` would silently drop them, and a resumed session
-                // would send them twice by two mechanisms.
-                eventloop.clean();
-                eventloop
-                    .pending
-                    .retain(|r| !matches!(r, Request::Publish(_)));
-                eventloop.state.collision = None;
                 if connected {
                     connected = false;
-                    stats.connected.store(false, Ordering::Relaxed);
+                    c.stats.connected.store(false, Ordering::Relaxed);
                     info!(%broker, reason = %error, "disconnected from the broker; reconnecting");
                 } else {
                     failures += 1;
-                    match throttle.admit(&error.to_string()) {
+                    match throttle.admit(&error) {
                         Some(_) => {
                             warn!(%broker, %error, attempts = failures, "cannot connect to the broker; retrying with backoff")
                         }
@@ -99,7 +102,7 @@ pub(super) async fn run(
                 continue;
             }
         };
-        if tx.send(event).await.is_err() {
+        if c.events.send(link).await.is_err() {
             return;
         }
     }
@@ -114,7 +117,35 @@ pub(super) async fn run(
         .await;
         info!(%broker, "disconnected from the broker");
     }
-    stats.connected.store(false, Ordering::Relaxed);
+    c.stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// After any connection error: tells the feeder, waits until it has forgotten what was in
+/// flight, and makes sure rumqttc resends nothing itself. False if the feeder is gone.
+async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bool {
+    // Events read before the failure (PUBACKs among them) come first: a real ack must not be
+    // lost, or its reading would be sent again for nothing.
+    let queued: Vec<Event> = eventloop.state.events.drain(..).collect();
+    for link in queued.into_iter().filter_map(translate) {
+        if events.send(link).await.is_err() {
+            return false;
+        }
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    if events.send(Link::Down(done_tx)).await.is_err() || done_rx.await.is_err() {
+        return false;
+    }
+    // The feeder will requeue everything unacknowledged from the store. Empty rumqttc's own
+    // resend queue: its unacked publishes and whatever the feeder queued before it heard of
+    // the failure. Otherwise `session_present = false` would silently drop them, and a resumed
+    // session would send them twice by two mechanisms. (`clean()` is idempotent; poll() ran it
+    // already unless we dropped the link ourselves.)
+    eventloop.clean();
+    eventloop
+        .pending
+        .retain(|r| !matches!(r, Request::Publish(_)));
+    eventloop.state.collision = None;
+    true
 }
 
 fn translate(event: Event) -> Option<Link> {

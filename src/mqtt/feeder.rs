@@ -1,16 +1,17 @@
 //! The task that feeds the outbox to MQTT in key order and deletes readings on PUBACK.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Link, SHUTDOWN_GRACE, WINDOW};
+use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
 use crate::Stats;
 use crate::outbox::Outbox;
 
@@ -22,6 +23,14 @@ pub struct LiveMessage {
     pub retain: bool,
 }
 
+/// A QoS 1 publish handed to the client and not yet acknowledged.
+struct Outstanding {
+    /// The store key it carries; `None` once the outbox generation changed under it (its ack
+    /// must then delete nothing).
+    key: Option<u64>,
+    since: Instant,
+}
+
 struct Feeder {
     client: AsyncClient,
     outbox: Arc<Outbox>,
@@ -29,47 +38,70 @@ struct Feeder {
     connected: bool,
     /// Highest key handed to the client since the last (re)connect or rewind.
     cursor: Option<u64>,
-    /// Keys handed to the client whose `Outgoing::Publish` event has not come yet. rumqttc
-    /// writes requests in channel order and this task is the only publisher, so the n-th
-    /// QoS 1 publish event belongs to the n-th key here.
-    unsent: VecDeque<u64>,
-    /// Packet id -> key of the reading it carries, until its PUBACK.
-    inflight: HashMap<u16, u64>,
-    /// The outbox generation the cursor belongs to.
+    /// The outbox generation the cursor and keys belong to.
     generation: u64,
+    /// Send index of the next QoS 1 publish on this connection.
+    next_index: u64,
+    /// Everything handed out and not acknowledged, by send index.
+    outstanding: BTreeMap<u64, Outstanding>,
+    /// Send indexes whose `Outgoing::Publish` event has not come yet. rumqttc writes requests
+    /// in channel order and this task is the only publisher, so the n-th QoS 1 publish event
+    /// belongs to the n-th index here.
+    unsent: VecDeque<u64>,
+    /// Packet id -> send index, until its PUBACK.
+    inflight: HashMap<u16, u64>,
     acked: Vec<u64>,
+    /// How long the oldest publish may wait for its ack before the link is presumed stuck.
+    ack_timeout: Duration,
+    reconnect: watch::Sender<u64>,
+    reconnect_requested: bool,
+}
+
+pub(super) struct Channels {
+    pub link: mpsc::Receiver<Link>,
+    pub live: mpsc::Receiver<LiveMessage>,
+    pub reconnect: watch::Sender<u64>,
 }
 
 pub(super) async fn run(
     client: AsyncClient,
     outbox: Arc<Outbox>,
-    mut link: mpsc::Receiver<Link>,
-    mut live: mpsc::Receiver<LiveMessage>,
+    channels: Channels,
     stats: Arc<Stats>,
+    ack_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let generation = outbox.generation();
+    let Channels {
+        mut link,
+        mut live,
+        reconnect,
+    } = channels;
     let mut f = Feeder {
         client,
+        generation: outbox.generation(),
         outbox: outbox.clone(),
         stats,
         connected: false,
         cursor: None,
+        next_index: 0,
+        outstanding: BTreeMap::new(),
         unsent: VecDeque::new(),
         inflight: HashMap::new(),
-        generation,
         acked: Vec::new(),
+        ack_timeout,
+        reconnect,
+        reconnect_requested: false,
     };
-    let mut stopping = false;
-    let mut deadline = Instant::now() + SHUTDOWN_GRACE * 1000;
+    let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
     loop {
-        if !stopping {
-            f.fill();
-        } else if f.outstanding() == 0 {
-            break;
+        match grace_end {
+            None => f.fill(),
+            Some(_) if f.outstanding.is_empty() => break,
+            Some(_) => {}
         }
-        let room = f.connected && f.outstanding() < WINDOW && !stopping;
+        let far = Instant::now() + Duration::from_secs(86_400);
+        let ack_deadline = f.ack_deadline();
         tokio::select! {
             biased;
             event = link.recv() => {
@@ -81,22 +113,26 @@ pub(super) async fn run(
                 }
                 f.remove_acked();
             }
-            _ = shutdown.cancelled(), if !stopping => {
-                stopping = true;
-                deadline = Instant::now() + SHUTDOWN_GRACE;
-                if f.outstanding() > 0 {
-                    info!(in_flight = f.outstanding(), grace = ?SHUTDOWN_GRACE, "waiting for in-flight readings to be acknowledged");
+            _ = shutdown.cancelled(), if grace_end.is_none() => {
+                grace_end = Some(Instant::now() + SHUTDOWN_GRACE);
+                if !f.outstanding.is_empty() {
+                    info!(in_flight = f.outstanding.len(), grace = ?SHUTDOWN_GRACE, "waiting for in-flight readings to be acknowledged");
                 }
             }
-            _ = sleep_until(deadline), if stopping => {
-                warn!(unacknowledged = f.outstanding(), "grace period over: unacknowledged readings stay in the store and go out first on the next start");
+            _ = sleep_until(grace_end.unwrap_or(far)), if grace_end.is_some() => {
+                warn!(unacknowledged = f.outstanding.len(), "grace period over: unacknowledged readings stay in the store and go out first on the next start");
                 break;
+            }
+            _ = sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
+                warn!(waited = ?f.ack_timeout, "no acknowledgement from the broker: reconnecting");
+                f.reconnect_requested = true;
+                f.reconnect.send_modify(|n| *n += 1);
             }
             msg = live.recv(), if live_open => match msg {
                 Some(msg) => f.publish_live(msg),
                 None => live_open = false,
             },
-            _ = outbox.new_data.notified(), if room => {}
+            _ = outbox.new_data.notified(), if f.has_room() && grace_end.is_none() => {}
         }
     }
     // Best effort: the connection task waits briefly for it to go out.
@@ -104,33 +140,47 @@ pub(super) async fn run(
 }
 
 impl Feeder {
-    fn outstanding(&self) -> usize {
-        self.unsent.len() + self.inflight.len()
+    /// True when another QoS 1 publish may go out. Besides the window, the distance from the
+    /// oldest unacknowledged publish is bounded: rumqttc hands out packet ids round-robin over
+    /// `PKID_SLOTS`, and reaching the slot of a still-unacked publish would stall its event
+    /// loop in "collision" mode until that ack comes.
+    fn has_room(&self) -> bool {
+        self.connected && self.room() > 0
     }
 
-    /// Hands readings to the client until the window is full or the outbox has no more.
-    fn fill(&mut self) {
-        if !self.connected {
-            return;
+    /// When the oldest publish must have been acknowledged, unless a reconnect is underway.
+    fn ack_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.reconnect_requested {
+            return None;
         }
+        self.outstanding
+            .values()
+            .next()
+            .map(|o| o.since + self.ack_timeout)
+    }
+
+    /// Hands readings to the client while there is room and the outbox has more.
+    fn fill(&mut self) {
         let generation = self.outbox.generation();
         if generation != self.generation {
-            // The store was reopened: what is readable changed under us. Start over; keys
-            // still in flight are skipped below.
+            // The store failed or was reopened: keys in flight may now name other readings.
+            // Their acks must delete nothing (they are resent: a duplicate, never a loss), and
+            // reading starts over.
             self.generation = generation;
             self.cursor = None;
+            for o in self.outstanding.values_mut() {
+                o.key = None;
+            }
         }
-        while self.outstanding() < WINDOW {
-            let batch = self
-                .outbox
-                .read_after(self.cursor, WINDOW - self.outstanding());
+        while self.has_room() {
+            let batch = self.outbox.read_after(self.cursor, self.room());
             if batch.is_empty() {
                 return;
             }
             for (key, record) in batch {
-                if self.unsent.contains(&key) || self.inflight.values().any(|k| *k == key) {
-                    self.cursor = Some(key);
-                    continue;
+                self.cursor = Some(key);
+                if self.outstanding.values().any(|o| o.key == Some(key)) {
+                    continue; // still in flight from before a rewind
                 }
                 if let Err(e) = self.client.try_publish(
                     record.topic,
@@ -138,15 +188,35 @@ impl Feeder {
                     record.retain,
                     record.payload,
                 ) {
-                    // The request channel has room for a full window, so this means the
-                    // connection task is gone; the reading stays in the store.
+                    // The request channel has room for everything we allow out, so this means
+                    // the connection task is gone; the reading stays in the store.
                     debug!(error = %e, "publish request not accepted");
                     return;
                 }
-                self.cursor = Some(key);
-                self.unsent.push_back(key);
+                let index = self.next_index;
+                self.next_index += 1;
+                self.outstanding.insert(
+                    index,
+                    Outstanding {
+                        key: Some(key),
+                        since: Instant::now(),
+                    },
+                );
+                self.unsent.push_back(index);
             }
         }
+    }
+
+    /// How many more publishes fit, by count and by packet-id distance.
+    fn room(&self) -> usize {
+        let oldest = self
+            .outstanding
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_index);
+        let by_distance = PKID_SLOTS as u64 - (self.next_index - oldest);
+        (WINDOW - self.outstanding.len()).min(by_distance as usize)
     }
 
     fn handle(&mut self, event: Link) {
@@ -157,28 +227,39 @@ impl Feeder {
             }
             Link::Sent(0) => {} // QoS 0: nothing to track
             Link::Sent(pkid) => match self.unsent.pop_front() {
-                Some(key) => {
-                    if let Some(old) = self.inflight.insert(pkid, key) {
+                Some(index) => {
+                    if let Some(old) = self.inflight.insert(pkid, index) {
                         warn!(
                             pkid,
                             old,
-                            key,
+                            index,
                             "packet id reused before its ack; the older reading will be resent"
                         );
+                        self.outstanding.remove(&old);
                     }
                 }
                 None => warn!(pkid, "publish event with no reading queued"),
             },
-            Link::Acked(pkid) => match self.inflight.remove(&pkid) {
-                Some(key) => self.acked.push(key),
-                None => debug!(pkid, "ack for a packet id not in flight"),
-            },
+            Link::Acked(pkid) => {
+                let done = self
+                    .inflight
+                    .remove(&pkid)
+                    .and_then(|index| self.outstanding.remove(&index));
+                match done {
+                    Some(Outstanding { key: Some(key), .. }) => self.acked.push(key),
+                    Some(Outstanding { key: None, .. }) => {}
+                    None => debug!(pkid, "ack for a packet id not in flight"),
+                }
+            }
             Link::Down(done) => {
-                // Everything unacknowledged is still in the store and is read again, in key
+                // Everything unacknowledged is still in the outbox and is read again, in key
                 // order, after the next CONNACK, whatever `session_present` says.
                 self.connected = false;
+                self.reconnect_requested = false;
+                self.outstanding.clear();
                 self.unsent.clear();
                 self.inflight.clear();
+                self.next_index = 0;
                 self.cursor = None;
                 let _ = done.send(());
             }
@@ -189,7 +270,7 @@ impl Feeder {
         if self.acked.is_empty() {
             return;
         }
-        self.outbox.remove(&self.acked);
+        self.outbox.remove(&self.acked, self.generation);
         self.stats
             .published
             .fetch_add(self.acked.len() as u64, Ordering::Relaxed);

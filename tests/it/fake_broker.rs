@@ -33,6 +33,9 @@ pub struct Script {
     /// After this many PUBLISH packets the link goes dead: the socket stays open but nothing
     /// more is recorded or answered (no PUBACK, no PINGRESP).
     pub silent_after: Vec<Option<usize>>,
+    /// The PUBACK for this publish (1-based) is never sent, while everything else, PINGRESP
+    /// included, goes on as normal: a broker that is alive but lost one ack.
+    pub never_ack: Vec<Option<usize>>,
     /// QoS 1 PUBACKs are held until this many are pending (or [`ACK_FLUSH`] of silence), then
     /// sent newest first.
     pub ack_batch: usize,
@@ -213,6 +216,7 @@ async fn serve(
 ) -> String {
     let drop_after = script.drop_after.get(conn).copied().flatten();
     let silent_after = script.silent_after.get(conn).copied().flatten();
+    let never_ack = script.never_ack.get(conn).copied().flatten();
     let mut buf = BytesMut::with_capacity(4096);
     let mut held: Vec<u16> = Vec::new();
     let mut publishes = 0;
@@ -280,6 +284,12 @@ async fn serve(
                     p.pkid, p.qos, p.dup, p.topic
                 ));
                 match p.qos {
+                    QoS::AtLeastOnce if never_ack == Some(publishes) => {
+                        log.push(format!(
+                            "conn {conn}: PUBACK for pkid={} withheld for good (script)",
+                            p.pkid
+                        ));
+                    }
                     QoS::AtLeastOnce => held.push(p.pkid),
                     QoS::AtMostOnce => {}
                     QoS::ExactlyOnce => return "QoS 2 publish: not supported here".into(),
@@ -329,7 +339,11 @@ const TOPIC: &str = "test/counter";
 /// store.
 fn drive(name: &str, script: Script, keep_alive: &str, min_readings: u64) {
     // Connections with a scripted disruption; past them the broker behaves.
-    let scripted = script.drop_after.len().max(script.silent_after.len());
+    let scripted = script
+        .drop_after
+        .len()
+        .max(script.silent_after.len())
+        .max(script.never_ack.len());
     let broker = FakeBroker::start(script);
     let mut env = Env::new(name);
     env.on_failure_dump("fake broker", broker.dump_fn(TOPIC));
@@ -395,6 +409,7 @@ fn fake_broker_out_of_order_acks_and_drops() {
                 Some(45),
             ],
             silent_after: vec![],
+            never_ack: vec![],
             ack_batch: 4,
         },
         "5s",
@@ -420,6 +435,7 @@ fn fake_broker_session_never_present() {
                 Some(50),
             ],
             silent_after: vec![],
+            never_ack: vec![],
             ack_batch: 5,
         },
         "5s",
@@ -437,7 +453,26 @@ fn fake_broker_half_open_connection() {
             session_present: vec![false, true, false],
             drop_after: vec![],
             silent_after: vec![Some(40), Some(25)],
+            never_ack: vec![],
             ack_batch: 3,
+        },
+        "1s",
+        200,
+    );
+}
+
+/// One PUBACK never comes, while the broker keeps acking the rest and answering pings, so
+/// keep-alive sees a healthy link: the daemon must not wait for it forever. After its ack
+/// timeout (10 s here) it reconnects and resends; nothing is lost, nothing reordered.
+#[test]
+fn fake_broker_ack_that_never_comes() {
+    drive(
+        "fake_broker_ack_that_never_comes",
+        Script {
+            session_present: vec![true, true],
+            never_ack: vec![Some(3)],
+            ack_batch: 4,
+            ..Script::default()
         },
         "1s",
         200,
@@ -454,6 +489,7 @@ fn fake_broker_sigterm_with_unacked_in_flight() {
         session_present: vec![false],
         drop_after: vec![],
         silent_after: vec![Some(20)],
+        never_ack: vec![],
         ack_batch: 4,
     });
     let mut env = Env::new(name);

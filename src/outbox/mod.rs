@@ -2,41 +2,36 @@
 //!
 //! Keys are our own big-endian `u64` sequence numbers, so sled's key order is FIFO order and
 //! survives restarts. Two tiers keep the daemon useful when the disk is not:
-//! - the **store** (sled), written in group commits: one `flush()` + `sync_data()` per batch;
+//! - the **store** (sled, [`store`]), written in group commits: one `flush()` + `sync_data()`
+//!   per batch;
 //! - a small **memory tier** that holds readings while the store cannot be written (disk full,
 //!   read-only, no store directory). They are published as usual and moved into the store once
 //!   it can be reopened.
 //!
 //! The committer task is the only writer; the MQTT feeder reads and removes. Both go through
-//! `Outbox`, whose mutex guards the counters and the memory tier; sled calls made under it are
-//! in-memory operations, while the slow `flush`/`sync_data` run outside it.
+//! `Outbox`, whose mutex guards the counters and the memory tier. Only quick sled calls run
+//! under it; flushes, fsyncs and reopening run outside it.
+
+mod store;
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-/// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
-/// whose hot part (both ends) is small.
-const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+use store::{OpenError, Opened, Store};
+
 /// How many readings the memory tier holds while the store is unwritable. Beyond it the oldest
 /// are dropped (counted), so a long disk failure cannot exhaust RAM.
 const MEMORY_LIMIT: usize = 10_000;
 /// How long to wait before trying to reopen a store that failed, doubling up to the max.
 const REOPEN_MIN: Duration = Duration::from_secs(2);
 const REOPEN_MAX: Duration = Duration::from_secs(60);
-
-const DATA_TREE: &[u8] = b"outbox";
-const META_TREE: &[u8] = b"meta";
-const NEXT_SEQ_KEY: &[u8] = b"next_seq";
-const RECORD_VERSION: u8 = 1;
 
 /// One stored reading, ready to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,15 +45,6 @@ pub struct Record {
 
 /// A record and its key: the sequence number that orders it.
 pub type Entry = (u64, Record);
-
-/// The sled database and the file whose `sync_data` makes a flush survive a power cut.
-#[derive(Clone)]
-struct Store {
-    db: sled::Db,
-    data: sled::Tree,
-    meta: sled::Tree,
-    log_file: std::sync::Arc<File>,
-}
 
 struct Inner {
     store: Option<Store>,
@@ -78,10 +64,11 @@ pub struct Outbox {
     max_messages: u64,
     inner: Mutex<Inner>,
     dropped: AtomicU64,
-    /// Bumped whenever the set of readable entries changes behind a reader's back (store
-    /// reopened); the feeder then rereads from the start.
+    /// Bumped whenever keys a reader holds may no longer mean what they meant (the store
+    /// failed or was reopened). Readers reread from the start, and removals made with an
+    /// older generation are ignored: a duplicate is better than deleting the wrong reading.
     generation: AtomicU64,
-    /// Woken after each commit that makes new entries readable.
+    /// Woken when entries become readable.
     pub new_data: Notify,
 }
 
@@ -95,12 +82,12 @@ impl Outbox {
             stored: 0,
             durable_end: 0,
             memory: VecDeque::new(),
-            next_seq: 1,
+            next_seq: seq_floor(),
             reopen_at: Instant::now(),
             reopen_delay: REOPEN_MIN,
         };
-        match open_or_replace(path) {
-            Ok(store) => install(&mut inner, store)?,
+        match store::open_or_replace(path) {
+            Ok(opened) => inner.install(opened),
             Err(OpenError::Locked(e)) => {
                 return Err(e).context(format!(
                     "the store {} is in use by another process (is telemetryd already running?)",
@@ -132,60 +119,51 @@ impl Outbox {
     }
 
     /// Commits a batch (keys from [`Outbox::next_seq`], ascending) with one flush + fsync,
-    /// together with whatever the memory tier holds if the store is writable again (an empty
-    /// batch does just that). At the bound the oldest readings are dropped. Blocking.
+    /// together with whatever the memory tier holds if the store is writable (an empty batch
+    /// does just that). At the bound the oldest readings are dropped. Blocking.
     pub fn commit(&self, batch: Vec<Entry>) {
         let mut inner = self.lock();
         if batch.is_empty() && inner.memory.is_empty() {
             return;
         }
-        let incoming = batch.len() as u64;
-        let excess =
-            (inner.stored + inner.memory.len() as u64 + incoming).saturating_sub(self.max_messages);
-        let mut dropped = self.drop_oldest(&mut inner, excess);
+        // Readings from the memory tier may be on disk already (written before a flush
+        // failed): they must not be counted twice.
+        let recovering = !inner.memory.is_empty();
         inner.memory.extend(batch);
-        if inner.store.is_none() && Instant::now() >= inner.reopen_at {
-            self.try_reopen(&mut inner);
-        }
+        let excess = (inner.stored + inner.memory.len() as u64).saturating_sub(self.max_messages);
+        let mut dropped = self.drop_oldest(&mut inner, excess);
         match inner.store.clone() {
             Some(store) => {
                 let pending: Vec<Entry> = inner.memory.drain(..).collect();
-                let next_seq = inner.next_seq;
-                let written = write_batch(&store, &pending, next_seq);
-                match written {
+                let written = store
+                    .write(&pending, inner.next_seq, recovering)
+                    .map(|fresh| {
+                        inner.stored += fresh;
+                    });
+                let synced = written.and_then(|()| {
+                    drop(inner);
+                    store.sync()
+                });
+                let mut inner = self.lock();
+                match synced {
                     Ok(()) => {
-                        inner.stored += pending.len() as u64;
-                        drop(inner);
-                        match store
-                            .db
-                            .flush()
-                            .map_err(anyhow::Error::from)
-                            .and_then(|_| store.log_file.sync_data().context("fsync of the store"))
-                        {
-                            Ok(()) => {
-                                let end = pending.last().map_or(0, |(k, _)| k + 1);
-                                let mut inner = self.lock();
-                                inner.durable_end = inner.durable_end.max(end);
-                            }
-                            Err(e) => {
-                                // The batch may or may not be on disk: keep it in memory too. A
-                                // copy that did reach the disk costs a duplicate, never a loss.
-                                let mut inner = self.lock();
-                                self.fail_store(&mut inner, &e);
-                                inner.memory.extend(pending);
-                            }
-                        }
+                        let end = pending.last().map_or(0, |(k, _)| k + 1);
+                        inner.durable_end = inner.durable_end.max(end);
                     }
                     Err(e) => {
+                        // The batch may or may not be on disk: keep it in memory too. A copy
+                        // that did reach the disk costs a duplicate, never a loss.
                         self.fail_store(&mut inner, &e);
-                        inner.memory.extend(pending);
+                        let newer = std::mem::take(&mut inner.memory);
+                        inner.memory = pending.into();
+                        inner.memory.extend(newer);
                     }
                 }
             }
             None => {
                 let over = inner.memory.len().saturating_sub(MEMORY_LIMIT);
-                dropped += over as u64;
                 inner.memory.drain(..over);
+                dropped += over as u64;
             }
         }
         if dropped > 0 {
@@ -206,33 +184,30 @@ impl Outbox {
         let mut inner = self.lock();
         let mut out = Vec::new();
         if let Some(store) = inner.store.clone() {
-            for item in store
-                .data
-                .range(start.to_be_bytes()..inner.durable_end.to_be_bytes())
-            {
-                if out.len() >= max {
+            match store.read(start, inner.durable_end, max, &mut out) {
+                Ok(quarantined) => inner.stored -= quarantined,
+                Err(e) => {
+                    self.fail_store(&mut inner, &e);
                     return out;
-                }
-                match item
-                    .map_err(anyhow::Error::from)
-                    .and_then(|(k, v)| decode(&k, &v))
-                {
-                    Ok(entry) => out.push(entry),
-                    Err(e) => {
-                        self.fail_store(&mut inner, &e);
-                        return out;
-                    }
                 }
             }
         }
         let first = inner.memory.partition_point(|(k, _)| *k < start);
-        out.extend(inner.memory.range(first..).take(max - out.len()).cloned());
+        let room = max - out.len();
+        out.extend(inner.memory.range(first..).take(room).cloned());
         out
     }
 
-    /// Forgets acknowledged readings.
-    pub fn remove(&self, keys: &[u64]) {
+    /// Forgets acknowledged readings, unless `generation` (when they were read) is stale.
+    pub fn remove(&self, keys: &[u64], generation: u64) {
         let mut inner = self.lock();
+        if generation != self.generation() {
+            debug!(
+                count = keys.len(),
+                "acks from before the store was reopened: those readings will be sent again"
+            );
+            return;
+        }
         for &key in keys {
             if let Ok(i) = inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
                 inner.memory.remove(i);
@@ -241,10 +216,13 @@ impl Outbox {
             let Some(store) = inner.store.clone() else {
                 continue;
             };
-            match store.data.remove(key.to_be_bytes()) {
-                Ok(Some(_)) => inner.stored -= 1,
-                Ok(None) => {} // already dropped at the bound
-                Err(e) => self.fail_store(&mut inner, &e.into()),
+            match store.remove(key) {
+                Ok(true) => inner.stored -= 1,
+                Ok(false) => {} // already dropped at the bound
+                Err(e) => {
+                    self.fail_store(&mut inner, &e);
+                    return;
+                }
             }
         }
     }
@@ -270,29 +248,62 @@ impl Outbox {
 
     /// Retries a failed store when its time has come; cheap otherwise. Blocking.
     pub fn maintain(&self) {
+        {
+            let inner = self.lock();
+            if inner.store.is_some() || Instant::now() < inner.reopen_at {
+                return;
+            }
+        }
+        // Opening counts every key (seconds on a big store on a Pi): not under the lock, which
+        // the feeder takes on the runtime thread.
+        let opened = store::open_or_replace(&self.path);
         let mut inner = self.lock();
-        if inner.store.is_none() && Instant::now() >= inner.reopen_at {
-            self.try_reopen(&mut inner);
-            drop(inner);
-            self.commit(Vec::new());
+        match opened {
+            Ok(opened) => {
+                let last = opened.last;
+                inner.install(opened);
+                // Readings taken while the store was away must sort after it and must not
+                // overwrite it. The sequence starts above the clock in microseconds, so this
+                // only happens if the clock went back; renumber them then.
+                if inner.memory.front().is_some_and(|(k, _)| *k <= last) {
+                    let mut next = inner.next_seq;
+                    for (k, _) in inner.memory.iter_mut() {
+                        *k = next;
+                        next += 1;
+                    }
+                    inner.next_seq = next;
+                    warn!(
+                        count = inner.memory.len(),
+                        "renumbered readings taken while the store was unavailable"
+                    );
+                }
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                info!(path = %self.path.display(), stored = inner.stored, in_memory = inner.memory.len(), "the store is writable again");
+                drop(inner);
+                self.commit(Vec::new());
+                self.new_data.notify_one();
+            }
+            Err(OpenError::Locked(e) | OpenError::Unusable(e)) => {
+                inner.reopen_delay = (inner.reopen_delay * 2).min(REOPEN_MAX);
+                inner.reopen_at = Instant::now() + inner.reopen_delay;
+                debug!(error = %format!("{e:#}"), retry_in = ?inner.reopen_delay, "store still unavailable");
+            }
         }
     }
 
-    /// Writes the sequence counter and flushes, so a clean stop loses nothing. Blocking.
+    /// Saves the sequence counter and flushes, so a clean stop loses nothing. Blocking.
     pub fn close(&self) {
         let inner = self.lock();
-        if let Some(store) = inner.store.clone() {
-            let next = inner.next_seq;
-            drop(inner);
-            let result = store
-                .meta
-                .insert(NEXT_SEQ_KEY, &next.to_be_bytes())
-                .and_then(|_| store.db.flush())
-                .map_err(anyhow::Error::from)
-                .and_then(|_| store.log_file.sync_data().context("fsync of the store"));
-            if let Err(e) = result {
-                error!(error = %format!("{e:#}"), "could not flush the store on shutdown");
-            }
+        if !inner.memory.is_empty() {
+            error!(lost = inner.memory.len(), path = %self.path.display(), "stopping with readings that could never be written to the store: they are lost");
+        }
+        let Some(store) = inner.store.clone() else {
+            return;
+        };
+        let next = inner.next_seq;
+        drop(inner);
+        if let Err(e) = store.save_seq(next).and_then(|()| store.sync()) {
+            error!(error = %format!("{e:#}"), "could not flush the store on shutdown");
         }
     }
 
@@ -301,14 +312,14 @@ impl Outbox {
         let mut from_store = 0;
         if let Some(store) = inner.store.clone() {
             while from_store < n && inner.stored > 0 {
-                match store.data.pop_min() {
-                    Ok(Some(_)) => {
+                match store.pop_oldest() {
+                    Ok(true) => {
                         inner.stored -= 1;
                         from_store += 1;
                     }
-                    Ok(None) => break,
+                    Ok(false) => break,
                     Err(e) => {
-                        self.fail_store(inner, &e.into());
+                        self.fail_store(inner, &e);
                         break;
                     }
                 }
@@ -320,31 +331,18 @@ impl Outbox {
     }
 
     fn fail_store(&self, inner: &mut Inner, e: &anyhow::Error) {
-        if inner.store.take().is_some() {
-            error!(path = %self.path.display(), error = %format!("{e:#}"), "the store cannot be written; keeping new readings in memory and retrying");
-            inner.stored = 0;
-            inner.durable_end = 0;
-            inner.reopen_delay = REOPEN_MIN;
-            inner.reopen_at = Instant::now() + inner.reopen_delay;
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    fn try_reopen(&self, inner: &mut Inner) {
-        match open_or_replace(&self.path) {
-            Ok(store) => match install(inner, store) {
-                Ok(()) => {
-                    info!(path = %self.path.display(), stored = inner.stored, "the store is writable again");
-                    self.generation.fetch_add(1, Ordering::AcqRel);
-                }
-                Err(e) => warn!(error = %format!("{e:#}"), "store reopened but unreadable"),
-            },
-            Err(OpenError::Locked(e) | OpenError::Unusable(e)) => {
-                inner.reopen_delay = (inner.reopen_delay * 2).min(REOPEN_MAX);
-                inner.reopen_at = Instant::now() + inner.reopen_delay;
-                tracing::debug!(error = %format!("{e:#}"), retry_in = ?inner.reopen_delay, "store still unavailable");
-            }
-        }
+        let Some(store) = inner.store.take() else {
+            return;
+        };
+        error!(path = %self.path.display(), error = %format!("{e:#}"), "the store cannot be written; keeping new readings in memory and retrying");
+        // sled flushes and joins its flusher thread when the last handle goes: on a failing
+        // disk that can take a while, and this may be the runtime thread.
+        std::thread::spawn(move || drop(store));
+        inner.stored = 0;
+        inner.durable_end = 0;
+        inner.reopen_delay = REOPEN_MIN;
+        inner.reopen_at = Instant::now() + inner.reopen_delay;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -354,155 +352,30 @@ impl Outbox {
     }
 }
 
+impl Inner {
+    fn install(&mut self, opened: Opened) {
+        self.stored = opened.stored;
+        self.durable_end = opened.last + 1;
+        self.next_seq = self.next_seq.max(opened.saved_seq).max(opened.last + 1);
+        self.store = Some(opened.store);
+    }
+}
+
+/// Where sequence numbers start: the clock in microseconds. Readings are far rarer than one
+/// per microsecond, so this is above every number a previous run handed out even when the
+/// store that remembered it is gone (damaged, unavailable, or a QoS 0-only daemon that crashed).
+fn seq_floor() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 /// Counts the readings in the store at `path` (for tools and tests; not while a daemon holds it).
 pub fn depth_at(path: &Path) -> anyhow::Result<u64> {
     if !path.exists() {
         return Ok(0);
     }
-    let store = open_store(path)?;
-    Ok(store.data.len() as u64)
-}
-
-/// Puts a freshly opened store into `inner`: counts it, positions the sequence after it.
-fn install(inner: &mut Inner, store: Store) -> anyhow::Result<()> {
-    let last = match store.data.last()? {
-        Some((k, _)) => key_of(&k)?,
-        None => 0,
-    };
-    let saved = match store.meta.get(NEXT_SEQ_KEY)? {
-        Some(v) => key_of(&v)?,
-        None => 1,
-    };
-    // One pass over the keys at start (about 1 s per million readings): the count must be
-    // exact for the bound, and keys have holes (QoS 0 readings, out-of-order acks).
-    inner.stored = store.data.iter().keys().count() as u64;
-    inner.durable_end = last + 1;
-    inner.next_seq = inner.next_seq.max(saved).max(last + 1);
-    inner.store = Some(store);
-    Ok(())
-}
-
-enum OpenError {
-    Locked(anyhow::Error),
-    Unusable(anyhow::Error),
-}
-
-/// Opens the store; a damaged one is renamed `<path>.damaged-<unix time>` and replaced.
-fn open_or_replace(path: &Path) -> Result<Store, OpenError> {
-    let err = match catch_unwind(AssertUnwindSafe(|| open_store(path))) {
-        Ok(Ok(store)) => return Ok(store),
-        Ok(Err(e)) => e,
-        Err(panic) => anyhow::anyhow!("sled panicked while opening it: {}", panic_message(&panic)),
-    };
-    let damaged = match err.downcast_ref::<sled::Error>() {
-        Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-            return Err(OpenError::Locked(err));
-        }
-        // Permissions, a full or read-only disk: moving the directory would not help.
-        Some(sled::Error::Io(_)) => false,
-        Some(_) => true,
-        None => err.to_string().contains("panicked") || err.downcast_ref::<BadRecord>().is_some(),
-    };
-    if !damaged {
-        return Err(OpenError::Unusable(err));
-    }
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let aside = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
-    if let Err(e) = std::fs::rename(path, &aside) {
-        return Err(OpenError::Unusable(
-            err.context(format!("and it could not be moved aside: {e}")),
-        ));
-    }
-    error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
-    open_store(path).map_err(OpenError::Unusable)
-}
-
-fn open_store(path: &Path) -> anyhow::Result<Store> {
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(CACHE_CAPACITY)
-        .open()?;
-    let data = db.open_tree(DATA_TREE)?;
-    let meta = db.open_tree(META_TREE)?;
-    // Check every record decodes: a half-written store is caught here, not mid-publish.
-    if let Some((k, v)) = data.first()? {
-        decode(&k, &v)?;
-    }
-    let log_file = File::options()
-        .read(true)
-        .open(path.join("db"))
-        .with_context(|| format!("opening {} for fsync", path.join("db").display()))?;
-    Ok(Store {
-        db,
-        data,
-        meta,
-        log_file: std::sync::Arc::new(log_file),
-    })
-}
-
-fn write_batch(store: &Store, entries: &[Entry], next_seq: u64) -> anyhow::Result<()> {
-    let mut batch = sled::Batch::default();
-    for (key, record) in entries {
-        batch.insert(&key.to_be_bytes(), encode(record));
-    }
-    store.data.apply_batch(batch)?;
-    store.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
-    Ok(())
-}
-
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("undecodable record in the store: {0}")]
-struct BadRecord(&'static str);
-
-/// `[version][flags: bit0 retain][taken_ms: u64][topic len: u16][topic][payload]`
-fn encode(r: &Record) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12 + r.topic.len() + r.payload.len());
-    v.push(RECORD_VERSION);
-    v.push(r.retain as u8);
-    v.extend_from_slice(&r.taken_ms.to_be_bytes());
-    v.extend_from_slice(&(r.topic.len() as u16).to_be_bytes());
-    v.extend_from_slice(r.topic.as_bytes());
-    v.extend_from_slice(&r.payload);
-    v
-}
-
-fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
-    let key = key_of(key)?;
-    if v.len() < 12 || v[0] != RECORD_VERSION {
-        bail!(BadRecord("unknown version or truncated header"));
-    }
-    let taken_ms = u64::from_be_bytes(v[2..10].try_into().unwrap());
-    let topic_len = u16::from_be_bytes([v[10], v[11]]) as usize;
-    let topic = v
-        .get(12..12 + topic_len)
-        .ok_or(BadRecord("truncated topic"))?;
-    let topic = String::from_utf8(topic.to_vec()).map_err(|_| BadRecord("topic is not UTF-8"))?;
-    let payload = v[12 + topic_len..].to_vec();
-    Ok((
-        key,
-        Record {
-            topic,
-            payload,
-            retain: v[1] & 1 == 1,
-            taken_ms,
-        },
-    ))
-}
-
-fn key_of(k: &[u8]) -> anyhow::Result<u64> {
-    Ok(u64::from_be_bytes(
-        k.try_into().map_err(|_| BadRecord("key is not 8 bytes"))?,
-    ))
+    Ok(store::open(path)?.stored)
 }
 
 #[cfg(test)]
@@ -557,7 +430,7 @@ mod tests {
         let path = dir.path().join("buf");
         let outbox = Outbox::open(&path, 100).unwrap();
         let k = commit_n(&outbox, 4);
-        outbox.remove(&[k[2], k[0], k[0]]); // out of order, and a duplicate ack
+        outbox.remove(&[k[2], k[0], k[0]], outbox.generation()); // out of order, and a duplicate ack
         assert_eq!(outbox.depth(), 2);
         assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[1], k[3]]);
         outbox.close();
@@ -571,7 +444,7 @@ mod tests {
         let path = dir.path().join("buf");
         let outbox = Outbox::open(&path, 100).unwrap();
         let k = commit_n(&outbox, 3);
-        outbox.remove(&k);
+        outbox.remove(&k, outbox.generation());
         let qos0_seq = outbox.next_seq(); // a reading that was never stored
         outbox.close();
         drop(outbox);
@@ -627,7 +500,7 @@ mod tests {
         assert!(outbox.is_degraded());
         let k = commit_n(&outbox, 3);
         assert_eq!(keys(&outbox.read_after(None, 10)), k);
-        outbox.remove(&k[..1]);
+        outbox.remove(&k[..1], outbox.generation());
         assert_eq!(outbox.depth(), 2);
         assert!(!dir.path().join("file.damaged").exists());
     }
@@ -651,6 +524,95 @@ mod tests {
         outbox.close();
         drop(outbox);
         assert_eq!(depth_at(&path).unwrap(), 3);
+    }
+
+    /// A store that cannot be opened at start, holding a backlog keyed above the clock (as if
+    /// the clock went back): the readings taken meanwhile must neither overwrite it nor jump
+    /// ahead of it.
+    #[test]
+    fn a_store_unavailable_at_start_never_overwrites_its_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let future = seq_floor() + 1_000_000_000;
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let old: Vec<u64> = (future..future + 5).collect();
+        outbox.commit(old.iter().map(|&k| (k, record(k))).collect());
+        outbox.close();
+        drop(outbox);
+
+        let hidden = dir.path().join("hidden");
+        std::fs::rename(&path, &hidden).unwrap();
+        std::fs::write(&path, b"not a directory").unwrap();
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert!(outbox.is_degraded());
+        commit_n(&outbox, 3);
+        let generation = outbox.generation();
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::rename(&hidden, &path).unwrap();
+        outbox.lock().reopen_at = Instant::now();
+        outbox.maintain();
+        assert!(!outbox.is_degraded());
+        assert!(outbox.generation() > generation);
+        let read = outbox.read_after(None, 100);
+        assert_eq!(
+            keys(&read)[..5],
+            old[..],
+            "the backlog comes first, untouched"
+        );
+        assert_eq!(read.len(), 8);
+        assert!(read.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(outbox.depth(), 8);
+        outbox.close();
+        drop(outbox);
+        assert_eq!(depth_at(&path).unwrap(), 8);
+    }
+
+    #[tokio::test]
+    async fn reopening_the_store_wakes_the_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("state");
+        std::fs::write(&blocker, b"").unwrap();
+        let outbox = Outbox::open(&blocker.join("buf"), 100).unwrap();
+        std::fs::remove_file(&blocker).unwrap();
+        outbox.lock().reopen_at = Instant::now();
+        outbox.maintain();
+        assert!(!outbox.is_degraded());
+        let woken = tokio::time::timeout(Duration::from_secs(5), outbox.new_data.notified()).await;
+        assert!(woken.is_ok(), "a reopened store must wake the feeder");
+    }
+
+    #[test]
+    fn an_undecodable_record_is_quarantined_not_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 100).unwrap();
+        let k = commit_n(&outbox, 4);
+        let store = outbox.lock().store.clone().unwrap();
+        store.corrupt(k[1]);
+        assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[0], k[2], k[3]]);
+        assert_eq!(outbox.depth(), 3);
+        assert_eq!(store.quarantined(), 1);
+        assert!(!outbox.is_degraded());
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bound_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 3).unwrap();
+        let k = commit_n(&outbox, 5);
+        assert_eq!(keys(&outbox.read_after(None, 10)), k[2..]);
+        assert_eq!((outbox.depth(), outbox.dropped()), (3, 2));
+    }
+
+    #[test]
+    fn acks_from_an_older_generation_delete_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 100).unwrap();
+        let k = commit_n(&outbox, 2);
+        let stale = outbox.generation();
+        outbox.generation.fetch_add(1, Ordering::AcqRel);
+        outbox.remove(&k, stale);
+        assert_eq!(outbox.depth(), 2);
     }
 
     #[test]

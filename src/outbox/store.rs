@@ -1,0 +1,273 @@
+//! The sled side of the outbox: opening (and replacing a damaged store), records, batches.
+
+use std::fs::File;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tracing::error;
+
+use super::{Entry, Record};
+
+/// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
+/// whose hot part (both ends) is small.
+const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+const DATA_TREE: &[u8] = b"outbox";
+const META_TREE: &[u8] = b"meta";
+/// Records that could not be decoded, kept for a person to look at instead of blocking the queue.
+const QUARANTINE_TREE: &[u8] = b"quarantine";
+const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+const RECORD_VERSION: u8 = 1;
+
+/// The sled database and the file whose `sync_data` makes a flush survive a power cut.
+#[derive(Clone)]
+pub(super) struct Store {
+    db: sled::Db,
+    data: sled::Tree,
+    meta: sled::Tree,
+    quarantine: sled::Tree,
+    log_file: Arc<File>,
+}
+
+/// A store just opened, with what was learnt from it.
+pub(super) struct Opened {
+    pub store: Store,
+    /// How many readings it holds (one pass over the keys: about 1 s per million).
+    pub stored: u64,
+    /// Its highest key, 0 when empty.
+    pub last: u64,
+    pub saved_seq: u64,
+}
+
+pub(super) enum OpenError {
+    /// Another process holds it.
+    Locked(anyhow::Error),
+    /// It cannot be opened for I/O reasons (permissions, a full or read-only disk) and was
+    /// left where it is, or it was damaged and could not be replaced.
+    Unusable(anyhow::Error),
+}
+
+impl Store {
+    /// `flush()` alone is sync_file_range on Linux, not a durable fsync.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.db.flush()?;
+        self.log_file.sync_data().context("fsync of the store")
+    }
+
+    /// Writes `entries` and the sequence counter in one batch. Returns how many keys are new;
+    /// with `check_existing`, keys already present (written before a failed flush) don't count.
+    pub fn write(
+        &self,
+        entries: &[Entry],
+        next_seq: u64,
+        check_existing: bool,
+    ) -> anyhow::Result<u64> {
+        let mut fresh = entries.len() as u64;
+        if check_existing {
+            for (key, _) in entries {
+                if self.data.contains_key(key.to_be_bytes())? {
+                    fresh -= 1;
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (key, record) in entries {
+            batch.insert(&key.to_be_bytes(), encode(record));
+        }
+        self.data.apply_batch(batch)?;
+        self.save_seq(next_seq)?;
+        Ok(fresh)
+    }
+
+    pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
+        self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Appends up to `max` entries with keys in `start..end` to `out`. A record that cannot be
+    /// decoded is moved to the quarantine tree (logged) rather than blocking everything behind
+    /// it; returns how many were.
+    pub fn read(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        out: &mut Vec<Entry>,
+    ) -> anyhow::Result<u64> {
+        let mut quarantined = 0;
+        if start >= end {
+            return Ok(0);
+        }
+        for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            match decode(&k, &v) {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    self.quarantine.insert(&k, v)?;
+                    self.data.remove(&k)?;
+                    quarantined += 1;
+                    error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
+                }
+            }
+        }
+        Ok(quarantined)
+    }
+
+    /// True if the key was there.
+    pub fn remove(&self, key: u64) -> anyhow::Result<bool> {
+        Ok(self.data.remove(key.to_be_bytes())?.is_some())
+    }
+
+    /// Drops the oldest reading; false if there was none.
+    pub fn pop_oldest(&self) -> anyhow::Result<bool> {
+        Ok(self.data.pop_min()?.is_some())
+    }
+}
+
+/// Opens the store; a damaged one is renamed `<path>.damaged-<unix time>` and replaced.
+pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
+    let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
+        Ok(Ok(opened)) => return Ok(opened),
+        Ok(Err(e)) => e,
+        Err(panic) => anyhow::anyhow!("sled panicked while opening it: {}", panic_message(&panic)),
+    };
+    let damaged = match err.downcast_ref::<sled::Error>() {
+        Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+            return Err(OpenError::Locked(err));
+        }
+        // Permissions, a full or read-only disk: moving the directory would not help.
+        Some(sled::Error::Io(_)) => false,
+        Some(_) => true,
+        // Our own checks (an undecodable key) and panics.
+        None => err.downcast_ref::<std::io::Error>().is_none(),
+    };
+    if !damaged {
+        return Err(OpenError::Unusable(err));
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let aside = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
+    if let Err(e) = std::fs::rename(path, &aside) {
+        return Err(OpenError::Unusable(
+            err.context(format!("and it could not be moved aside: {e}")),
+        ));
+    }
+    error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
+    open(path).map_err(OpenError::Unusable)
+}
+
+pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY)
+        .open()?;
+    let data = db.open_tree(DATA_TREE)?;
+    let meta = db.open_tree(META_TREE)?;
+    let quarantine = db.open_tree(QUARANTINE_TREE)?;
+    let log_file = File::options()
+        .read(true)
+        .open(path.join("db"))
+        .with_context(|| format!("opening {} for fsync", path.join("db").display()))?;
+    let last = match data.last()? {
+        Some((k, _)) => key_of(&k)?,
+        None => 0,
+    };
+    let saved_seq = match meta.get(NEXT_SEQ_KEY)? {
+        Some(v) => key_of(&v)?,
+        None => 1,
+    };
+    // The count must be exact for the bound, and keys have holes (QoS 0 readings,
+    // out-of-order acks), so `last - first + 1` would not do.
+    let mut stored = 0;
+    for key in data.iter().keys() {
+        key?;
+        stored += 1;
+    }
+    let store = Store {
+        db,
+        data,
+        meta,
+        quarantine,
+        log_file: Arc::new(log_file),
+    };
+    Ok(Opened {
+        store,
+        stored,
+        last,
+        saved_seq,
+    })
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record in the store: {0}")]
+struct BadRecord(&'static str);
+
+/// `[version][flags: bit0 retain][taken_ms: u64][topic len: u16][topic][payload]`
+/// (config validation keeps topics far below 64 KiB).
+fn encode(r: &Record) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + r.topic.len() + r.payload.len());
+    v.push(RECORD_VERSION);
+    v.push(r.retain as u8);
+    v.extend_from_slice(&r.taken_ms.to_be_bytes());
+    v.extend_from_slice(&(r.topic.len() as u16).to_be_bytes());
+    v.extend_from_slice(r.topic.as_bytes());
+    v.extend_from_slice(&r.payload);
+    v
+}
+
+fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
+    let key = key_of(key)?;
+    if v.len() < 12 || v[0] != RECORD_VERSION {
+        bail!(BadRecord("unknown version or truncated header"));
+    }
+    let taken_ms = u64::from_be_bytes(v[2..10].try_into().expect("8 bytes"));
+    let topic_len = u16::from_be_bytes([v[10], v[11]]) as usize;
+    let topic = v
+        .get(12..12 + topic_len)
+        .ok_or(BadRecord("truncated topic"))?;
+    let topic = String::from_utf8(topic.to_vec()).map_err(|_| BadRecord("topic is not UTF-8"))?;
+    let payload = v[12 + topic_len..].to_vec();
+    Ok((
+        key,
+        Record {
+            topic,
+            payload,
+            retain: v[1] & 1 == 1,
+            taken_ms,
+        },
+    ))
+}
+
+fn key_of(k: &[u8]) -> anyhow::Result<u64> {
+    Ok(u64::from_be_bytes(
+        k.try_into().map_err(|_| BadRecord("key is not 8 bytes"))?,
+    ))
+}
+
+#[cfg(test)]
+impl Store {
+    /// Overwrites a stored record with bytes that do not decode.
+    pub fn corrupt(&self, key: u64) {
+        self.data
+            .insert(key.to_be_bytes(), b"junk".as_slice())
+            .unwrap();
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+}
