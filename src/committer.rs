@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
 
+use crate::Stats;
 use crate::config::Qos;
 use crate::mqtt::LiveMessage;
 use crate::outbox::{Outbox, Record};
@@ -22,10 +23,12 @@ pub async fn run(
     mut readings: mpsc::Receiver<Reading>,
     outbox: Arc<Outbox>,
     live: mpsc::Sender<LiveMessage>,
+    stats: Arc<Stats>,
 ) {
     let mut buf = Vec::with_capacity(64);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
     loop {
+        stats.committer_beat.beat();
         tokio::select! {
             n = readings.recv_many(&mut buf, BATCH_MAX) => if n == 0 { break },
             _ = maintain.tick() => {

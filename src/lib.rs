@@ -6,14 +6,18 @@
 
 pub mod committer;
 pub mod config;
+pub mod discover;
+pub mod inspect;
 pub mod logging;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;
 pub mod schedule;
 pub mod sensor;
+pub mod service;
 pub mod signals;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,11 +25,12 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::Config;
+use crate::mqtt::Publisher;
 use crate::outbox::Outbox;
-use crate::sensor::Source;
+use crate::schedule::Sensors;
 
 /// Counters shared by the tasks, for the periodic summary (and later, status reporting).
 #[derive(Debug, Default)]
@@ -37,16 +42,30 @@ pub struct Stats {
     /// QoS 0 readings discarded because the broker was not connected.
     pub live_dropped: AtomicU64,
     pub connected: AtomicBool,
+    /// Progress of the committer and the MQTT connection task, for the watchdog.
+    pub committer_beat: service::Beat,
+    pub mqtt_beat: service::Beat,
 }
 
 /// How many readings may wait between the sensors and the committer.
 const READING_QUEUE: usize = 1024;
 const LIVE_QUEUE: usize = 256;
 
+/// A way to ask the running daemon to reread its config (SIGHUP, in `main`).
+pub struct Reloads {
+    pub path: PathBuf,
+    pub requests: mpsc::Receiver<()>,
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then stops in order: sensors first, then
 /// the committer (committing what they produced), then the publisher after a grace period for
-/// in-flight acks, and finally a flush of the store.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// in-flight acks, and finally a flush of the store. With `reloads`, each request rereads the
+/// config and applies what changed; an invalid config is logged and the old one kept.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    reloads: Option<Reloads>,
+) -> anyhow::Result<()> {
     let buffer = config.buffer.clone();
     let outbox =
         tokio::task::spawn_blocking(move || Outbox::open(&buffer.path, buffer.max_messages))
@@ -59,52 +78,114 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let tracker = TaskTracker::new();
     let (reading_tx, reading_rx) = mpsc::channel(READING_QUEUE);
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
-
-    let sensors = config.sensors.len();
-    for sensor in config.sensors {
-        let source = Source::new(sensor.source.clone(), &config.sysfs_root);
-        tracker.spawn(schedule::run_sensor(
-            sensor,
-            source,
-            reading_tx.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        ));
-    }
-    // The committer ends when the last sensor task drops its sender.
-    drop(reading_tx);
-    tracker.spawn(committer::run(reading_rx, outbox.clone(), live_tx));
-    mqtt::spawn(
-        &config.mqtt,
+    tracker.spawn(committer::run(
+        reading_rx,
         outbox.clone(),
-        live_rx,
+        live_tx,
         stats.clone(),
-        shutdown.clone(),
-        &tracker,
-    );
-    tracker.spawn(summaries(
-        config.stats_interval,
-        outbox.clone(),
-        stats.clone(),
-        shutdown.clone(),
     ));
-    tracker.close();
-    if sensors == 0 {
+    let mut sensors = Sensors::new(reading_tx, stats.clone(), tracker.clone(), shutdown.clone());
+    sensors.apply(&config.sensors, &config.sysfs_root);
+    let mut publisher = Publisher::start(&config.mqtt, outbox.clone(), live_rx, stats.clone());
+    let mut side = SideTasks::start(&config, &outbox, &stats, &tracker);
+
+    if config.sensors.is_empty() {
         tracing::warn!("no [[sensor]] configured: only the stored backlog will be published");
     }
     info!(
-        sensors,
+        sensors = config.sensors.len(),
         broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
         client_id = %config.mqtt.client_id,
         "telemetryd {} started",
         env!("CARGO_PKG_VERSION")
     );
+    service::ready();
 
+    let mut config = config;
+    let (_never, idle) = mpsc::channel(1);
+    let (path, mut requests) = match reloads {
+        Some(r) => (Some(r.path), r.requests),
+        None => (None, idle),
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = requests.recv() => {
+                let Some(path) = &path else { continue };
+                service::reloading();
+                match Config::load(path) {
+                    Err(e) => error!("reload failed, still running the previous config: {e}"),
+                    Ok(new) => {
+                        info!(path = %path.display(), "reloading the config");
+                        logging::set_level(&new.log_level);
+                        sensors.apply(&new.sensors, &new.sysfs_root);
+                        if new.mqtt != config.mqtt {
+                            info!("MQTT settings changed: reconnecting");
+                            let live = publisher.stop().await?;
+                            publisher = Publisher::start(&new.mqtt, outbox.clone(), live, stats.clone());
+                        }
+                        if new.buffer.path != config.buffer.path {
+                            tracing::warn!(path = %new.buffer.path.display(), "a new [buffer] path takes effect after a restart");
+                        }
+                        outbox.set_max_messages(new.buffer.max_messages);
+                        side.stop();
+                        side = SideTasks::start(&new, &outbox, &stats, &tracker);
+                        config = new;
+                        info!(sensors = config.sensors.len(), "config reloaded");
+                    }
+                }
+                service::ready();
+            }
+        }
+    }
+
+    service::stopping();
+    // Sensors stop; the committer then commits what they queued and ends.
+    sensors.stop_all();
+    publisher.stop().await?;
+    side.stop();
+    tracker.close();
     tracker.wait().await;
     let closing = outbox.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
     info!(buffered = outbox.depth(), "stopped");
     Ok(())
+}
+
+/// The summary and systemd status tasks: restarted on reload, as their settings may change.
+struct SideTasks {
+    stop: CancellationToken,
+}
+
+impl SideTasks {
+    fn start(
+        config: &Config,
+        outbox: &Arc<Outbox>,
+        stats: &Arc<Stats>,
+        tracker: &TaskTracker,
+    ) -> SideTasks {
+        let stop = CancellationToken::new();
+        tracker.spawn(summaries(
+            config.stats_interval,
+            outbox.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
+        let broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
+        let stall = mqtt::stall_limit(config.mqtt.keep_alive);
+        tracker.spawn(service::run(
+            outbox.clone(),
+            stats.clone(),
+            broker,
+            stall,
+            stop.clone(),
+        ));
+        SideTasks { stop }
+    }
+
+    fn stop(&self) {
+        self.stop.cancel();
+    }
 }
 
 /// One info line per `every`: enough to see the daemon is alive without one line per reading.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tracing::{Event, Level, Subscriber};
@@ -17,13 +18,29 @@ pub const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 /// Installs the global subscriber. `RUST_LOG`, when set and non-empty, wins over `level`.
 /// Dependencies only log warnings unless asked for: sled and rumqttc are chatty at debug.
 pub fn init(level: &str) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => EnvFilter::new(s),
-        _ => EnvFilter::new(format!("warn,telemetryd={level}")),
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let filter = match &from_env {
+        Some(s) => EnvFilter::new(s),
+        None => EnvFilter::new(directives(level)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The handle's type depends on the format; keep it behind a closure.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            if from_env.is_none() {
+                let _ = SET_LEVEL.set(Box::new(move |level: &str| {
+                    let _ = handle.reload(EnvFilter::new(directives(level)));
+                }));
+            }
+            builder.init();
+        }};
+    }
     if stderr_is_journal() {
         // journald adds the time and the unit; the `<N>` prefix sets the priority, so
         // `journalctl -p warning` works.
@@ -31,11 +48,25 @@ pub fn init(level: &str) {
             .without_time()
             .with_ansi(false)
             .with_level(false);
-        builder.with_ansi(false).event_format(Journal(inner)).init();
+        install!(builder.with_ansi(false).event_format(Journal(inner)));
     } else {
         // Colours only for a person at a terminal, never into a file or a pipe.
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        install!(builder.with_ansi(std::io::stderr().is_terminal()));
     }
+}
+
+/// Applies a new `log_level` (on reload). Does nothing when `RUST_LOG` decides.
+pub fn set_level(level: &str) {
+    if let Some(set) = SET_LEVEL.get() {
+        set(level);
+    }
+}
+
+type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
+static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
+
+fn directives(level: &str) -> String {
+    format!("warn,telemetryd={level}")
 }
 
 /// True when stderr is the journal stream systemd gave us, not merely when the variable is

@@ -1,13 +1,14 @@
 //! The `telemetryd` command: parses arguments, loads the config, and decides every exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use telemetryd::config::{self, Config};
+use telemetryd::{discover, inspect};
 
 /// EX_CONFIG from sysexits.h: the unit file's `RestartPreventExitStatus=78` stops systemd
 /// from restarting a daemon whose config is wrong.
@@ -15,41 +16,78 @@ const EXIT_CONFIG: u8 = 78;
 
 /// Reads sensors on a schedule and publishes them to an MQTT broker, buffering on disk so
 /// that no reading is lost while the broker or the network is away.
+///
+/// Without a subcommand, runs the daemon in the foreground. SIGTERM or Ctrl-C stops it
+/// cleanly (a second one at once); SIGHUP rereads the config.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
     /// The config file.
-    #[arg(long, short, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    #[arg(long, short, global = true, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the config, then read every sensor once and show what it would publish.
+    ///
+    /// Exits 0 when all is well, 78 on a config error, 1 when a sensor failed.
+    Check {
+        /// Only validate the config and print nothing on success (for `systemctl reload`).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List the sensors this machine has, each as a ready-to-paste [[sensor]] block.
+    Sensors {
+        /// Where sysfs is mounted.
+        #[arg(long, value_name = "PATH", default_value = "/sys")]
+        sysfs_root: PathBuf,
+    },
+    /// Show the buffer: readings waiting, the oldest one and its age, size on disk.
+    Buffer,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("telemetryd: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+    match cli.command {
+        None => daemon(&cli.config),
+        Some(Command::Check { quiet }) => check(&cli.config, quiet),
+        Some(Command::Sensors { sysfs_root }) => {
+            let found = block_on(discover::scan(&sysfs_root));
+            print!("{}", discover::render(&found, &sysfs_root));
+            ExitCode::SUCCESS
         }
+        Some(Command::Buffer) => buffer(&cli.config),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("telemetryd: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn daemon(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     telemetryd::logging::init(&config.log_level);
-
-    // One thread runs every task; blocking work (sysfs reads, fsyncs) goes to tokio's
-    // blocking pool. A Pi has few cores and the daemon is mostly asleep.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("telemetryd: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let shutdown = CancellationToken::new();
     let result = runtime.block_on(async {
-        telemetryd::signals::install(shutdown.clone())?;
-        telemetryd::run(config, shutdown).await
+        let requests = telemetryd::signals::install(shutdown.clone())?;
+        let reloads = telemetryd::Reloads {
+            path: path.to_owned(),
+            requests,
+        };
+        telemetryd::run(config, shutdown, Some(reloads)).await
     });
     // A sensor read still blocking in the pool (a w1 conversion) must not hold up the exit.
     runtime.shutdown_timeout(Duration::from_millis(500));
@@ -61,4 +99,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(path: &Path, quiet: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if quiet {
+        return ExitCode::SUCCESS;
+    }
+    println!("{}: ok, {} sensors", path.display(), config.sensors.len());
+    let results = block_on(inspect::read_all(&config));
+    print!("{}", inspect::render_readings(&results));
+    if results.iter().all(|r| r.value.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn buffer(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match inspect::buffer(&config.buffer.path) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telemetryd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One thread runs every task; blocking work (sysfs reads, fsyncs) goes to tokio's blocking
+/// pool. A Pi has few cores and the daemon is mostly asleep.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("telemetryd: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let rt = runtime().unwrap_or_else(|_| std::process::exit(1));
+    let out = rt.block_on(f);
+    rt.shutdown_timeout(Duration::from_millis(500));
+    out
 }

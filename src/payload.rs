@@ -40,15 +40,19 @@ struct JsonPayload<'a> {
     seq: u64,
 }
 
-/// `28.437` with 1 decimal is `28.4`; no `-0.0`.
+/// `28.437` with 1 decimal is `28.4`; halves round away from zero, as people expect (a
+/// pressure of 101.325 kPa is 1013.3 hPa, not the 1013.2 that its binary form `1013.2499…`
+/// would give); no `-0.0`.
 pub fn format_value(value: f64, decimals: Option<u8>) -> String {
-    let mut text = match decimals {
-        Some(d) => format!("{value:.*}", d as usize),
-        None => {
-            let t = format!("{value:.DEFAULT_DECIMALS$}");
-            t.trim_end_matches('0').trim_end_matches('.').to_owned()
-        }
-    };
+    let d = decimals.map_or(DEFAULT_DECIMALS, usize::from);
+    // First drop the noise of binary arithmetic (scale factors, unit conversions), then round.
+    let clean = (value * 1e9).round() / 1e9;
+    let factor = 10f64.powi(d as i32);
+    let rounded = (clean * factor).round() / factor;
+    let mut text = format!("{rounded:.d$}");
+    if decimals.is_none() && text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
+    }
     if text.starts_with('-') && text[1..].chars().all(|c| c == '0' || c == '.') {
         text.remove(0);
     }
@@ -89,7 +93,10 @@ mod tests {
         assert_eq!(format_value(28.4, Some(2)), "28.40");
         assert_eq!(format_value(-0.04, Some(1)), "0.0");
         assert_eq!(format_value(-0.0001, None), "0");
-        assert_eq!(format_value(-3.25, Some(1)), "-3.2");
+        assert_eq!(format_value(-3.25, Some(1)), "-3.3");
+        assert_eq!(format_value(101.325 * 10.0, Some(1)), "1013.3");
+        assert_eq!(format_value(0.1 + 0.2, Some(2)), "0.30");
+        assert_eq!(format_value(2.5, Some(0)), "3");
         assert_eq!(format_value(1013.2534, Some(1)), "1013.3");
     }
 

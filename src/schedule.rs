@@ -1,18 +1,100 @@
 //! One task per sensor: read on its interval, calibrate, check bounds, hand the reading on.
 
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::Stats;
 use crate::config::SensorConfig;
 use crate::logging::Throttle;
-use crate::sensor::Source;
+use crate::sensor::{ReadError, Source, SourceSpec};
+
+/// A sysfs read that has not returned after this long is abandoned (its blocking thread may
+/// stay stuck in the kernel, but the sensor's schedule goes on). Commands have their own timeout.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The running sensor tasks, by name. Reloading the config applies only the differences:
+/// an unchanged sensor keeps its schedule.
+pub struct Sensors {
+    tx: mpsc::Sender<Reading>,
+    stats: Arc<Stats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    running: HashMap<String, (SensorConfig, PathBuf, CancellationToken)>,
+    /// After the first `apply`, changes are worth a log line.
+    started: bool,
+}
+
+impl Sensors {
+    /// Readings go to `tx`; the committer ends once this and every task is gone.
+    pub fn new(
+        tx: mpsc::Sender<Reading>,
+        stats: Arc<Stats>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Sensors {
+        Sensors {
+            tx,
+            stats,
+            tracker,
+            shutdown,
+            running: HashMap::new(),
+            started: false,
+        }
+    }
+
+    /// Starts, stops and restarts tasks so that exactly `wanted` run; logs each change.
+    pub fn apply(&mut self, wanted: &[SensorConfig], sysfs_root: &Path) {
+        let names: HashSet<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+        self.running.retain(|name, (_, _, stop)| {
+            let keep = names.contains(name.as_str());
+            if !keep {
+                stop.cancel();
+                info!(sensor = %name, "sensor removed");
+            }
+            keep
+        });
+        for cfg in wanted {
+            let root = sysfs_root.to_owned();
+            match self.running.get(&cfg.name) {
+                Some((old, old_root, _)) if *old == *cfg && *old_root == root => continue,
+                Some((_, _, stop)) => {
+                    stop.cancel();
+                    info!(sensor = %cfg.name, "sensor changed: restarting it");
+                }
+                None if self.started => info!(sensor = %cfg.name, "sensor added"),
+                None => {}
+            }
+            let stop = self.shutdown.child_token();
+            let source = Source::new(cfg.source.clone(), &root);
+            self.tracker.spawn(run_sensor(
+                cfg.clone(),
+                source,
+                self.tx.clone(),
+                self.stats.clone(),
+                stop.clone(),
+            ));
+            self.running
+                .insert(cfg.name.clone(), (cfg.clone(), root, stop));
+        }
+        self.started = true;
+    }
+
+    /// Stops every sensor; the reading channel closes once their tasks are done.
+    pub fn stop_all(self) {
+        for (_, _, stop) in self.running.values() {
+            stop.cancel();
+        }
+    }
+}
 
 /// A calibrated value, with the sensor it came from and when it was taken.
 #[derive(Debug, Clone)]
@@ -34,6 +116,7 @@ pub async fn run_sensor(
     if cfg.unit.is_none() {
         cfg.unit = source.unit().map(str::to_owned);
     }
+    let read_timeout = read_timeout(&cfg.source);
     let sensor = Arc::new(cfg);
     let name = sensor.name.as_str();
     let mut ticker = tokio::time::interval(sensor.interval);
@@ -48,7 +131,9 @@ pub async fn run_sensor(
         // Cancelling a read is fine: a command child is killed on drop, a file read just ends.
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = source.read() => r,
+            r = tokio::time::timeout(read_timeout, source.read()) => r.unwrap_or_else(|_| {
+                Err(ReadError::new(format!("no answer within {read_timeout:?}: the read is abandoned")))
+            }),
         };
         let taken = SystemTime::now();
         let outcome = result.map_err(|e| (e.to_string(), e.is_transient(), e.retry_after()));
@@ -82,8 +167,16 @@ pub async fn run_sensor(
     }
 }
 
+/// How long one read may take before it is abandoned.
+pub(crate) fn read_timeout(spec: &SourceSpec) -> Duration {
+    match spec {
+        SourceSpec::Command { timeout, .. } => *timeout + Duration::from_secs(5),
+        _ => READ_TIMEOUT,
+    }
+}
+
 /// Applies `scale` and `offset`, then the plausibility bounds.
-fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, String> {
+pub(crate) fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, String> {
     let value = raw * s.scale + s.offset;
     if !value.is_finite() {
         return Err(format!("value {value} is not a number"));

@@ -1,4 +1,5 @@
 //! SIGTERM/SIGINT: the first starts a graceful stop, a second one ends the process at once.
+//! SIGHUP: reread the config.
 
 use std::io;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::sync::atomic::AtomicBool;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGXFSZ};
 use signal_hook::flag;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT. Must be called inside the runtime.
-pub fn install(shutdown: CancellationToken) -> io::Result<()> {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; returns a stream of SIGHUPs. Must be
+/// called inside the runtime.
+pub fn install(shutdown: CancellationToken) -> io::Result<mpsc::Receiver<()>> {
     let stopping = Arc::new(AtomicBool::new(false));
     for sig in [SIGTERM, SIGINT] {
         // Order matters: the conditional default is checked before the flag is set, so only
@@ -23,6 +26,15 @@ pub fn install(shutdown: CancellationToken) -> io::Result<()> {
     // the write fails with EFBIG instead and the store's error handling takes over.
     flag::register(SIGXFSZ, Arc::new(AtomicBool::new(false)))?;
 
+    let mut hup = signal(SignalKind::hangup())?;
+    // One pending reload is enough: several SIGHUPs in a row mean "reload once more".
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = reload_tx.try_send(());
+        }
+    });
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::spawn(async move {
@@ -33,5 +45,5 @@ pub fn install(shutdown: CancellationToken) -> io::Result<()> {
         info!(signal = name, "stopping (send it again to exit at once)");
         shutdown.cancel();
     });
-    Ok(())
+    Ok(reload_rx)
 }

@@ -16,7 +16,7 @@ use crate::Stats;
 use crate::logging::Throttle;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
-const RECONNECT_MAX: Duration = Duration::from_secs(60);
+pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// How long a clean stop waits for our DISCONNECT to leave.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
@@ -41,6 +41,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
     // broker that accepts us and then drops us at once is not hammered twice a second.
     let mut healthy = false;
     loop {
+        c.stats.mqtt_beat.beat();
         // `poll()` is dropped mid-flight only when stopping or when the link is being dropped
         // anyway; a half-written packet matters to neither.
         let polled = tokio::select! {

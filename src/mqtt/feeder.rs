@@ -70,7 +70,7 @@ pub(super) async fn run(
     stats: Arc<Stats>,
     ack_timeout: Duration,
     shutdown: CancellationToken,
-) {
+) -> mpsc::Receiver<LiveMessage> {
     let Channels {
         mut link,
         mut live,
@@ -137,6 +137,7 @@ pub(super) async fn run(
     }
     // Best effort: the connection task waits briefly for it to go out.
     let _ = f.client.try_disconnect();
+    live
 }
 
 impl Feeder {

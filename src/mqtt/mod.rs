@@ -15,10 +15,11 @@ mod feeder;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use rumqttc::{AsyncClient, MqttOptions};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::Stats;
 use crate::config::MqttConfig;
@@ -39,6 +40,13 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The least time a publish may wait for its PUBACK before the link is presumed stuck.
 const ACK_TIMEOUT_MIN: Duration = Duration::from_secs(10);
 
+/// How long the connection task may go without a loop turn before it counts as stuck: it
+/// turns at least once per keep-alive when connected, and per backoff step (at most 60 s,
+/// plus a 5 s connect timeout) when not.
+pub fn stall_limit(keep_alive: Duration) -> Duration {
+    (keep_alive * 2).max(connection::RECONNECT_MAX) + Duration::from_secs(30)
+}
+
 /// What the connection task tells the feeder, in the order it happened on the wire.
 #[derive(Debug)]
 enum Link {
@@ -52,45 +60,69 @@ enum Link {
     Down(oneshot::Sender<()>),
 }
 
-/// Starts the connection and feeder tasks on `tracker`. The feeder stops on `shutdown` after
-/// the grace period; the connection task stops once the feeder is done.
-pub fn spawn(
-    cfg: &MqttConfig,
-    outbox: Arc<Outbox>,
-    live: mpsc::Receiver<LiveMessage>,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-    tracker: &TaskTracker,
-) {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_clean_session(cfg.clean_session);
-    opts.set_keep_alive(cfg.keep_alive);
-    opts.set_inflight(PKID_SLOTS as u16);
-    // Room for a full window plus QoS 0 live readings; try_publish never waits.
-    let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 64);
-    let (link_tx, link_rx) = mpsc::channel(1024);
-    let (reconnect_tx, reconnect_rx) = watch::channel(0);
-    let link_done = CancellationToken::new();
-    let broker = format!("{}:{}", cfg.host, cfg.port);
-    // Longer than keep-alive takes to notice a dead link, so this only fires on a broker that
-    // is alive but not acknowledging.
-    let ack_timeout = (cfg.keep_alive * 2).max(ACK_TIMEOUT_MIN);
+/// The running connection and feeder tasks; restarted when the MQTT settings change.
+pub struct Publisher {
+    /// Asks the feeder to stop (after the grace period for in-flight acks).
+    stop: CancellationToken,
+    feeder: JoinHandle<mpsc::Receiver<LiveMessage>>,
+    connection: JoinHandle<()>,
+}
 
-    let conn = connection::Connection {
-        broker,
-        stats: stats.clone(),
-        events: link_tx,
-        reconnect: reconnect_rx,
-    };
-    tracker.spawn(connection::run(eventloop, conn, link_done.clone()));
-    tracker.spawn(async move {
-        // Even if the feeder panics, the connection task must stop, or shutdown would hang.
-        let _stop_connection = link_done.drop_guard();
-        let channels = feeder::Channels {
-            link: link_rx,
-            live,
-            reconnect: reconnect_tx,
+impl Publisher {
+    /// Connects with `cfg` and starts publishing from `outbox`, and QoS 0 readings from `live`.
+    pub fn start(
+        cfg: &MqttConfig,
+        outbox: Arc<Outbox>,
+        live: mpsc::Receiver<LiveMessage>,
+        stats: Arc<Stats>,
+    ) -> Publisher {
+        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+        opts.set_clean_session(cfg.clean_session);
+        opts.set_keep_alive(cfg.keep_alive);
+        opts.set_inflight(PKID_SLOTS as u16);
+        // Room for a full window plus QoS 0 live readings; try_publish never waits.
+        let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 64);
+        let (link_tx, link_rx) = mpsc::channel(1024);
+        let (reconnect_tx, reconnect_rx) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let link_done = CancellationToken::new();
+        // Longer than keep-alive takes to notice a dead link, so this only fires on a broker
+        // that is alive but not acknowledging.
+        let ack_timeout = (cfg.keep_alive * 2).max(ACK_TIMEOUT_MIN);
+
+        let conn = connection::Connection {
+            broker: format!("{}:{}", cfg.host, cfg.port),
+            stats: stats.clone(),
+            events: link_tx,
+            reconnect: reconnect_rx,
         };
-        feeder::run(client, outbox, channels, stats, ack_timeout, shutdown).await;
-    });
+        let connection = tokio::spawn(connection::run(eventloop, conn, link_done.clone()));
+        let feeder_stop = stop.clone();
+        let feeder = tokio::spawn(async move {
+            // Even if the feeder panics, the connection task must stop, or shutdown would hang.
+            let _stop_connection = link_done.drop_guard();
+            let channels = feeder::Channels {
+                link: link_rx,
+                live,
+                reconnect: reconnect_tx,
+            };
+            feeder::run(client, outbox, channels, stats, ack_timeout, feeder_stop).await
+        });
+        Publisher {
+            stop,
+            feeder,
+            connection,
+        }
+    }
+
+    /// Stops publishing: in-flight readings get [`SHUTDOWN_GRACE`] to be acknowledged, the
+    /// rest stays in the outbox. Returns the QoS 0 receiver for a successor.
+    pub async fn stop(self) -> anyhow::Result<mpsc::Receiver<LiveMessage>> {
+        self.stop.cancel();
+        let live = self.feeder.await.context("the MQTT feeder task failed")?;
+        self.connection
+            .await
+            .context("the MQTT connection task failed")?;
+        Ok(live)
+    }
 }

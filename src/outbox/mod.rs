@@ -61,7 +61,7 @@ struct Inner {
 
 pub struct Outbox {
     path: PathBuf,
-    max_messages: u64,
+    max_messages: AtomicU64,
     inner: Mutex<Inner>,
     dropped: AtomicU64,
     /// Bumped whenever keys a reader holds may no longer mean what they meant (the store
@@ -101,7 +101,7 @@ impl Outbox {
         }
         Ok(Outbox {
             path: path.to_owned(),
-            max_messages,
+            max_messages: AtomicU64::new(max_messages),
             inner: Mutex::new(inner),
             dropped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -130,7 +130,8 @@ impl Outbox {
         // failed): they must not be counted twice.
         let recovering = !inner.memory.is_empty();
         inner.memory.extend(batch);
-        let excess = (inner.stored + inner.memory.len() as u64).saturating_sub(self.max_messages);
+        let bound = self.max_messages.load(Ordering::Relaxed);
+        let excess = (inner.stored + inner.memory.len() as u64).saturating_sub(bound);
         let mut dropped = self.drop_oldest(&mut inner, excess);
         match inner.store.clone() {
             Some(store) => {
@@ -170,9 +171,7 @@ impl Outbox {
             let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
             warn!(
                 dropped,
-                total,
-                bound = self.max_messages,
-                "buffer full: dropped the oldest readings"
+                total, bound, "buffer full: dropped the oldest readings"
             );
         }
         self.new_data.notify_one();
@@ -225,6 +224,11 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// A new bound, applied from the next commit on (a reload).
+    pub fn set_max_messages(&self, max_messages: u64) {
+        self.max_messages.store(max_messages, Ordering::Relaxed);
     }
 
     /// Readings waiting to be acknowledged (stored and in memory).
@@ -368,6 +372,54 @@ fn seq_floor() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)
+}
+
+/// What `telemetryd buffer` shows.
+#[derive(Debug)]
+pub struct BufferReport {
+    pub depth: u64,
+    /// The oldest reading: its key and record.
+    pub oldest: Option<Entry>,
+    pub quarantined: usize,
+    pub bytes_on_disk: u64,
+}
+
+/// Looks at the store at `path` without changing it. Fails plainly when a daemon holds it.
+pub fn inspect(path: &Path) -> anyhow::Result<BufferReport> {
+    if !path.exists() {
+        anyhow::bail!(
+            "there is no buffer at {} yet: the daemon has not run with this config",
+            path.display()
+        );
+    }
+    let opened = match store::open(path) {
+        Ok(opened) => opened,
+        Err(e) if format!("{e:#}").contains("could not acquire lock") => anyhow::bail!(
+            "the buffer at {} is in use by the running daemon; `systemctl status telemetryd` shows its depth, or stop the daemon to inspect it",
+            path.display()
+        ),
+        Err(e) => return Err(e.context(format!("cannot open the buffer at {}", path.display()))),
+    };
+    Ok(BufferReport {
+        depth: opened.stored,
+        oldest: opened.store.first()?,
+        quarantined: opened.store.quarantined(),
+        bytes_on_disk: dir_size(path),
+    })
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Counts the readings in the store at `path` (for tools and tests; not while a daemon holds it).

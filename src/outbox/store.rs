@@ -118,6 +118,15 @@ impl Store {
         Ok(quarantined)
     }
 
+    /// The oldest reading, if any.
+    pub fn first(&self) -> anyhow::Result<Option<Entry>> {
+        self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
     /// True if the key was there.
     pub fn remove(&self, key: u64) -> anyhow::Result<bool> {
         Ok(self.data.remove(key.to_be_bytes())?.is_some())
@@ -265,9 +274,5 @@ impl Store {
         self.data
             .insert(key.to_be_bytes(), b"junk".as_slice())
             .unwrap();
-    }
-
-    pub fn quarantined(&self) -> usize {
-        self.quarantine.len()
     }
 }

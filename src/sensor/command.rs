@@ -28,6 +28,10 @@ impl CommandSource {
             .args(args)
             // A sensor command must never wait for input from the daemon's terminal.
             .stdin(Stdio::null())
+            // systemd's sockets and watchdog are for the daemon itself, not its children.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group, so a timeout kills what it started too (`sh -c` leaves

@@ -748,6 +748,10 @@ impl Daemon {
         self.proc().signal(libc::SIGTERM);
     }
 
+    pub fn signal(&mut self, sig: libc::c_int) {
+        self.proc().signal(sig);
+    }
+
     pub fn sigkill(&mut self) -> ExitStatus {
         let s = self.proc().kill();
         self.finish(s);

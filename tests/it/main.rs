@@ -7,3 +7,4 @@ mod delivery;
 mod fake_broker;
 mod harness;
 mod readings;
+mod service;

@@ -1,0 +1,120 @@
+//! systemd integration: readiness, a current status line, and a watchdog fed only while the
+//! daemon makes progress. Every call is a no-op when not started by systemd.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::Stats;
+use crate::outbox::Outbox;
+
+/// How often the status line is refreshed (and the watchdog fed, if it asks for more often).
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// The committer wakes every second; this long without it means it is stuck (a hung fsync).
+const COMMITTER_STALL: Duration = Duration::from_secs(30);
+
+/// When a task last showed it was making progress.
+#[derive(Debug, Default)]
+pub struct Beat(AtomicU64);
+
+impl Beat {
+    pub fn beat(&self) {
+        self.0
+            .store(since_start().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn age(&self) -> Duration {
+        since_start().saturating_sub(Duration::from_millis(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+fn since_start() -> Duration {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+pub fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub fn ready() {
+    notify(&[NotifyState::Ready]);
+}
+
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
+/// Keeps `STATUS=` current and feeds the watchdog while both the committer and the MQTT
+/// connection task beat in time, until `stop`.
+pub async fn run(
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    broker: String,
+    mqtt_stall: Duration,
+    stop: CancellationToken,
+) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
+    let mut ticker = tokio::time::interval(every);
+    let mut last_status = String::new();
+    let mut stalled = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let status = status_line(&outbox, &stats, &broker);
+        if status != last_status {
+            notify(&[NotifyState::Status(&status)]);
+            last_status = status;
+        }
+        if watchdog.is_none() {
+            continue;
+        }
+        let committer = stats.committer_beat.age();
+        let mqtt = stats.mqtt_beat.age();
+        if committer < COMMITTER_STALL && mqtt < mqtt_stall {
+            notify(&[NotifyState::Watchdog]);
+            if std::mem::take(&mut stalled) {
+                info!("all tasks are making progress again; feeding the watchdog");
+            }
+        } else if !stalled {
+            stalled = true;
+            error!(committer_idle = ?committer, mqtt_idle = ?mqtt, "a task has stopped making progress; no longer feeding the watchdog, so systemd will restart the service");
+        }
+    }
+}
+
+pub fn stopping() {
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// E.g. `connected to localhost:1883; 0 buffered, 0 dropped`.
+pub fn status_line(outbox: &Outbox, stats: &Stats, broker: &str) -> String {
+    let link = if stats.connected.load(Ordering::Relaxed) {
+        format!("connected to {broker}")
+    } else {
+        format!("waiting for {broker}")
+    };
+    let store = if outbox.is_degraded() {
+        "; store unavailable, buffering in memory"
+    } else {
+        ""
+    };
+    format!(
+        "{link}; {} buffered, {} dropped{store}",
+        outbox.depth(),
+        outbox.dropped()
+    )
+}

@@ -1,0 +1,342 @@
+//! Living under systemd: readiness and watchdog notifications, SIGHUP reloads, journald log
+//! lines, and the `check`, `sensors` and `buffer` subcommands.
+
+use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::*;
+
+const TOPIC: &str = "test/counter";
+
+/// Collects what the daemon sends to a fake `NOTIFY_SOCKET`.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        // Ends when the test's temp dir (and so the socket file) is gone and reads keep timing
+        // out; it holds nothing that matters.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            for _ in 0..600 {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock().unwrap().extend(msg.lines().map(str::to_owned));
+                }
+            }
+        });
+        NotifySocket { path, got }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+}
+
+/// READY=1 once running, a STATUS= line that says connected and how much is buffered,
+/// WATCHDOG=1 at half of WATCHDOG_USEC while all is well, STOPPING=1 on the way out.
+#[test]
+fn systemd_notifications() {
+    let mut env = Env::with_broker("systemd_notifications");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "100ms", 1));
+    env.write_config(&cfg);
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    env.daemon
+        .start_with_env(&[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")]);
+
+    let connected = format!("STATUS=connected to 127.0.0.1:{}", env.port());
+    wait_until(
+        DEADLINE,
+        "READY=1, a connected status and three watchdog pings",
+        || {
+            let lines = notify.lines();
+            lines.contains(&"READY=1".to_owned())
+                && lines
+                    .iter()
+                    .any(|l| l.starts_with(&connected) && l.contains(" buffered, 0 dropped"))
+                && notify.count("WATCHDOG=1") >= 3
+        },
+    );
+    env.daemon.stop_expect_success();
+    let lines = notify.lines();
+    assert!(lines.contains(&"STOPPING=1".to_owned()), "{lines:?}");
+    let ready = lines.iter().position(|l| l == "READY=1").unwrap();
+    let first_ping = lines.iter().position(|l| l == "WATCHDOG=1").unwrap();
+    assert!(ready < first_ping, "READY=1 must come first: {lines:?}");
+}
+
+/// SIGHUP with a valid config applies it: a changed topic, an added sensor and new MQTT
+/// settings (a reconnect), without losing or reordering a reading; an invalid config is
+/// logged with its place and the daemon goes on with the old one.
+#[test]
+fn sighup_reload() {
+    let mut env = Env::with_broker("sighup_reload");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", "test/a", "50ms", 1));
+    env.write_config(&cfg);
+    env.daemon.start();
+    wait_until(DEADLINE, "readings on test/a", || {
+        env.sub().values("test/a").len() >= 5
+    });
+
+    // Invalid: the daemon says why and where, and keeps publishing on test/a.
+    env.write_config(&format!("{cfg}bogus_key = 1\n"));
+    env.daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "the reload error in the log", || {
+        env.daemon.log().contains("reload failed")
+    });
+    let log = env.daemon.log();
+    assert!(
+        log.contains("unknown field `bogus_key`") && log.contains("telemetryd.toml"),
+        "{log}"
+    );
+    let before = env.sub().values("test/a").len();
+    wait_until(
+        DEADLINE,
+        "more readings on test/a after the failed reload",
+        || env.sub().values("test/a").len() >= before + 5,
+    );
+
+    // Valid: new topic, one more sensor, another client id.
+    let file = env.path("level");
+    fs::write(&file, "42.5\n").unwrap();
+    let extra = format!(
+        "[[sensor]]\nname = \"level\"\nkind = \"file\"\npath = {}\ninterval = \"100ms\"\ntopic = \"test/level\"\n",
+        toml_str(&file.display().to_string())
+    );
+    let new_cfg = env.config(
+        "",
+        &format!(
+            "{}\n{extra}",
+            counter.sensor_toml("counter", "test/b", "50ms", 1)
+        ),
+    );
+    env.write_config(&new_cfg.replace(
+        "client_id = \"td-sighup_reload\"",
+        "client_id = \"td-sighup_reload-2\"",
+    ));
+    env.daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "readings on test/b and test/level", || {
+        env.sub().values("test/b").len() >= 5 && !env.sub().payloads("test/level").is_empty()
+    });
+    let log = env.daemon.log();
+    assert!(
+        log.contains("MQTT settings changed: reconnecting") && log.contains("config reloaded"),
+        "{log}"
+    );
+    assert_eq!(env.sub().payloads("test/level")[0], "42.5");
+
+    // Every counter value, across both topics, arrived once at least and in order.
+    let upto = counter.pause();
+    wait_until(DEADLINE, "every counter value delivered", || {
+        let mut all = env.sub().values("test/a");
+        all.extend(env.sub().values("test/b"));
+        SeqReport::of(&all).covers(upto, 0)
+    });
+    let mut all = env.sub().values("test/a");
+    all.extend(env.sub().values("test/b"));
+    assert_in_order(&all, upto, 0);
+    env.daemon.stop_expect_success();
+}
+
+/// `telemetryd sensors` on a fake sysfs tree prints blocks that, pasted into a config, pass
+/// `telemetryd check`, which reads each one and shows its value.
+#[test]
+fn sensors_then_check_on_a_fake_sysfs() {
+    let env = Env::new("sensors_then_check_on_a_fake_sysfs");
+    let root = env.path("sys");
+    write_w1_slave(&root.join("bus/w1/devices/28-0316a2795aff/w1_slave"), 28437);
+    let iio = root.join("bus/iio/devices/iio:device0");
+    fs::create_dir_all(&iio).unwrap();
+    fs::write(iio.join("name"), "bme280\n").unwrap();
+    fs::write(iio.join("in_pressure_input"), "101.325\n").unwrap();
+    let zone = root.join("class/thermal/thermal_zone0");
+    fs::create_dir_all(&zone).unwrap();
+    fs::write(zone.join("type"), "cpu-thermal\n").unwrap();
+    fs::write(zone.join("temp"), "48312\n").unwrap();
+
+    let out = Command::new(bin())
+        .args(["sensors", "--sysfs-root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let blocks = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        blocks.contains("# 1-Wire thermometer 28-0316a2795aff: now 28.437 °C"),
+        "{blocks}"
+    );
+    assert!(blocks.contains("channel = \"pressure\""), "{blocks}");
+
+    let top = format!("sysfs_root = {}\n", toml_str(&root.display().to_string()));
+    env.write_config(&env.config_for_port(1, &top, &blocks));
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&env.daemon.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "28-0316a2795aff  28.4",
+        "bme280_pressure  1013.3",
+        "cpu-thermal      48.3",
+    ] {
+        assert!(table.contains(row), "no {row:?} in\n{table}");
+    }
+    assert!(
+        !env.buffer_path().exists(),
+        "check must not create the buffer"
+    );
+
+    // A sensor that fails makes check fail, with the reason.
+    fs::remove_file(zone.join("temp")).unwrap();
+    let out = Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&env.daemon.config)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("cpu-thermal: ") && table.contains("no such file"),
+        "{table}"
+    );
+}
+
+/// `telemetryd buffer` says plainly when the daemon holds the buffer, and reports depth and
+/// the oldest reading once it is stopped.
+#[test]
+fn buffer_subcommand() {
+    let mut env = Env::new("buffer_subcommand");
+    let counter = Counter::new(env.dir(), "counter");
+    // No broker on this port: everything is buffered.
+    let cfg = env.config_for_port(
+        free_port(),
+        "",
+        &counter.sensor_toml("counter", TOPIC, "20ms", 1),
+    );
+    env.write_config(&cfg);
+    env.daemon.start();
+    counter.wait_value_at_least(10, "readings buffered");
+
+    let config = env.daemon.config.clone();
+    let buffer = || {
+        Command::new(bin())
+            .arg("buffer")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = buffer();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by the running daemon"), "{stderr}");
+
+    env.daemon.stop_expect_success();
+    let out = buffer();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waiting: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("waiting:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no depth in\n{report}"));
+    assert!(waiting >= 10, "{report}");
+    assert!(
+        report.contains(&format!("topic {TOPIC}")) && report.contains(" ago)"),
+        "{report}"
+    );
+}
+
+/// Under journald (stderr is the stream named by JOURNAL_STREAM) every line carries its
+/// sd-daemon priority and no timestamp or colour, so `journalctl -p warning` works.
+#[test]
+fn journald_priority_prefixes() {
+    let env = Env::new("journald_priority_prefixes");
+    let cfg = env.config_for_port(free_port(), "", "");
+    env.write_config(&cfg);
+    let log_path = env.path("journal.log");
+    let log = File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut daemon = Proc::spawn(
+        "telemetryd",
+        Command::new(bin())
+            .arg("--config")
+            .arg(&env.daemon.config)
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", &stream)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log),
+    );
+    let read = || fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until(DEADLINE, "a failed connection attempt in the log", || {
+        read().contains("cannot connect")
+    });
+    daemon.signal(libc::SIGTERM);
+    assert!(
+        daemon
+            .wait_timeout(SHUTDOWN_LIMIT)
+            .is_some_and(|s| s.success())
+    );
+    let text = read();
+    for line in text.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "line without a priority prefix: {line:?}\n{text}"
+        );
+        assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("started")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("cannot connect")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("2026-") && !text.contains(" INFO "),
+        "timestamps or levels in {text}"
+    );
+}
