@@ -19,8 +19,16 @@ const EXIT_CONFIG: u8 = 78;
 ///
 /// Without a subcommand, runs the daemon in the foreground. SIGTERM or Ctrl-C stops it
 /// cleanly (a second one at once); SIGHUP rereads the config.
+const EXAMPLES: &str = "Examples:
+  telemetryd sensors                    what this machine has, as [[sensor]] blocks to paste
+  telemetryd check                      validate /etc/telemetryd/telemetryd.toml and read every sensor once
+  telemetryd buffer                     how many readings wait for the broker, and since when
+  telemetryd --config demo.toml         run in the foreground
+  journalctl -u telemetryd -f           follow the service's log
+  systemctl reload telemetryd           apply an edited config without a restart";
+
 #[derive(Parser)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, after_long_help = EXAMPLES)]
 struct Cli {
     /// The config file.
     #[arg(long, short, global = true, value_name = "PATH", default_value = config::DEFAULT_PATH)]

@@ -156,8 +156,16 @@ pub async fn run_sensor(
                 stats.sensor_errors.fetch_add(1, Ordering::Relaxed);
                 if transient {
                     debug!(sensor = name, %error, "sensor read failed (expected now and then)");
-                } else if let Some(repeats) = throttle.admit(&error) {
-                    warn!(sensor = name, %error, repeats, "sensor read failed; retrying on schedule");
+                } else {
+                    match throttle.admit(&error) {
+                        Some(0) => {
+                            warn!(sensor = name, %error, "sensor read failed; retrying on schedule")
+                        }
+                        Some(held_back) => {
+                            warn!(sensor = name, %error, held_back, "sensor read still failing; retrying on schedule")
+                        }
+                        None => {}
+                    }
                 }
                 if let Some(after) = retry_after.filter(|a| *a < sensor.interval) {
                     ticker.reset_after(after);
