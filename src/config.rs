@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +26,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
     pub sensors: Vec<SensorConfig>,
+    /// Things worth telling the user that do not stop the daemon (logged once logging is up).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +37,49 @@ pub struct MqttConfig {
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: Duration,
+    /// Username and password, the password read from `password_file` when given.
+    pub credentials: Option<(String, Secret)>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS settings: the PEM files read at load time, and the rustls config built from them (so
+/// a bad file is a config error, not a reconnect loop).
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// The CA certificates to trust, PEM; `None`: the system's roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and private key, PEM, for mutual TLS.
+    pub client: Option<(Vec<u8>, Secret)>,
+    pub rustls: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field(
+                "ca",
+                &self.ca.as_ref().map_or("system roots", |_| "from ca_file"),
+            )
+            .field("client_cert", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for TlsConfig {
+    /// Same files, same TLS: the built config follows from them.
+    fn eq(&self, other: &Self) -> bool {
+        self.ca == other.ca && self.client == other.client
+    }
+}
+
+/// A password or key: compared and used, never printed.
+#[derive(Clone, PartialEq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +169,18 @@ struct RawMqtt {
     clean_session: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     keep_alive: Option<Duration>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -190,7 +248,8 @@ impl Config {
             ConfigError(format!("{}:{line}:{col}: {msg}", path.display()))
         };
 
-        let mqtt = validate_mqtt(raw.mqtt).map_err(|m| {
+        let mut warnings = Vec::new();
+        let mqtt = validate_mqtt(raw.mqtt, &mut warnings).map_err(|m| {
             ConfigError(format!(
                 "invalid config file {}: [mqtt] {m}",
                 path.display()
@@ -240,11 +299,12 @@ impl Config {
             mqtt,
             buffer,
             sensors,
+            warnings,
         })
     }
 }
 
-fn validate_mqtt(raw: RawMqtt) -> Result<MqttConfig, String> {
+fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, String> {
     let client_id = raw.client_id.unwrap_or_else(default_client_id);
     if client_id.is_empty() {
         return Err("client_id must not be empty: it names the persistent session".into());
@@ -256,14 +316,73 @@ fn validate_mqtt(raw: RawMqtt) -> Result<MqttConfig, String> {
             humantime::format_duration(keep_alive)
         ));
     }
+    let password = match (raw.password, raw.password_file) {
+        (Some(_), Some(_)) => {
+            return Err("give either `password` or `password_file`, not both".into());
+        }
+        (Some(p), None) => Some(Secret(p)),
+        (None, Some(file)) => Some(Secret(read_password(&file, warnings)?)),
+        (None, None) => None,
+    };
+    let credentials = match (raw.username, password) {
+        (Some(user), password) => Some((user, password.unwrap_or_else(|| Secret(String::new())))),
+        (None, Some(_)) => return Err("a password needs a `username`".into()),
+        (None, None) => None,
+    };
+    let tls = raw.tls.map(validate_tls).transpose()?;
+    let default_port = if tls.is_some() { 8883 } else { 1883 };
     Ok(MqttConfig {
         host: raw.host.unwrap_or_else(|| "localhost".to_owned()),
-        port: raw.port.unwrap_or(1883),
+        port: raw.port.unwrap_or(default_port),
         client_id,
         clean_session: raw.clean_session.unwrap_or(false),
         // MQTT carries keep-alive in whole seconds.
         keep_alive: Duration::from_secs(keep_alive.as_secs()),
+        credentials,
+        tls,
     })
+}
+
+/// The first line of the file; warns when anyone on the machine can read it.
+fn read_password(file: &Path, warnings: &mut Vec<String>) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("password_file {}: {e}", file.display()))?;
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        warnings.push(format!(
+            "password_file {} is readable by every user: chmod 640 it (owner root, group telemetryd)",
+            file.display()
+        ));
+    }
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, String> {
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| format!("tls.{key} {}: {e}", p.display()))
+    };
+    let ca = raw
+        .ca_file
+        .as_deref()
+        .map(|p| read("ca_file", p))
+        .transpose()?;
+    let client = match (raw.client_cert, raw.client_key) {
+        (Some(cert), Some(key)) => {
+            let key = String::from_utf8(read("client_key", &key)?)
+                .map_err(|_| "tls.client_key is not a PEM file".to_owned())?;
+            Some((read("client_cert", &cert)?, Secret(key)))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(
+                "tls needs both `client_cert` and `client_key` for a client certificate".into(),
+            );
+        }
+    };
+    let rustls = crate::mqtt::tls::client_config(ca.as_deref(), client.as_ref())?;
+    Ok(TlsConfig { ca, client, rustls })
 }
 
 fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
@@ -538,6 +657,97 @@ decimals = 1
         assert!(err.contains("log_level \"loud\""), "{err}");
         let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nport = 70000")).unwrap_err();
         assert!(err.contains("port"), "{err}");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn credentials_come_from_a_password_file_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = write(dir.path(), "pw", "s3cret-value\n", 0o640);
+        let text = SEED.replace(
+            "[mqtt]",
+            &format!(
+                "[mqtt]\nusername = \"pi\"\npassword_file = {:?}",
+                pw.display().to_string()
+            ),
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.mqtt.credentials,
+            Some(("pi".into(), Secret("s3cret-value".into())))
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the password leaks through Debug"
+        );
+
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let c = parse(&text).unwrap();
+        assert!(
+            c.warnings[0].contains("readable by every user"),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn credential_mistakes_are_config_errors() {
+        let with = |extra: &str| parse(&SEED.replace("[mqtt]", &format!("[mqtt]\n{extra}")));
+        let err = with("password = \"x\"").unwrap_err();
+        assert!(err.contains("needs a `username`"), "{err}");
+        let err = with("username = \"u\"\npassword = \"x\"\npassword_file = \"/x\"").unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        let err = with("username = \"u\"\npassword_file = \"/nonexistent/pw\"").unwrap_err();
+        assert!(err.contains("password_file /nonexistent/pw"), "{err}");
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["test-ca".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let ca_file = write(dir.path(), "ca.pem", &ca.pem(), 0o644);
+        let tls = |body: &str| parse(&format!("{SEED}\n[mqtt.tls]\n{body}"));
+
+        let c = tls(&format!("ca_file = {:?}", ca_file.display().to_string())).unwrap();
+        assert_eq!(c.mqtt.port, 8883, "TLS defaults to the MQTT-over-TLS port");
+        assert!(c.mqtt.tls.is_some());
+
+        let junk = write(dir.path(), "junk.pem", "not a certificate", 0o644);
+        let err = tls(&format!("ca_file = {:?}", junk.display().to_string())).unwrap_err();
+        assert!(err.contains("tls.ca_file holds no certificate"), "{err}");
+        let err = tls("ca_file = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert!(err.contains("tls.ca_file /nonexistent/ca.pem"), "{err}");
+        let err = tls(&format!(
+            "client_cert = {:?}",
+            ca_file.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(err.contains("both `client_cert` and `client_key`"), "{err}");
+        let key_file = write(dir.path(), "key.pem", &key.serialize_pem(), 0o600);
+        let c = tls(&format!(
+            "ca_file = {ca:?}\nclient_cert = {ca:?}\nclient_key = {key:?}",
+            ca = ca_file.display().to_string(),
+            key = key_file.display().to_string()
+        ))
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("PRIVATE KEY"),
+            "the key leaks through Debug"
+        );
+        let err = tls("unknown = 1").unwrap_err();
+        assert!(err.contains("unknown field `unknown`"), "{err}");
     }
 
     #[test]

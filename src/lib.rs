@@ -117,6 +117,9 @@ pub async fn run(
                     Err(e) => error!("reload failed, still running the previous config: {e}"),
                     Ok(new) => {
                         info!(path = %path.display(), "reloading the config");
+                        for warning in &new.warnings {
+                            tracing::warn!("{}: {warning}", path.display());
+                        }
                         logging::set_level(&new.log_level);
                         sensors.apply(&new.sensors, &new.sysfs_root);
                         if new.mqtt != config.mqtt {

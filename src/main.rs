@@ -84,6 +84,9 @@ fn daemon(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     telemetryd::logging::init(&config.log_level);
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -118,6 +121,9 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!("{}: ok, {} sensors", path.display(), config.sensors.len());
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
     let results = block_on(inspect::read_all(&config));
     print!("{}", inspect::render_readings(&results));
     if results.iter().all(|r| r.value.is_ok()) {

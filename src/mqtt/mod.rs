@@ -11,12 +11,13 @@
 mod backoff;
 mod connection;
 mod feeder;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, MqttOptions};
+use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +81,14 @@ impl Publisher {
         opts.set_clean_session(cfg.clean_session);
         opts.set_keep_alive(cfg.keep_alive);
         opts.set_inflight(PKID_SLOTS as u16);
+        if let Some((user, password)) = &cfg.credentials {
+            opts.set_credentials(user.clone(), password.0.clone());
+        }
+        if let Some(tls) = &cfg.tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.rustls.clone(),
+            )));
+        }
         // Room for a full window plus QoS 0 live readings; try_publish never waits.
         let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 64);
         let (link_tx, link_rx) = mpsc::channel(1024);
