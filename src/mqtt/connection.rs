@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{Event, EventLoop, Outgoing, Packet, Request};
+use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, Request};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -51,7 +51,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 Ok(()) => Err("the broker stopped acknowledging publishes".to_owned()),
                 Err(_) => break,
             },
-            polled = eventloop.poll() => polled.map_err(|e| e.to_string()),
+            polled = eventloop.poll() => polled.map_err(|e| describe(&e)),
         };
         let link = match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -147,6 +147,39 @@ async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bo
         .retain(|r| !matches!(r, Request::Publish(_)));
     eventloop.state.collision = None;
     true
+}
+
+/// The error as a user can act on it: what went wrong and where to look.
+fn describe(error: &ConnectionError) -> String {
+    let text = error.to_string();
+    let hint = match error {
+        ConnectionError::ConnectionRefused(code) => {
+            let why = match code {
+                ConnectReturnCode::BadUserNamePassword => "the username or password is wrong",
+                ConnectReturnCode::NotAuthorized => {
+                    "not authorized: check username and password (or password_file), and the broker's ACL"
+                }
+                ConnectReturnCode::BadClientId => "the broker rejects the client_id",
+                ConnectReturnCode::ServiceUnavailable => "the broker is unavailable",
+                _ => "the broker refused the connection",
+            };
+            return format!("{why} (broker said {code:?})");
+        }
+        _ if text.contains("UnknownIssuer") => {
+            " (the broker's certificate is not signed by a CA we trust: check [mqtt.tls] ca_file)"
+        }
+        _ if text.contains("NotValidForName") => {
+            " (the broker's certificate does not name the configured host: check [mqtt] host)"
+        }
+        _ if text.contains("Expired") => {
+            " (a certificate has expired, or this machine's clock is wrong)"
+        }
+        _ if text.contains("CertificateRequired") || text.contains("certificate required") => {
+            " (the broker wants a client certificate: set [mqtt.tls] client_cert and client_key)"
+        }
+        _ => "",
+    };
+    format!("{text}{hint}")
 }
 
 fn translate(event: Event) -> Option<Link> {

@@ -186,18 +186,26 @@ fn mosquitto_bin() -> PathBuf {
 pub struct Broker {
     pub port: u16,
     pub dir: PathBuf,
+    /// More listeners (each with its own settings: `per_listener_settings true`), e.g. TLS.
+    pub extra_listeners: String,
     proc: Option<Proc>,
 }
 
 impl Broker {
     /// Starts on a fresh free port, trying a new port if Mosquitto cannot bind.
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, "")
+    }
+
+    /// [`Broker::start`] with more listeners after the plain anonymous one.
+    pub fn start_with(dir: &Path, extra_listeners: &str) -> Broker {
         fs::create_dir_all(dir).expect("broker dir");
         let mut errors = String::new();
         for _ in 0..5 {
             let mut b = Broker {
                 port: free_port(),
                 dir: dir.to_path_buf(),
+                extra_listeners: extra_listeners.to_owned(),
                 proc: None,
             };
             match b.spawn() {
@@ -277,6 +285,12 @@ impl Broker {
              log_type all\n",
             port = self.port
         );
+        if !self.extra_listeners.is_empty() {
+            conf = format!(
+                "per_listener_settings true\n{conf}{}\n",
+                self.extra_listeners
+            );
+        }
         if is_root() {
             // Otherwise Mosquitto drops to user `mosquitto` and cannot save its database in a
             // root-owned temp dir: sessions would silently not survive a restart.

@@ -2,6 +2,7 @@
 //! built daemon, plus an in-test scripted broker. Every test has its own broker, port, temp
 //! dir and client ids, so they run in parallel.
 
+mod brokers;
 mod cli;
 mod delivery;
 mod fake_broker;
