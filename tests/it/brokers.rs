@@ -248,12 +248,73 @@ fn mutual_tls() {
     env.daemon.stop_expect_success();
 }
 
+/// A broker other than the harness's Mosquitto that a test can take down and bring back.
+trait Restartable {
+    fn name(&self) -> &'static str;
+    fn mqtt_port(&self) -> u16;
+    fn stop(&mut self);
+    fn restart(&mut self);
+}
+
+/// The interop scenario: a subscriber with a persistent session and the daemon with a 50 ms
+/// counter; the broker goes down while readings keep coming and comes back. Every reading
+/// arrives, in order, and the buffer ends empty.
+fn outage_round_trip(env: &mut Env, broker: &mut impl Restartable) {
+    let port = broker.mqtt_port();
+    env.sub = Some(Subscriber::start(
+        env.dir(),
+        port,
+        &format!("sub-{}", env.name),
+    ));
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config_for_port(port, "", &counter.sensor_toml("counter", TOPIC, "50ms", 1));
+    env.write_config(&cfg);
+    env.daemon.start();
+    wait_until(
+        DEADLINE,
+        &format!("readings through {}", broker.name()),
+        || env.sub().values(TOPIC).len() >= 10,
+    );
+
+    broker.stop();
+    let at_stop = counter.value();
+    counter.wait_value_at_least(at_stop + 30, "readings buffered while the broker is down");
+    broker.restart();
+    let upto = counter.pause();
+    env.wait_delivered(TOPIC, upto, 0);
+    env.daemon.stop_expect_success();
+    assert_eq!(telemetryd::outbox::depth_at(&env.buffer_path()).unwrap(), 0);
+}
+
 /// nats-server with JetStream and its MQTT front end: a broker that clusters.
 struct Nats {
     mqtt_port: u16,
     conf: PathBuf,
     proc: Option<Proc>,
     log: PathBuf,
+}
+
+impl Restartable for Nats {
+    fn name(&self) -> &'static str {
+        "NATS"
+    }
+
+    fn mqtt_port(&self) -> u16 {
+        self.mqtt_port
+    }
+
+    /// Starts (again) with the same config and JetStream store; ready once its MQTT port
+    /// accepts connections.
+    fn restart(&mut self) {
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let (status, in_time) = p.terminate(DEADLINE);
+            assert!(in_time, "nats-server did not stop ({status})");
+        }
+    }
 }
 
 impl Nats {
@@ -277,13 +338,11 @@ impl Nats {
             proc: None,
             log: dir.join("nats.log"),
         };
-        nats.restart();
+        nats.spawn();
         nats
     }
 
-    /// Starts (again) with the same config and JetStream store; ready once its MQTT port
-    /// accepts connections.
-    fn restart(&mut self) {
+    fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -308,13 +367,6 @@ impl Nats {
         });
         self.proc = Some(proc);
     }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let (status, in_time) = p.terminate(DEADLINE);
-            assert!(in_time, "nats-server did not stop ({status})");
-        }
-    }
 }
 
 /// NATS as the broker: QoS 1 into a persistent session, an outage with a server restart in
@@ -335,27 +387,7 @@ fn nats_server_mqtt() {
     env.on_failure_dump("nats-server log", move || {
         fs::read_to_string(&log).unwrap_or_default()
     });
-    env.sub = Some(Subscriber::start(env.dir(), nats.mqtt_port, "sub-nats"));
-    let counter = Counter::new(env.dir(), "counter");
-    let cfg = env.config_for_port(
-        nats.mqtt_port,
-        "",
-        &counter.sensor_toml("counter", TOPIC, "50ms", 1),
-    );
-    env.write_config(&cfg);
-    env.daemon.start();
-    wait_until(DEADLINE, "readings through NATS", || {
-        env.sub().values(TOPIC).len() >= 10
-    });
-
-    nats.stop();
-    let at_stop = counter.value();
-    counter.wait_value_at_least(at_stop + 30, "readings buffered while NATS is down");
-    nats.restart();
-    let upto = counter.pause();
-    env.wait_delivered(TOPIC, upto, 0);
-    env.daemon.stop_expect_success();
-    assert_eq!(telemetryd::outbox::depth_at(&env.buffer_path()).unwrap(), 0);
+    outage_round_trip(&mut env, &mut nats);
 }
 
 /// A throwaway RabbitMQ node with its MQTT plugin, on its own ports and data dir. Debian's
@@ -401,6 +433,27 @@ impl Rabbit {
         };
         rabbit.restart();
         rabbit
+    }
+
+    fn kill_node(&self) {
+        let pid_file = self.dir.join("mnesia").join(format!("{}.pid", self.node));
+        if let Some(pid) = fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Restartable for Rabbit {
+    fn name(&self) -> &'static str {
+        "RabbitMQ"
+    }
+
+    fn mqtt_port(&self) -> u16 {
+        self.mqtt_port
     }
 
     fn restart(&mut self) {
@@ -450,17 +503,6 @@ impl Rabbit {
             "rabbitmq-server did not exit"
         );
     }
-
-    fn kill_node(&self) {
-        let pid_file = self.dir.join("mnesia").join(format!("{}.pid", self.node));
-        if let Some(pid) = fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
 }
 
 impl Drop for Rabbit {
@@ -491,25 +533,6 @@ fn rabbitmq_mqtt_plugin() {
     env.on_failure_dump("rabbitmq-server output", move || {
         fs::read_to_string(&log).unwrap_or_default()
     });
-    env.sub = Some(Subscriber::start(env.dir(), rabbit.mqtt_port, "sub-rabbit"));
-    let counter = Counter::new(env.dir(), "counter");
-    let cfg = env.config_for_port(
-        rabbit.mqtt_port,
-        "",
-        &counter.sensor_toml("counter", TOPIC, "50ms", 1),
-    );
-    env.write_config(&cfg);
-    env.daemon.start();
-    wait_until(DEADLINE, "readings through RabbitMQ", || {
-        env.sub().values(TOPIC).len() >= 10
-    });
-
-    rabbit.stop();
-    let at_stop = counter.value();
-    counter.wait_value_at_least(at_stop + 30, "readings buffered while RabbitMQ is down");
-    rabbit.restart();
-    let upto = counter.pause();
-    env.wait_delivered(TOPIC, upto, 0);
-    env.daemon.stop_expect_success();
+    outage_round_trip(&mut env, &mut rabbit);
     rabbit.stop();
 }

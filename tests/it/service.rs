@@ -188,13 +188,7 @@ fn sensors_then_check_on_a_fake_sysfs() {
 
     let top = format!("sysfs_root = {}\n", toml_str(&root.display().to_string()));
     env.write_config(&env.config_for_port(1, &top, &blocks));
-    let out = Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&env.daemon.config)
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
+    let (out, table) = check(&env);
     assert!(
         out.status.success(),
         "{table}{}",
@@ -214,18 +208,24 @@ fn sensors_then_check_on_a_fake_sysfs() {
 
     // A sensor that fails makes check fail, with the reason.
     fs::remove_file(zone.join("temp")).unwrap();
+    let (out, table) = check(&env);
+    assert_eq!(out.status.code(), Some(1), "{table}");
+    assert!(
+        table.contains("cpu-thermal: ") && table.contains("no such file"),
+        "{table}"
+    );
+}
+
+/// Runs `telemetryd check` on the env's config: its output and its stdout as text.
+fn check(env: &Env) -> (std::process::Output, String) {
     let out = Command::new(bin())
         .arg("check")
         .arg("--config")
         .arg(&env.daemon.config)
         .output()
         .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{table}");
-    assert!(
-        table.contains("cpu-thermal: ") && table.contains("no such file"),
-        "{table}"
-    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, table)
 }
 
 /// `telemetryd buffer` says plainly when the daemon holds the buffer, and reports depth and
