@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::filter::Policy;
 use crate::sensor::SourceSpec;
 
 /// Where the packaged config lives; `--config` overrides it.
@@ -103,6 +104,7 @@ pub struct SensorConfig {
     pub max: Option<f64>,
     pub unit: Option<String>,
     pub format: Format,
+    pub policy: Policy,
 }
 
 /// QoS 2 is deliberately absent: the outbox gives at-least-once, and `seq` lets consumers dedupe.
@@ -150,6 +152,7 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     log_level: Option<String>,
     sysfs_root: Option<PathBuf>,
+    topic_prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     stats_interval: Option<Duration>,
     #[serde(default)]
@@ -219,6 +222,11 @@ struct RawSensor {
     max: Option<f64>,
     unit: Option<String>,
     format: Option<Format>,
+    deadband: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
+    average: Option<u32>,
+    max_step: Option<f64>,
     // Kind-specific keys.
     path: Option<PathBuf>,
     device: Option<String>,
@@ -281,7 +289,10 @@ impl Config {
         let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
         for spanned in raw.sensors {
             let span = spanned.span();
-            let sensor = validate_sensor(spanned.into_inner()).map_err(|m| at(span.clone(), m))?;
+            let mut sensor =
+                validate_sensor(spanned.into_inner()).map_err(|m| at(span.clone(), m))?;
+            sensor.topic = topic_for(raw.topic_prefix.as_deref(), &sensor, &mqtt.client_id)
+                .map_err(|m| at(span.clone(), m))?;
             if sensors.iter().any(|s| s.name == sensor.name) {
                 let msg = format!(
                     "sensor name {:?} is used twice: names must be unique",
@@ -425,6 +436,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
         return Err(fail("decimals must be between 0 and 9".into()));
     }
     let source = source_spec(&raw).map_err(fail)?;
+    let policy = policy(&raw).map_err(fail)?;
     Ok(SensorConfig {
         name: raw.name,
         source,
@@ -439,6 +451,35 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
         max: raw.max,
         unit: raw.unit,
         format: raw.format.unwrap_or(Format::Plain),
+        policy,
+    })
+}
+
+fn policy(raw: &RawSensor) -> Result<Policy, String> {
+    let positive = |key: &str, v: Option<f64>, zero_ok: bool| match v {
+        Some(x) if !x.is_finite() || x < 0.0 || (x == 0.0 && !zero_ok) => {
+            Err(format!("{key} must be a positive number, got {x}"))
+        }
+        _ => Ok(v),
+    };
+    let deadband = positive("deadband", raw.deadband, true)?;
+    let max_step = positive("max_step", raw.max_step, false)?;
+    if let Some(h) = raw.heartbeat {
+        if deadband.is_none() {
+            return Err("heartbeat only makes sense with a deadband".into());
+        }
+        if h < raw.interval {
+            return Err("heartbeat must be at least the interval".into());
+        }
+    }
+    if raw.average.is_some_and(|n| n == 0 || n > 10_000) {
+        return Err("average must be between 1 and 10000 readings".into());
+    }
+    Ok(Policy {
+        deadband,
+        heartbeat: raw.heartbeat,
+        average: raw.average,
+        max_step,
     })
 }
 
@@ -523,13 +564,56 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
 
 /// `telemetryd-<hostname>`: stable across restarts, so the broker keeps our session.
 fn default_client_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_default();
-    match host.trim() {
+    match hostname().as_str() {
         "" => "telemetryd".to_owned(),
         h => format!("telemetryd-{h}"),
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The sensor's topic behind `topic_prefix`, with `{client_id}`, `{sensor}` and `{hostname}`
+/// filled in, so that one config file serves a fleet.
+fn topic_for(
+    prefix: Option<&str>,
+    sensor: &SensorConfig,
+    client_id: &str,
+) -> Result<String, String> {
+    let joined = match prefix.map(|p| p.trim_end_matches('/')) {
+        Some(p) if !p.is_empty() => format!("{p}/{}", sensor.topic),
+        _ => sensor.topic.clone(),
+    };
+    let mut out = String::with_capacity(joined.len());
+    let mut rest = joined.as_str();
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .ok_or("topic has a `{` without a closing `}`")?
+            + open;
+        out.push_str(&match &rest[open + 1..close] {
+            "client_id" => client_id.to_owned(),
+            "sensor" => sensor.name.clone(),
+            "hostname" => hostname(),
+            other => {
+                return Err(format!(
+                    "unknown placeholder {{{other}}} in topic: use {{client_id}}, {{sensor}} or {{hostname}}"
+                ));
+            }
+        });
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    if out.contains(['+', '#']) || out.is_empty() || out.len() > 1024 {
+        return Err(format!("topic {out:?} is not a valid publish topic"));
+    }
+    Ok(out)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -748,6 +832,58 @@ decimals = 1
         );
         let err = tls("unknown = 1").unwrap_err();
         assert!(err.contains("unknown field `unknown`"), "{err}");
+    }
+
+    #[test]
+    fn topic_templates_fill_in_placeholders() {
+        let text = format!(
+            "topic_prefix = \"home/{{hostname}}/\"\n{}",
+            SEED.replace(
+                "topic = \"temperature/outside\"",
+                "topic = \"{client_id}/{sensor}\"",
+            )
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.sensors[0].topic,
+            format!("home/{}/pi-garden/outside", hostname())
+        );
+        let err = parse(&SEED.replace("temperature/outside", "t/{room}")).unwrap_err();
+        assert!(
+            err.contains(":9:1:") && err.contains("unknown placeholder {room}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn publishing_policy_is_validated() {
+        let c = parse(&SEED.replace(
+            "decimals = 1",
+            "deadband = 0.5\nheartbeat = \"10m\"\naverage = 4\nmax_step = 5",
+        ))
+        .unwrap();
+        let p = c.sensors[0].policy;
+        assert_eq!(
+            (p.deadband, p.heartbeat, p.average, p.max_step),
+            (
+                Some(0.5),
+                Some(Duration::from_secs(600)),
+                Some(4),
+                Some(5.0)
+            )
+        );
+        let err = parse(&SEED.replace("decimals = 1", "heartbeat = \"10m\"")).unwrap_err();
+        assert!(
+            err.contains("heartbeat only makes sense with a deadband"),
+            "{err}"
+        );
+        let err =
+            parse(&SEED.replace("decimals = 1", "deadband = 1\nheartbeat = \"1s\"")).unwrap_err();
+        assert!(err.contains("at least the interval"), "{err}");
+        let err = parse(&SEED.replace("decimals = 1", "average = 0")).unwrap_err();
+        assert!(err.contains("average must be between"), "{err}");
+        let err = parse(&SEED.replace("decimals = 1", "max_step = 0")).unwrap_err();
+        assert!(err.contains("max_step must be a positive number"), "{err}");
     }
 
     #[test]

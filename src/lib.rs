@@ -7,6 +7,7 @@
 pub mod committer;
 pub mod config;
 pub mod discover;
+pub mod filter;
 pub mod inspect;
 pub mod logging;
 pub mod mqtt;

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::Stats;
 use crate::config::SensorConfig;
+use crate::filter::Filter;
 use crate::logging::Throttle;
 use crate::sensor::{ReadError, Source, SourceSpec};
 
@@ -123,6 +124,8 @@ pub async fn run_sensor(
     // A slow read (a DS18B20 takes 750 ms) delays the next one rather than bunching reads up.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut throttle = Throttle::default();
+    let mut spikes = Throttle::default();
+    let mut filter = Filter::new(sensor.policy);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -143,13 +146,24 @@ pub async fn run_sensor(
                     info!(sensor = name, value, "sensor recovered");
                 }
                 stats.readings.fetch_add(1, Ordering::Relaxed);
-                let reading = Reading {
-                    sensor: sensor.clone(),
-                    value,
-                    taken,
-                };
-                if tx.send(reading).await.is_err() {
-                    return;
+                let outcome = filter.push((value, taken), Instant::now());
+                if let Some(spike) = outcome.dropped_spike
+                    && let Some(held_back) = spikes.admit("spike")
+                {
+                    info!(
+                        sensor = name,
+                        spike, held_back, "dropped a lone reading that jumped more than max_step"
+                    );
+                }
+                for (value, taken) in outcome.publish {
+                    let reading = Reading {
+                        sensor: sensor.clone(),
+                        value,
+                        taken,
+                    };
+                    if tx.send(reading).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err((error, transient, retry_after)) => {

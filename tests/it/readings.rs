@@ -1,6 +1,7 @@
 //! What gets published for a reading: the DS18B20 seed example (explicit path and device
 //! lookup under a fake sysfs tree) and the JSON payload format.
 
+use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::harness::*;
@@ -185,4 +186,42 @@ fn parse_rfc3339(s: &str) -> Result<f64, String> {
         .unwrap_or(Duration::ZERO)
         .as_secs_f64();
     Ok(secs - offset_secs as f64)
+}
+
+/// The publishing policy end to end: a sensor steps through scripted values; with a deadband
+/// of 1 and spike rejection at 10, only real moves are published, the lone 85 °C glitch is
+/// dropped, and a jump to 50 that the next reading confirms goes out. The last value repeats
+/// forever, so once 50 arrived nothing else can.
+#[test]
+fn deadband_and_spike_rejection() {
+    let mut env = Env::with_broker("deadband_and_spike_rejection");
+    let values = env.path("values");
+    fs::write(&values, "20\n20.2\n20.4\n21.5\n21.6\n85\n21.7\n21.8\n50\n").unwrap();
+    let index = env.path("index");
+    let script = format!(
+        "i=$(( $(cat {idx} 2>/dev/null || echo 0) + 1 )); echo $i > {idx}; \
+         v=$(sed -n \"${{i}}p\" {vals}); [ -n \"$v\" ] || v=$(tail -n 1 {vals}); echo $v",
+        idx = index.display(),
+        vals = values.display()
+    );
+    let sensor = format!(
+        "[[sensor]]\nname = \"outside\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", {}]\n\
+         interval = \"20ms\"\ntopic = \"{TOPIC}\"\ndeadband = 1.0\nmax_step = 10.0\n",
+        toml_str(&script)
+    );
+    let cfg = env.config("", &sensor);
+    env.write_config(&cfg);
+    env.daemon.start();
+    wait_until(DEADLINE, "the confirmed jump to 50", || {
+        env.sub().payloads(TOPIC).contains(&"50".to_owned())
+    });
+    let read: u64 = fs::read_to_string(&index).unwrap().trim().parse().unwrap();
+    assert!(read >= 10, "only {read} readings taken");
+    assert_eq!(env.sub().payloads(TOPIC), ["20", "21.5", "50"]);
+    env.daemon.stop_expect_success();
+    assert!(
+        env.daemon
+            .log()
+            .contains("dropped a lone reading that jumped more than max_step")
+    );
 }

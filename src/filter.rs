@@ -1,0 +1,231 @@
+//! Per-sensor publishing policy: spike rejection, averaging, and deadband with a heartbeat.
+//!
+//! Applied in that order to each calibrated reading, it decides what is published. Pure logic
+//! with the clock passed in, so every rule is unit-tested without waiting.
+
+use std::time::{Duration, Instant, SystemTime};
+
+/// The policy of one sensor, from its config.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Policy {
+    /// Publish only when the value moved by at least this much since the last publish.
+    pub deadband: Option<f64>,
+    /// With a deadband: publish anyway when nothing was published for this long.
+    pub heartbeat: Option<Duration>,
+    /// Publish the mean of every `average` readings (a tumbling window).
+    pub average: Option<u32>,
+    /// A reading this far from the last accepted one is held until the next confirms it.
+    pub max_step: Option<f64>,
+}
+
+impl Policy {
+    pub fn is_passthrough(&self) -> bool {
+        *self == Policy::default()
+    }
+}
+
+/// A value and the time it was read.
+pub type Sample = (f64, SystemTime);
+
+/// What a reading leads to.
+#[derive(Debug, PartialEq, Default)]
+pub struct Outcome {
+    /// Publish these, oldest first: none (inside the deadband, filling the average, held as
+    /// a possible spike), one, or two (a confirmed jump releases the held reading too).
+    pub publish: Vec<Sample>,
+    /// A held reading turned out to be a lone spike and was dropped.
+    pub dropped_spike: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Filter {
+    policy: Policy,
+    /// The last reading that passed spike rejection.
+    accepted: Option<f64>,
+    /// A suspected spike waiting for the next reading.
+    held: Option<Sample>,
+    window: Vec<Sample>,
+    /// The last published value and when it was published.
+    last: Option<(f64, Instant)>,
+}
+
+impl Filter {
+    pub fn new(policy: Policy) -> Filter {
+        Filter {
+            policy,
+            ..Filter::default()
+        }
+    }
+
+    pub fn push(&mut self, sample: Sample, now: Instant) -> Outcome {
+        let mut outcome = Outcome::default();
+        for s in self.reject_spikes(sample, &mut outcome.dropped_spike) {
+            if let Some(s) = self.average(s)
+                && self.passes_deadband(s.0, now)
+            {
+                self.last = Some((s.0, now));
+                outcome.publish.push(s);
+            }
+        }
+        outcome
+    }
+
+    /// 0, 1 or 2 readings that are not spikes.
+    fn reject_spikes(&mut self, s: Sample, dropped: &mut Option<f64>) -> Vec<Sample> {
+        let Some(step) = self.policy.max_step else {
+            return vec![s];
+        };
+        let Some(accepted) = self.accepted else {
+            self.accepted = Some(s.0);
+            return vec![s];
+        };
+        match self.held.take() {
+            None if (s.0 - accepted).abs() > step => {
+                self.held = Some(s);
+                vec![]
+            }
+            None => {
+                self.accepted = Some(s.0);
+                vec![s]
+            }
+            // The jump is confirmed: the value really moved, keep both.
+            Some(h) if (s.0 - h.0).abs() <= step => {
+                self.accepted = Some(s.0);
+                vec![h, s]
+            }
+            // The held reading was alone: a spike. Judge the new one afresh.
+            Some(h) => {
+                *dropped = Some(h.0);
+                self.reject_spikes(s, &mut None)
+            }
+        }
+    }
+
+    fn average(&mut self, s: Sample) -> Option<Sample> {
+        let Some(n) = self.policy.average.filter(|n| *n > 1) else {
+            return Some(s);
+        };
+        self.window.push(s);
+        if self.window.len() < n as usize {
+            return None;
+        }
+        let mean = self.window.iter().map(|(v, _)| v).sum::<f64>() / self.window.len() as f64;
+        // The mean is as of the newest reading in it.
+        let taken = self.window.last().map_or(s.1, |(_, t)| *t);
+        self.window.clear();
+        Some((mean, taken))
+    }
+
+    fn passes_deadband(&self, value: f64, now: Instant) -> bool {
+        let Some(band) = self.policy.deadband else {
+            return true;
+        };
+        let Some((last, at)) = self.last else {
+            return true;
+        };
+        (value - last).abs() >= band
+            || self
+                .policy
+                .heartbeat
+                .is_some_and(|h| now.duration_since(at) >= h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(policy: Policy, values: &[f64]) -> Vec<f64> {
+        let mut f = Filter::new(policy);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let outcome = f.push(
+                (*v, SystemTime::now()),
+                start + Duration::from_secs(i as u64),
+            );
+            out.extend(outcome.publish.iter().map(|(v, _)| *v));
+        }
+        out
+    }
+
+    #[test]
+    fn no_policy_publishes_everything() {
+        assert_eq!(feed(Policy::default(), &[1.0, 1.0, 2.0]), [1.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn deadband_publishes_only_real_changes() {
+        let p = Policy {
+            deadband: Some(0.5),
+            ..Policy::default()
+        };
+        assert_eq!(
+            feed(p, &[20.0, 20.2, 20.4, 20.5, 20.6, 19.9]),
+            [20.0, 20.5, 19.9]
+        );
+    }
+
+    #[test]
+    fn heartbeat_publishes_an_unchanged_value_now_and_then() {
+        // One reading a second; a heartbeat every 3 s.
+        let p = Policy {
+            deadband: Some(1.0),
+            heartbeat: Some(Duration::from_secs(3)),
+            ..Policy::default()
+        };
+        assert_eq!(feed(p, &[5.0; 8]), [5.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn average_publishes_the_mean_of_each_window() {
+        let p = Policy {
+            average: Some(3),
+            ..Policy::default()
+        };
+        assert_eq!(
+            feed(p, &[1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 7.0]),
+            [2.0, 20.0]
+        );
+    }
+
+    #[test]
+    fn a_lone_spike_is_dropped_and_a_confirmed_jump_kept() {
+        let p = Policy {
+            max_step: Some(5.0),
+            ..Policy::default()
+        };
+        // 85 °C once (a DS18B20 glitch): dropped. A real jump to 40, confirmed: both kept.
+        assert_eq!(
+            feed(p, &[21.0, 85.0, 21.2, 40.0, 40.5, 41.0]),
+            [21.0, 21.2, 40.0, 40.5, 41.0]
+        );
+        let mut f = Filter::new(p);
+        let now = Instant::now();
+        f.push((21.0, SystemTime::now()), now);
+        assert_eq!(f.push((85.0, SystemTime::now()), now), Outcome::default());
+        let next = f.push((21.1, SystemTime::now()), now);
+        assert_eq!((next.publish.len(), next.dropped_spike), (1, Some(85.0)));
+    }
+
+    #[test]
+    fn a_spike_right_after_a_spike_is_still_judged() {
+        let p = Policy {
+            max_step: Some(5.0),
+            ..Policy::default()
+        };
+        assert_eq!(feed(p, &[20.0, 90.0, -40.0, 20.5]), [20.0, 20.5]);
+    }
+
+    #[test]
+    fn the_mean_keeps_the_time_of_its_newest_reading() {
+        let mut f = Filter::new(Policy {
+            average: Some(2),
+            ..Policy::default()
+        });
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(f.push((1.0, t0), Instant::now()).publish.is_empty());
+        assert_eq!(f.push((3.0, t1), Instant::now()).publish, vec![(2.0, t1)]);
+    }
+}
