@@ -41,6 +41,17 @@ pub struct MqttConfig {
     /// Username and password, the password read from `password_file` when given.
     pub credentials: Option<(String, Secret)>,
     pub tls: Option<TlsConfig>,
+    /// Where `online` / `offline` (retained, and `offline` as the Last Will) go.
+    pub availability: Option<Availability>,
+    /// Where the retained self-metrics JSON goes every `stats_interval`.
+    pub stats_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Availability {
+    pub topic: String,
+    pub online: String,
+    pub offline: String,
 }
 
 /// TLS settings: the PEM files read at load time, and the rustls config built from them (so
@@ -176,6 +187,10 @@ struct RawMqtt {
     password: Option<String>,
     password_file: Option<PathBuf>,
     tls: Option<RawTls>,
+    status_topic: Option<String>,
+    online_payload: Option<String>,
+    offline_payload: Option<String>,
+    stats_topic: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -341,6 +356,18 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         (None, None) => None,
     };
     let tls = raw.tls.map(validate_tls).transpose()?;
+    // An empty topic turns the feature off.
+    let topic = |t: Option<String>, default: &str| match t.as_deref() {
+        Some("") => Ok(None),
+        t => expand(t.unwrap_or(default), &client_id, None).map(Some),
+    };
+    let availability =
+        topic(raw.status_topic, "telemetryd/{client_id}/status")?.map(|topic| Availability {
+            topic,
+            online: raw.online_payload.unwrap_or_else(|| "online".into()),
+            offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
+        });
+    let stats_topic = topic(raw.stats_topic, "telemetryd/{client_id}/stats")?;
     let default_port = if tls.is_some() { 8883 } else { 1883 };
     Ok(MqttConfig {
         host: raw.host.unwrap_or_else(|| "localhost".to_owned()),
@@ -351,6 +378,8 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         keep_alive: Duration::from_secs(keep_alive.as_secs()),
         credentials,
         tls,
+        availability,
+        stats_topic,
     })
 }
 
@@ -578,8 +607,7 @@ fn hostname() -> String {
         .to_owned()
 }
 
-/// The sensor's topic behind `topic_prefix`, with `{client_id}`, `{sensor}` and `{hostname}`
-/// filled in, so that one config file serves a fleet.
+/// The sensor's topic behind `topic_prefix`, with placeholders filled in.
 fn topic_for(
     prefix: Option<&str>,
     sensor: &SensorConfig,
@@ -589,21 +617,32 @@ fn topic_for(
         Some(p) if !p.is_empty() => format!("{p}/{}", sensor.topic),
         _ => sensor.topic.clone(),
     };
-    let mut out = String::with_capacity(joined.len());
-    let mut rest = joined.as_str();
+    expand(&joined, client_id, Some(&sensor.name))
+}
+
+/// Fills in `{client_id}`, `{hostname}` and (for sensor topics) `{sensor}`, so that one config
+/// file serves a fleet; checks the result is a publish topic.
+fn expand(template: &str, client_id: &str, sensor: Option<&str>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let close = rest[open..]
             .find('}')
             .ok_or("topic has a `{` without a closing `}`")?
             + open;
-        out.push_str(&match &rest[open + 1..close] {
-            "client_id" => client_id.to_owned(),
-            "sensor" => sensor.name.clone(),
-            "hostname" => hostname(),
-            other => {
+        out.push_str(&match (&rest[open + 1..close], sensor) {
+            ("client_id", _) => client_id.to_owned(),
+            ("hostname", _) => hostname(),
+            ("sensor", Some(name)) => name.to_owned(),
+            (other, _) => {
+                let known = if sensor.is_some() {
+                    "{client_id}, {sensor} or {hostname}"
+                } else {
+                    "{client_id} or {hostname}"
+                };
                 return Err(format!(
-                    "unknown placeholder {{{other}}} in topic: use {{client_id}}, {{sensor}} or {{hostname}}"
+                    "unknown placeholder {{{other}}} in topic: use {known}"
                 ));
             }
         });

@@ -10,6 +10,7 @@ pub mod discover;
 pub mod filter;
 pub mod inspect;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;
@@ -20,7 +21,7 @@ pub mod signals;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
@@ -46,6 +47,10 @@ pub struct Stats {
     /// Progress of the committer and the MQTT connection task, for the watchdog.
     pub committer_beat: service::Beat,
     pub mqtt_beat: service::Beat,
+    /// Successful connections since start (so reconnects are this minus one).
+    pub connects: AtomicU64,
+    /// Failed reads per sensor name, for the self-metrics.
+    pub errors_by_sensor: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// How many readings may wait between the sensors and the committer.
@@ -67,6 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
     reloads: Option<Reloads>,
 ) -> anyhow::Result<()> {
+    service::uptime(); // starts the uptime clock
     let buffer = config.buffer.clone();
     let outbox =
         tokio::task::spawn_blocking(move || Outbox::open(&buffer.path, buffer.max_messages))
@@ -82,13 +88,13 @@ pub async fn run(
     tracker.spawn(committer::run(
         reading_rx,
         outbox.clone(),
-        live_tx,
+        live_tx.clone(),
         stats.clone(),
     ));
     let mut sensors = Sensors::new(reading_tx, stats.clone(), tracker.clone(), shutdown.clone());
     sensors.apply(&config.sensors, &config.sysfs_root);
     let mut publisher = Publisher::start(&config.mqtt, outbox.clone(), live_rx, stats.clone());
-    let mut side = SideTasks::start(&config, &outbox, &stats, &tracker);
+    let mut side = SideTasks::start(&config, &outbox, &stats, &live_tx, &tracker);
 
     if config.sensors.is_empty() {
         tracing::warn!("no [[sensor]] configured: only the stored backlog will be published");
@@ -133,7 +139,7 @@ pub async fn run(
                         }
                         outbox.set_max_messages(new.buffer.max_messages);
                         side.stop();
-                        side = SideTasks::start(&new, &outbox, &stats, &tracker);
+                        side = SideTasks::start(&new, &outbox, &stats, &live_tx, &tracker);
                         config = new;
                         info!(sensors = config.sensors.len(), "config reloaded");
                     }
@@ -156,7 +162,7 @@ pub async fn run(
     Ok(())
 }
 
-/// The summary and systemd status tasks: restarted on reload, as their settings may change.
+/// The summary/metrics and systemd status tasks: restarted on reload, as their settings may change.
 struct SideTasks {
     stop: CancellationToken,
 }
@@ -166,53 +172,30 @@ impl SideTasks {
         config: &Config,
         outbox: &Arc<Outbox>,
         stats: &Arc<Stats>,
+        live: &mpsc::Sender<mqtt::LiveMessage>,
         tracker: &TaskTracker,
     ) -> SideTasks {
         let stop = CancellationToken::new();
-        tracker.spawn(summaries(
+        let publish = config
+            .mqtt
+            .stats_topic
+            .clone()
+            .map(|topic| (topic, live.clone()));
+        let (outbox, stats) = (outbox.clone(), stats.clone());
+        tracker.spawn(metrics::run(
             config.stats_interval,
             outbox.clone(),
             stats.clone(),
+            publish,
             stop.clone(),
         ));
         let broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
         let stall = mqtt::stall_limit(config.mqtt.keep_alive);
-        tracker.spawn(service::run(
-            outbox.clone(),
-            stats.clone(),
-            broker,
-            stall,
-            stop.clone(),
-        ));
+        tracker.spawn(service::run(outbox, stats, broker, stall, stop.clone()));
         SideTasks { stop }
     }
 
     fn stop(&self) {
         self.stop.cancel();
-    }
-}
-
-/// One info line per `every`: enough to see the daemon is alive without one line per reading.
-async fn summaries(
-    every: std::time::Duration,
-    outbox: Arc<Outbox>,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        info!(
-            readings = stats.readings.load(Ordering::Relaxed),
-            published = stats.published.load(Ordering::Relaxed),
-            buffered = outbox.depth(),
-            dropped = outbox.dropped(),
-            sensor_errors = stats.sensor_errors.load(Ordering::Relaxed),
-            connected = stats.connected.load(Ordering::Relaxed),
-            "summary"
-        );
     }
 }

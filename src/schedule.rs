@@ -168,6 +168,9 @@ pub async fn run_sensor(
             }
             Err((error, transient, retry_after)) => {
                 stats.sensor_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut by_name) = stats.errors_by_sensor.lock() {
+                    *by_name.entry(sensor.name.clone()).or_default() += 1;
+                }
                 if transient {
                     debug!(sensor = name, %error, "sensor read failed (expected now and then)");
                 } else {

@@ -33,6 +33,11 @@ impl Beat {
     }
 }
 
+/// Time since the daemon started (the first call, made at start-up).
+pub fn uptime() -> Duration {
+    since_start()
+}
+
 fn since_start() -> Duration {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed()
@@ -100,12 +105,25 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// E.g. `connected to localhost:1883; 0 buffered, 0 dropped`.
+/// E.g. `connected to localhost:1883; 0 buffered, 0 dropped` or
+/// `waiting for localhost:1883; 1234 buffered (oldest 2h 5m ago), 0 dropped`.
 pub fn status_line(outbox: &Outbox, stats: &Stats, broker: &str) -> String {
     let link = if stats.connected.load(Ordering::Relaxed) {
         format!("connected to {broker}")
     } else {
         format!("waiting for {broker}")
+    };
+    let depth = outbox.depth();
+    let age = match outbox.oldest_taken_ms().filter(|_| depth > 0) {
+        Some(taken) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let age =
+                Duration::from_secs(now.saturating_sub(Duration::from_millis(taken)).as_secs());
+            format!(" (oldest {} ago)", humantime::format_duration(age))
+        }
+        None => String::new(),
     };
     let store = if outbox.is_degraded() {
         "; store unavailable, buffering in memory"
@@ -113,8 +131,7 @@ pub fn status_line(outbox: &Outbox, stats: &Stats, broker: &str) -> String {
         ""
     };
     format!(
-        "{link}; {} buffered, {} dropped{store}",
-        outbox.depth(),
+        "{link}; {depth} buffered{age}, {} dropped{store}",
         outbox.dropped()
     )
 }

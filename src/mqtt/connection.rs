@@ -58,6 +58,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 connected = true;
                 healthy = false;
                 c.stats.connected.store(true, Ordering::Relaxed);
+                c.stats.connects.fetch_add(1, Ordering::Relaxed);
                 // A reconnect asked for on the previous link is done.
                 c.reconnect.borrow_and_update();
                 info!(%broker, session_present = ack.session_present, failed_attempts = failures, "connected to the broker");

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
 use crate::Stats;
+use crate::config::Availability;
 use crate::outbox::Outbox;
 
 /// A QoS 0 reading: published if connected, otherwise gone. Never stored.
@@ -55,12 +56,14 @@ struct Feeder {
     ack_timeout: Duration,
     reconnect: watch::Sender<u64>,
     reconnect_requested: bool,
+    availability: Option<Availability>,
 }
 
 pub(super) struct Channels {
     pub link: mpsc::Receiver<Link>,
     pub live: mpsc::Receiver<LiveMessage>,
     pub reconnect: watch::Sender<u64>,
+    pub availability: Option<Availability>,
 }
 
 pub(super) async fn run(
@@ -75,6 +78,7 @@ pub(super) async fn run(
         mut link,
         mut live,
         reconnect,
+        availability,
     } = channels;
     let mut f = Feeder {
         client,
@@ -91,6 +95,7 @@ pub(super) async fn run(
         ack_timeout,
         reconnect,
         reconnect_requested: false,
+        availability,
     };
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
@@ -135,7 +140,13 @@ pub(super) async fn run(
             _ = outbox.new_data.notified(), if f.has_room() && grace_end.is_none() => {}
         }
     }
-    // Best effort: the connection task waits briefly for it to go out.
+    // A clean stop sends no Last Will: say `offline` ourselves, before the DISCONNECT (the
+    // client writes requests in order). Best effort: the connection task waits briefly.
+    if let (true, Some(a)) = (f.connected, &f.availability) {
+        let _ = f
+            .client
+            .try_publish(&a.topic, QoS::AtLeastOnce, true, a.offline.clone());
+    }
     let _ = f.client.try_disconnect();
     live
 }
@@ -225,6 +236,10 @@ impl Feeder {
             Link::Connected => {
                 self.connected = true;
                 self.cursor = None;
+                if let Some(a) = self.availability.clone() {
+                    // First on the new link, ahead of the backlog.
+                    self.publish_untracked(&a.topic, a.online.into_bytes(), true);
+                }
             }
             Link::Sent(0) => {} // QoS 0: nothing to track
             Link::Sent(pkid) => match self.unsent.pop_front() {
@@ -264,6 +279,27 @@ impl Feeder {
                 self.cursor = None;
                 let _ = done.send(());
             }
+        }
+    }
+
+    /// A QoS 1 publish that is not in the outbox (the birth message): it takes a window slot
+    /// like any other, so packet ids still map to keys, but its ack deletes nothing.
+    fn publish_untracked(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
+        if self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .is_ok()
+        {
+            let index = self.next_index;
+            self.next_index += 1;
+            self.outstanding.insert(
+                index,
+                Outstanding {
+                    key: None,
+                    since: Instant::now(),
+                },
+            );
+            self.unsent.push_back(index);
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +84,14 @@ impl Publisher {
         if let Some((user, password)) = &cfg.credentials {
             opts.set_credentials(user.clone(), password.0.clone());
         }
+        if let Some(a) = &cfg.availability {
+            opts.set_last_will(LastWill::new(
+                &a.topic,
+                a.offline.clone(),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        }
         if let Some(tls) = &cfg.tls {
             opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 tls.rustls.clone(),
@@ -107,6 +115,7 @@ impl Publisher {
         };
         let connection = tokio::spawn(connection::run(eventloop, conn, link_done.clone()));
         let feeder_stop = stop.clone();
+        let availability = cfg.availability.clone();
         let feeder = tokio::spawn(async move {
             // Even if the feeder panics, the connection task must stop, or shutdown would hang.
             let _stop_connection = link_done.drop_guard();
@@ -114,6 +123,7 @@ impl Publisher {
                 link: link_rx,
                 live,
                 reconnect: reconnect_tx,
+                availability,
             };
             feeder::run(client, outbox, channels, stats, ack_timeout, feeder_stop).await
         });

@@ -226,6 +226,15 @@ impl Outbox {
         }
     }
 
+    /// When the oldest waiting reading was taken (ms since the epoch).
+    pub fn oldest_taken_ms(&self) -> Option<u64> {
+        let inner = self.lock();
+        let stored = inner.store.as_ref().and_then(|s| s.first().ok().flatten());
+        stored
+            .or_else(|| inner.memory.front().cloned())
+            .map(|(_, r)| r.taken_ms)
+    }
+
     /// A new bound, applied from the next commit on (a reload).
     pub fn set_max_messages(&self, max_messages: u64) {
         self.max_messages.store(max_messages, Ordering::Relaxed);

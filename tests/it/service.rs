@@ -340,3 +340,73 @@ fn journald_priority_prefixes() {
         "timestamps or levels in {text}"
     );
 }
+
+/// Availability: a retained `online` at connect, the Last Will `offline` when the daemon dies,
+/// an explicit `offline` on a clean stop. Self-metrics: a retained JSON every stats_interval.
+#[test]
+fn availability_and_self_metrics() {
+    let mut env = Env::with_broker("availability_and_self_metrics");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config(
+        "stats_interval = \"1s\"\n",
+        &counter.sensor_toml("counter", TOPIC, "100ms", 1),
+    );
+    env.write_config(&cfg);
+    let status = "telemetryd/td-availability_and_self_metrics/status";
+    let stats = "telemetryd/td-availability_and_self_metrics/stats";
+
+    env.daemon.start();
+    wait_until(DEADLINE, "online", || {
+        env.sub().payloads(status) == ["online"]
+    });
+    wait_until(DEADLINE, "a stats message", || {
+        !env.sub().payloads(stats).is_empty()
+    });
+    let snapshot: serde_json::Value = serde_json::from_str(&env.sub().payloads(stats)[0]).unwrap();
+    for key in [
+        "buffered",
+        "oldest_unsent_age_s",
+        "readings",
+        "published",
+        "dropped",
+        "read_errors",
+        "reconnects",
+        "uptime_s",
+    ] {
+        assert!(snapshot.get(key).is_some(), "no {key} in {snapshot}");
+    }
+    assert!(snapshot["readings"].as_u64().unwrap() > 0, "{snapshot}");
+    assert_eq!(snapshot["connected"], true, "{snapshot}");
+
+    // Killed: the broker publishes the Last Will.
+    env.daemon.sigkill();
+    wait_until(DEADLINE, "the Last Will", || {
+        env.sub().payloads(status) == ["online", "offline"]
+    });
+    env.daemon.start();
+    wait_until(DEADLINE, "online again", || {
+        env.sub().payloads(status).len() == 3
+    });
+    // Stopped cleanly: no Last Will, so the daemon says it itself.
+    env.daemon.stop_expect_success();
+    wait_until(DEADLINE, "offline on a clean stop", || {
+        env.sub().payloads(status) == ["online", "offline", "online", "offline"]
+    });
+    // Retained: a subscriber that comes later still learns the daemon is offline.
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.port().to_string(),
+            "-t",
+            status,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "offline");
+}

@@ -1,0 +1,95 @@
+//! Every `stats_interval`: one summary line in the log and, when `stats_topic` is set, the
+//! same figures as a retained JSON message, so a dashboard sees how the daemon is doing.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::Stats;
+use crate::mqtt::LiveMessage;
+use crate::outbox::Outbox;
+use crate::service;
+
+/// The retained self-metrics message.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub buffered: u64,
+    /// Seconds since the oldest unsent reading was taken; null when nothing waits.
+    pub oldest_unsent_age_s: Option<u64>,
+    pub readings: u64,
+    pub published: u64,
+    pub dropped: u64,
+    pub read_errors: std::collections::BTreeMap<String, u64>,
+    pub reconnects: u64,
+    pub connected: bool,
+    pub uptime_s: u64,
+}
+
+impl Snapshot {
+    pub fn take(outbox: &Outbox, stats: &Stats) -> Snapshot {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        Snapshot {
+            buffered: outbox.depth(),
+            oldest_unsent_age_s: outbox
+                .oldest_taken_ms()
+                .map(|t| now_ms.saturating_sub(t) / 1000),
+            readings: stats.readings.load(Ordering::Relaxed),
+            published: stats.published.load(Ordering::Relaxed),
+            dropped: outbox.dropped(),
+            read_errors: stats
+                .errors_by_sensor
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+            reconnects: stats.connects.load(Ordering::Relaxed).saturating_sub(1),
+            connected: stats.connected.load(Ordering::Relaxed),
+            uptime_s: service::uptime().as_secs(),
+        }
+    }
+}
+
+/// Runs until `stop`. `publish`: the stats topic and the QoS 0 channel to the publisher.
+pub async fn run(
+    every: Duration,
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    publish: Option<(String, mpsc::Sender<LiveMessage>)>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let s = Snapshot::take(&outbox, &stats);
+        info!(
+            readings = s.readings,
+            published = s.published,
+            buffered = s.buffered,
+            oldest_unsent_age_s = s.oldest_unsent_age_s,
+            dropped = s.dropped,
+            read_errors = s.read_errors.values().sum::<u64>(),
+            reconnects = s.reconnects,
+            connected = s.connected,
+            "summary"
+        );
+        if let Some((topic, live)) = &publish {
+            let payload = serde_json::to_vec(&s).expect("numbers and strings serialize");
+            // QoS 0 and retained: the latest figures matter, a missed one does not.
+            let _ = live.try_send(LiveMessage {
+                topic: topic.clone(),
+                payload,
+                retain: true,
+            });
+        }
+    }
+}
