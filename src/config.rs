@@ -27,6 +27,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
     pub sensors: Vec<SensorConfig>,
+    /// Home Assistant MQTT discovery, when the `[homeassistant]` table is present.
+    pub homeassistant: Option<HomeAssistant>,
     /// Things worth telling the user that do not stop the daemon (logged once logging is up).
     pub warnings: Vec<String>,
 }
@@ -45,6 +47,16 @@ pub struct MqttConfig {
     pub availability: Option<Availability>,
     /// Where the retained self-metrics JSON goes every `stats_interval`.
     pub stats_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeAssistant {
+    /// Home Assistant's discovery prefix (its default: `homeassistant`).
+    pub discovery_prefix: String,
+    /// Groups this daemon's entities; one device per daemon.
+    pub node_id: String,
+    /// The device name shown in Home Assistant.
+    pub device_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +182,7 @@ struct RawConfig {
     mqtt: RawMqtt,
     #[serde(default)]
     buffer: RawBuffer,
+    homeassistant: Option<RawHomeAssistant>,
     #[serde(default, rename = "sensor")]
     sensors: Vec<Spanned<RawSensor>>,
 }
@@ -199,6 +212,14 @@ struct RawTls {
     ca_file: Option<PathBuf>,
     client_cert: Option<PathBuf>,
     client_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHomeAssistant {
+    discovery_prefix: Option<String>,
+    node_id: Option<String>,
+    device_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -318,7 +339,30 @@ impl Config {
             sensors.push(sensor);
         }
 
+        let homeassistant = raw.homeassistant.map(|ha| {
+            // Discovery ids allow [a-zA-Z0-9_-] only.
+            let node_id: String = ha
+                .node_id
+                .unwrap_or_else(|| mqtt.client_id.clone())
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            HomeAssistant {
+                discovery_prefix: ha
+                    .discovery_prefix
+                    .unwrap_or_else(|| "homeassistant".into()),
+                device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
+                node_id,
+            }
+        });
         Ok(Config {
+            homeassistant,
             log_level,
             sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
             stats_interval: raw.stats_interval.unwrap_or(Duration::from_secs(300)),

@@ -8,6 +8,7 @@ pub mod committer;
 pub mod config;
 pub mod discover;
 pub mod filter;
+pub mod homeassistant;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;
@@ -93,7 +94,14 @@ pub async fn run(
     ));
     let mut sensors = Sensors::new(reading_tx, stats.clone(), tracker.clone(), shutdown.clone());
     sensors.apply(&config.sensors, &config.sysfs_root);
-    let mut publisher = Publisher::start(&config.mqtt, outbox.clone(), live_rx, stats.clone());
+    let discovery = homeassistant::discovery(&config);
+    let mut publisher = Publisher::start(
+        &config.mqtt,
+        outbox.clone(),
+        live_rx,
+        discovery,
+        stats.clone(),
+    );
     let mut side = SideTasks::start(&config, &outbox, &stats, &live_tx, &tracker);
 
     if config.sensors.is_empty() {
@@ -129,10 +137,13 @@ pub async fn run(
                         }
                         logging::set_level(&new.log_level);
                         sensors.apply(&new.sensors, &new.sysfs_root);
+                        let discovery = homeassistant::discovery(&new);
                         if new.mqtt != config.mqtt {
                             info!("MQTT settings changed: reconnecting");
                             let live = publisher.stop().await?;
-                            publisher = Publisher::start(&new.mqtt, outbox.clone(), live, stats.clone());
+                            publisher = Publisher::start(&new.mqtt, outbox.clone(), live, discovery, stats.clone());
+                        } else {
+                            publisher.set_discovery(discovery);
                         }
                         if new.buffer.path != config.buffer.path {
                             tracing::warn!(path = %new.buffer.path.display(), "a new [buffer] path takes effect after a restart");

@@ -187,6 +187,10 @@ fn translate(event: Event) -> Option<Link> {
     match event {
         Event::Outgoing(Outgoing::Publish(pkid)) => Some(Link::Sent(pkid)),
         Event::Incoming(Packet::PubAck(ack)) => Some(Link::Acked(ack.pkid)),
+        Event::Incoming(Packet::Publish(p)) => Some(Link::Message {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+        }),
         Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
             debug!(pkid, "packet id still in use; rumqttc waits for its ack");
             None

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
 use crate::Stats;
 use crate::config::Availability;
+use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
 
 /// A QoS 0 reading: published if connected, otherwise gone. Never stored.
@@ -57,6 +58,10 @@ struct Feeder {
     reconnect: watch::Sender<u64>,
     reconnect_requested: bool,
     availability: Option<Availability>,
+    discovery: watch::Receiver<Option<Discovery>>,
+    /// Retained QoS 1 messages that are not readings (birth, discovery), sent before the
+    /// backlog as the window allows.
+    control: VecDeque<(String, Vec<u8>)>,
 }
 
 pub(super) struct Channels {
@@ -64,6 +69,7 @@ pub(super) struct Channels {
     pub live: mpsc::Receiver<LiveMessage>,
     pub reconnect: watch::Sender<u64>,
     pub availability: Option<Availability>,
+    pub discovery: watch::Receiver<Option<Discovery>>,
 }
 
 pub(super) async fn run(
@@ -79,6 +85,7 @@ pub(super) async fn run(
         mut live,
         reconnect,
         availability,
+        discovery,
     } = channels;
     let mut f = Feeder {
         client,
@@ -96,6 +103,8 @@ pub(super) async fn run(
         reconnect,
         reconnect_requested: false,
         availability,
+        discovery,
+        control: VecDeque::new(),
     };
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
@@ -133,6 +142,7 @@ pub(super) async fn run(
                 f.reconnect_requested = true;
                 f.reconnect.send_modify(|n| *n += 1);
             }
+            Ok(()) = f.discovery.changed() => f.discovery_changed(),
             msg = live.recv(), if live_open => match msg {
                 Some(msg) => f.publish_live(msg),
                 None => live_open = false,
@@ -184,6 +194,7 @@ impl Feeder {
                 o.key = None;
             }
         }
+        self.send_control();
         while self.has_room() {
             let batch = self.outbox.read_after(self.cursor, self.room());
             if batch.is_empty() {
@@ -236,11 +247,19 @@ impl Feeder {
             Link::Connected => {
                 self.connected = true;
                 self.cursor = None;
-                if let Some(a) = self.availability.clone() {
-                    // First on the new link, ahead of the backlog.
-                    self.publish_untracked(&a.topic, a.online.into_bytes(), true);
+                self.control.clear();
+                // First on the new link, ahead of the backlog.
+                if let Some(a) = &self.availability {
+                    self.control
+                        .push_back((a.topic.clone(), a.online.clone().into_bytes()));
+                }
+                let discovery = self.discovery.borrow_and_update().clone();
+                if let Some(d) = discovery {
+                    self.subscribe(&d);
+                    self.announce(&d);
                 }
             }
+            Link::Message { topic, payload } => self.message(&topic, &payload),
             Link::Sent(0) => {} // QoS 0: nothing to track
             Link::Sent(pkid) => match self.unsent.pop_front() {
                 Some(index) => {
@@ -282,14 +301,21 @@ impl Feeder {
         }
     }
 
-    /// A QoS 1 publish that is not in the outbox (the birth message): it takes a window slot
-    /// like any other, so packet ids still map to keys, but its ack deletes nothing.
-    fn publish_untracked(&mut self, topic: &str, payload: Vec<u8>, retain: bool) {
-        if self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .is_ok()
-        {
+    /// Sends queued control messages as QoS 1 retained publishes that are not in the outbox:
+    /// each takes a window slot like a reading, so packet ids still map to keys, but its ack
+    /// deletes nothing.
+    fn send_control(&mut self) {
+        while self.has_room() {
+            let Some((topic, payload)) = self.control.pop_front() else {
+                return;
+            };
+            if self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, true, payload)
+                .is_err()
+            {
+                return;
+            }
             let index = self.next_index;
             self.next_index += 1;
             self.outstanding.insert(
@@ -300,6 +326,58 @@ impl Feeder {
                 },
             );
             self.unsent.push_back(index);
+        }
+    }
+
+    fn subscribe(&mut self, d: &Discovery) {
+        let filters = [&d.status_topic, &d.config_filter]
+            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if self.client.try_subscribe_many(filters).is_ok() {
+            // A SUBSCRIBE takes the next packet id too: count it, or the distance check on
+            // publishes behind it would be one short.
+            self.next_index += 1;
+        }
+    }
+
+    fn announce(&mut self, d: &Discovery) {
+        self.control.extend(
+            d.announcements
+                .iter()
+                .map(|a| (a.topic.clone(), a.payload.clone())),
+        );
+    }
+
+    /// Home Assistant came (back) online: announce again. A retained config of ours for a
+    /// sensor no longer configured (removed while we were stopped): remove it.
+    fn message(&mut self, topic: &str, payload: &[u8]) {
+        let Some(d) = self.discovery.borrow().clone() else {
+            return;
+        };
+        if topic == d.status_topic && payload == b"online" {
+            info!("Home Assistant is online: announcing the sensors");
+            self.announce(&d);
+        } else if d.object_of(topic).is_some()
+            && !payload.is_empty()
+            && !d.announcements.iter().any(|a| a.topic == topic)
+        {
+            info!(
+                topic,
+                "removing a Home Assistant entity that is no longer configured"
+            );
+            self.control.push_back((topic.to_owned(), Vec::new()));
+        }
+    }
+
+    /// A reload changed the discovery messages: announce what is. What went is removed when
+    /// its retained config comes back on our subscription, as after a restart.
+    fn discovery_changed(&mut self) {
+        let new = self.discovery.borrow_and_update().clone();
+        if !self.connected {
+            return; // everything is announced on the next CONNACK
+        }
+        if let Some(d) = &new {
+            self.subscribe(d);
+            self.announce(d);
         }
     }
 

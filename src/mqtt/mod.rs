@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Stats;
 use crate::config::MqttConfig;
+use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
 
 pub use feeder::LiveMessage;
@@ -56,6 +57,11 @@ enum Link {
     Sent(u16),
     /// The broker acknowledged this packet id.
     Acked(u16),
+    /// A message on one of our subscriptions (Home Assistant's status, discovery topics).
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// The connection is gone. The feeder forgets what was in flight and replies, after which
     /// nothing it queued earlier can still be sent.
     Down(oneshot::Sender<()>),
@@ -67,6 +73,7 @@ pub struct Publisher {
     stop: CancellationToken,
     feeder: JoinHandle<mpsc::Receiver<LiveMessage>>,
     connection: JoinHandle<()>,
+    discovery: watch::Sender<Option<Discovery>>,
 }
 
 impl Publisher {
@@ -75,8 +82,10 @@ impl Publisher {
         cfg: &MqttConfig,
         outbox: Arc<Outbox>,
         live: mpsc::Receiver<LiveMessage>,
+        discovery: Option<Discovery>,
         stats: Arc<Stats>,
     ) -> Publisher {
+        let (discovery_tx, discovery_rx) = watch::channel(discovery);
         let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
         opts.set_clean_session(cfg.clean_session);
         opts.set_keep_alive(cfg.keep_alive);
@@ -124,6 +133,7 @@ impl Publisher {
                 live,
                 reconnect: reconnect_tx,
                 availability,
+                discovery: discovery_rx,
             };
             feeder::run(client, outbox, channels, stats, ack_timeout, feeder_stop).await
         });
@@ -131,7 +141,17 @@ impl Publisher {
             stop,
             feeder,
             connection,
+            discovery: discovery_tx,
         }
+    }
+
+    /// New discovery messages (a reload changed the sensors): announced at once if connected.
+    pub fn set_discovery(&self, discovery: Option<Discovery>) {
+        self.discovery.send_if_modified(|d| {
+            let changed = *d != discovery;
+            *d = discovery;
+            changed
+        });
     }
 
     /// Stops publishing: in-flight readings get [`SHUTDOWN_GRACE`] to be acknowledged, the

@@ -7,5 +7,6 @@ mod cli;
 mod delivery;
 mod fake_broker;
 mod harness;
+mod homeassistant;
 mod readings;
 mod service;
