@@ -228,3 +228,53 @@ fn deadband_and_spike_rejection() {
             .contains("dropped a lone reading that jumped more than max_step")
     );
 }
+
+/// Readings buffered through an outage and delivered late keep the time they were taken and
+/// their seq; a topic template and an average shape what is published.
+#[test]
+fn late_readings_keep_their_time_and_seq() {
+    let mut env = Env::with_broker("late_readings_keep_their_time_and_seq");
+    let counter = Counter::new(env.dir(), "counter");
+    // Every 2 counter values are averaged: 1,2 -> 1.5; 3,4 -> 3.5 ...
+    let sensor = counter
+        .sensor_toml("counter", "{sensor}/mean", "50ms", 1)
+        .replace(
+            "decimals = 0",
+            "decimals = 1\naverage = 2\nformat = \"json\"",
+        );
+    let cfg = env.config("topic_prefix = \"farm/{client_id}\"\n", &sensor);
+    env.write_config(&cfg);
+    let topic = "farm/td-late_readings_keep_their_time_and_seq/counter/mean";
+
+    env.broker().stop();
+    env.daemon.start();
+    counter.wait_value_at_least(20, "readings buffered while the broker is down");
+    let back = SystemTime::now();
+    env.broker().restart();
+    wait_until(DEADLINE, "the buffered readings", || {
+        env.sub().payloads(topic).len() >= 10
+    });
+
+    let first: serde_json::Value = serde_json::from_str(&env.sub().payloads(topic)[0]).unwrap();
+    assert_eq!(first["value"], 1.5, "{first}");
+    let ts = humantime::parse_rfc3339(first["ts"].as_str().unwrap()).unwrap();
+    assert!(
+        ts < back,
+        "a buffered reading must keep the time it was taken: {first}"
+    );
+    let seqs: Vec<u64> = env
+        .sub()
+        .payloads(topic)
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq must increase: {seqs:?}"
+    );
+    env.daemon.stop_expect_success();
+}
