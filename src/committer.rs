@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::spawn_blocking;
+use tokio::time::{Instant, sleep_until};
 
 use crate::Stats;
 use crate::config::Qos;
 use crate::mqtt::LiveMessage;
-use crate::outbox::{Outbox, Record};
+use crate::outbox::{Entry, Outbox, Record};
 use crate::payload;
 use crate::schedule::Reading;
 
@@ -17,8 +18,14 @@ use crate::schedule::Reading;
 const BATCH_MAX: usize = 1024;
 /// How often a failed store is checked for recovery while no readings arrive.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+/// With a commit interval, the most readings that wait for their commit; more commit at once.
+const HOLD_MAX: usize = 16 * BATCH_MAX;
 
 /// Runs until every reading sender is gone, committing what is left on the way out.
+///
+/// With a commit interval ([`Outbox::set_commit_interval`]), a commit comes at least that long
+/// after the previous one: QoS 1 readings wait for it (QoS 0 ones go out at once), so that
+/// busy sensors make few large commits instead of many small ones.
 pub async fn run(
     mut readings: mpsc::Receiver<Reading>,
     outbox: Arc<Outbox>,
@@ -27,10 +34,19 @@ pub async fn run(
 ) {
     let mut buf = Vec::with_capacity(64);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
+    // QoS 1 readings, numbered and rendered, waiting for their commit.
+    let mut batch: Vec<Entry> = Vec::new();
+    let mut last_commit: Option<Instant> = None;
     loop {
         stats.committer_beat.beat();
+        let due = match last_commit {
+            Some(t) if !batch.is_empty() => Some(t + outbox.commit_interval()),
+            _ => None,
+        };
+        let far = Instant::now() + Duration::from_secs(86_400);
         tokio::select! {
             n = readings.recv_many(&mut buf, BATCH_MAX) => if n == 0 { break },
+            _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {}
             _ = maintain.tick() => {
                 if outbox.is_degraded() {
                     let outbox = outbox.clone();
@@ -41,7 +57,6 @@ pub async fn run(
         }
         // While this batch is being fsynced, new readings queue up in the channel and form the
         // next batch: the busier the sensors, the bigger the group.
-        let mut batch = Vec::with_capacity(buf.len());
         for r in buf.drain(..) {
             let seq = outbox.next_seq();
             let payload = payload::render(&r.sensor, r.value, r.taken, seq);
@@ -74,9 +89,150 @@ pub async fn run(
                 }
             }
         }
-        if !batch.is_empty() {
-            let outbox = outbox.clone();
-            let _ = spawn_blocking(move || outbox.commit(batch)).await;
+        let due_now = last_commit.is_none_or(|t| t.elapsed() >= outbox.commit_interval());
+        if !batch.is_empty() && (due_now || batch.len() >= HOLD_MAX) {
+            last_commit = Some(Instant::now());
+            commit(&outbox, std::mem::take(&mut batch)).await;
         }
+    }
+    if !batch.is_empty() {
+        commit(&outbox, batch).await;
+    }
+}
+
+async fn commit(outbox: &Arc<Outbox>, batch: Vec<Entry>) {
+    let outbox = outbox.clone();
+    let _ = spawn_blocking(move || outbox.commit(batch)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::SystemTime;
+
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::config::{Config, SensorConfig};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn sensor(qos: u8) -> Arc<SensorConfig> {
+        let text = format!(
+            "[[sensor]]\nname='t'\nkind='file'\npath='/x'\ninterval='1s'\ntopic='t'\nqos={qos}\n"
+        );
+        Arc::new(
+            Config::parse(&text, Path::new("t.toml"))
+                .unwrap()
+                .sensors
+                .remove(0),
+        )
+    }
+
+    fn reading(sensor: &Arc<SensorConfig>) -> Reading {
+        Reading {
+            sensor: sensor.clone(),
+            value: 1.0,
+            taken: SystemTime::now(),
+        }
+    }
+
+    struct Rig {
+        outbox: Arc<Outbox>,
+        tx: mpsc::Sender<Reading>,
+        live: mpsc::Receiver<LiveMessage>,
+        task: JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn start(interval: Duration) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("buf"), 100).unwrap());
+        outbox.set_commit_interval(interval);
+        let (tx, rx) = mpsc::channel(16);
+        let (live_tx, live) = mpsc::channel(16);
+        let task = tokio::spawn(run(rx, outbox.clone(), live_tx, Arc::new(Stats::default())));
+        Rig {
+            outbox,
+            tx,
+            live,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Polls until `n` readings are readable (committed); returns when.
+    async fn readable(outbox: &Outbox, n: usize) -> Instant {
+        tokio::time::timeout(DEADLINE, async {
+            while outbox.read_after(None, 100).len() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Instant::now()
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{n} readings committed within {DEADLINE:?}"))
+    }
+
+    #[tokio::test]
+    async fn without_an_interval_a_reading_is_committed_at_once() {
+        let rig = start(Duration::ZERO);
+        let s = sensor(1);
+        for _ in 0..3 {
+            rig.tx.send(reading(&s)).await.unwrap();
+        }
+        readable(&rig.outbox, 3).await;
+    }
+
+    #[tokio::test]
+    async fn an_interval_spaces_commits_and_groups_readings() {
+        let interval = Duration::from_millis(400);
+        let rig = start(interval);
+        let s = sensor(1);
+        let sent_first = Instant::now();
+        rig.tx.send(reading(&s)).await.unwrap();
+        // The first commit is not delayed: nothing was committed before.
+        readable(&rig.outbox, 1).await;
+        for _ in 0..3 {
+            rig.tx.send(reading(&s)).await.unwrap();
+        }
+        let all = readable(&rig.outbox, 4).await;
+        assert!(
+            all - sent_first >= interval,
+            "the second commit came {:?} after the first reading, before the interval",
+            all - sent_first
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_commits_waiting_readings_at_once() {
+        let rig = start(Duration::from_secs(60));
+        let s = sensor(1);
+        for _ in 0..3 {
+            rig.tx.send(reading(&s)).await.unwrap();
+        }
+        drop(rig.tx);
+        tokio::time::timeout(DEADLINE, rig.task)
+            .await
+            .expect("the committer ends without waiting for the interval")
+            .unwrap();
+        assert_eq!(rig.outbox.read_after(None, 100).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn qos0_readings_do_not_wait_for_the_interval() {
+        let mut rig = start(Duration::from_secs(60));
+        rig.tx.send(reading(&sensor(1))).await.unwrap();
+        readable(&rig.outbox, 1).await;
+        rig.tx.send(reading(&sensor(1))).await.unwrap();
+        rig.tx.send(reading(&sensor(0))).await.unwrap();
+        tokio::time::timeout(DEADLINE, rig.live.recv())
+            .await
+            .expect("the QoS 0 reading goes out at once")
+            .unwrap();
+        assert_eq!(
+            rig.outbox.read_after(None, 100).len(),
+            1,
+            "the second QoS 1 reading waits for the interval"
+        );
     }
 }

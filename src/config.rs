@@ -18,6 +18,9 @@ pub const DEFAULT_PATH: &str = "/etc/telemetryd/telemetryd.toml";
 /// The shortest sensor interval accepted: below this a Pi spends its time in syscalls.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The longest `[buffer] commit_interval`: the window of readings a crash can lose.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A validated configuration: everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -110,6 +113,9 @@ impl fmt::Debug for Secret {
 pub struct BufferConfig {
     pub path: PathBuf,
     pub max_messages: u64,
+    /// At most one commit (flush + fsync) per this long; zero: commit as soon as readings
+    /// arrive. Readings wait up to this long in memory, unpublished, and a crash loses them.
+    pub commit_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +233,8 @@ struct RawHomeAssistant {
 struct RawBuffer {
     path: Option<PathBuf>,
     max_messages: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    commit_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -305,11 +313,19 @@ impl Config {
                 .path
                 .unwrap_or_else(|| PathBuf::from("/var/lib/telemetryd/buffer")),
             max_messages: raw.buffer.max_messages.unwrap_or(500_000),
+            commit_interval: raw.buffer.commit_interval.unwrap_or(Duration::ZERO),
         };
         if buffer.max_messages == 0 {
             return Err(ConfigError(format!(
                 "invalid config file {}: [buffer] max_messages must be at least 1",
                 path.display()
+            )));
+        }
+        if buffer.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(ConfigError(format!(
+                "invalid config file {}: [buffer] commit_interval {} is too long: readings wait that long in memory, unpublished, and a crash loses them; the maximum is 1m",
+                path.display(),
+                humantime::format_duration(buffer.commit_interval)
             )));
         }
 
@@ -739,6 +755,7 @@ decimals = 1
         assert!(!c.mqtt.clean_session);
         assert_eq!(c.mqtt.keep_alive, Duration::from_secs(30));
         assert_eq!(c.buffer.max_messages, 500_000);
+        assert_eq!(c.buffer.commit_interval, Duration::ZERO);
         let s = &c.sensors[0];
         assert_eq!(s.interval, Duration::from_secs(30));
         assert_eq!(s.qos, Qos::AtLeastOnce);
@@ -967,6 +984,31 @@ decimals = 1
         assert!(err.contains("average must be between"), "{err}");
         let err = parse(&SEED.replace("decimals = 1", "max_step = 0")).unwrap_err();
         assert!(err.contains("max_step must be a positive number"), "{err}");
+    }
+
+    #[test]
+    fn commit_interval_is_a_bounded_duration() {
+        let with =
+            |v: &str| parse(&SEED.replace("[buffer]", &format!("[buffer]\ncommit_interval = {v}")));
+        assert_eq!(
+            with("\"250ms\"").unwrap().buffer.commit_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            with("\"0s\"").unwrap().buffer.commit_interval,
+            Duration::ZERO
+        );
+        assert_eq!(
+            with("\"1m\"").unwrap().buffer.commit_interval,
+            Duration::from_secs(60)
+        );
+        let err = with("\"61s\"").unwrap_err();
+        assert!(
+            err.contains("[buffer] commit_interval 1m 1s is too long") && err.contains("1m"),
+            "{err}"
+        );
+        let err = with("\"soon\"").unwrap_err();
+        assert!(err.contains("commit_interval"), "{err}");
     }
 
     #[test]

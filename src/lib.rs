@@ -79,6 +79,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Outbox::open(&buffer.path, buffer.max_messages))
             .await
             .context("opening the store")??;
+    outbox.set_commit_interval(config.buffer.commit_interval);
     let outbox = Arc::new(outbox);
     info!(path = %config.buffer.path.display(), buffered = outbox.depth(), "store opened");
 
@@ -149,6 +150,7 @@ pub async fn run(
                             tracing::warn!(path = %new.buffer.path.display(), "a new [buffer] path takes effect after a restart");
                         }
                         outbox.set_max_messages(new.buffer.max_messages);
+                        outbox.set_commit_interval(new.buffer.commit_interval);
                         side.stop();
                         side = SideTasks::start(&new, &outbox, &stats, &live_tx, &tracker);
                         config = new;

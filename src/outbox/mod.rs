@@ -62,6 +62,8 @@ struct Inner {
 pub struct Outbox {
     path: PathBuf,
     max_messages: AtomicU64,
+    /// The least time between two commits, in µs (`[buffer] commit_interval`; 0: none).
+    commit_interval_us: AtomicU64,
     inner: Mutex<Inner>,
     dropped: AtomicU64,
     /// Bumped whenever keys a reader holds may no longer mean what they meant (the store
@@ -102,6 +104,7 @@ impl Outbox {
         Ok(Outbox {
             path: path.to_owned(),
             max_messages: AtomicU64::new(max_messages),
+            commit_interval_us: AtomicU64::new(0),
             inner: Mutex::new(inner),
             dropped: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -240,6 +243,17 @@ impl Outbox {
         self.max_messages.store(max_messages, Ordering::Relaxed);
     }
 
+    /// The commit policy: at most one commit per `interval` (zero: commit at once). Applied by
+    /// the committer from its next commit on (at start and on a reload).
+    pub fn set_commit_interval(&self, interval: Duration) {
+        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.commit_interval_us.store(us, Ordering::Relaxed);
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_micros(self.commit_interval_us.load(Ordering::Relaxed))
+    }
+
     /// Readings waiting to be acknowledged (stored and in memory).
     pub fn depth(&self) -> u64 {
         let inner = self.lock();
@@ -304,7 +318,8 @@ impl Outbox {
         }
     }
 
-    /// Saves the sequence counter and flushes, so a clean stop loses nothing. Blocking.
+    /// Saves the sequence counter and the count of readings (so the next open need not count
+    /// them) and flushes, so a clean stop loses nothing. The last call on an outbox. Blocking.
     pub fn close(&self) {
         let inner = self.lock();
         if !inner.memory.is_empty() {
@@ -313,9 +328,13 @@ impl Outbox {
         let Some(store) = inner.store.clone() else {
             return;
         };
-        let next = inner.next_seq;
+        let (next, stored) = (inner.next_seq, inner.stored);
         drop(inner);
-        if let Err(e) = store.save_seq(next).and_then(|()| store.sync()) {
+        let saved = store
+            .save_seq(next)
+            .and_then(|()| store.save_count(stored))
+            .and_then(|()| store.sync());
+        if let Err(e) = saved {
             error!(error = %format!("{e:#}"), "could not flush the store on shutdown");
         }
     }
@@ -497,6 +516,31 @@ mod tests {
         outbox.close();
         drop(outbox);
         assert_eq!(depth_at(&path).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_clean_close_saves_the_count_and_the_next_open_forgets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 5);
+        outbox.remove(&k[..2], outbox.generation());
+        outbox.close();
+        drop(outbox);
+        let opened = store::open(&path).unwrap();
+        assert!(opened.from_close, "a clean close saves the count");
+        assert_eq!(opened.stored, 3);
+        drop(opened);
+
+        // The daemon's open forgets it before anything changes: after a crash (no close),
+        // the next open counts the keys.
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 3);
+        outbox.remove(&k[2..3], outbox.generation());
+        drop(outbox);
+        let opened = store::open(&path).unwrap();
+        assert!(!opened.from_close);
+        assert_eq!(opened.stored, 2);
     }
 
     #[test]

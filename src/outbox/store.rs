@@ -14,11 +14,20 @@ use super::{Entry, Record};
 /// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
 /// whose hot part (both ends) is small.
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
+/// How often sled's background thread writes what is not yet flushed (only acknowledged
+/// readings' deletions: every commit flushes) and reclaims space. sled's default is 500 ms; at
+/// one reading a second that wrote each deletion on its own, dirtying one more 4 KiB page per
+/// reading (SD wear: 8.6 -> 6.0 KiB written per reading, BENCHMARKS.md). A deletion that is not
+/// on disk yet costs at most a duplicate after a power cut, never a loss.
+const FLUSH_EVERY_MS: u64 = 2000;
 const DATA_TREE: &[u8] = b"outbox";
 const META_TREE: &[u8] = b"meta";
 /// Records that could not be decoded, kept for a person to look at instead of blocking the queue.
 const QUARANTINE_TREE: &[u8] = b"quarantine";
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// How many readings the store held at a clean close. The next open uses it instead of
+/// counting every key, and removes it before anything changes, so it is never stale.
+const COUNT_KEY: &[u8] = b"count_at_close";
 const RECORD_VERSION: u8 = 1;
 
 /// The sled database and the file whose `sync_data` makes a flush survive a power cut.
@@ -34,8 +43,11 @@ pub(super) struct Store {
 /// A store just opened, with what was learnt from it.
 pub(super) struct Opened {
     pub store: Store,
-    /// How many readings it holds (one pass over the keys: about 1 s per million).
+    /// How many readings it holds: saved by a clean close, else one pass over the keys (about
+    /// 1 s per million on a PC, more on a Pi).
     pub stored: u64,
+    /// `stored` came from the count saved at close, which must be forgotten before any change.
+    pub from_close: bool,
     /// Its highest key, 0 when empty.
     pub last: u64,
     pub saved_seq: u64,
@@ -56,8 +68,9 @@ impl Store {
         self.log_file.sync_data().context("fsync of the store")
     }
 
-    /// Writes `entries` and the sequence counter in one batch. Returns how many keys are new;
-    /// with `check_existing`, keys already present (written before a failed flush) don't count.
+    /// Writes `entries` and the sequence counter (made durable by the next `sync`). Returns how
+    /// many keys are new; with `check_existing`, keys already present (written before a failed
+    /// flush) don't count.
     pub fn write(
         &self,
         entries: &[Entry],
@@ -72,13 +85,42 @@ impl Store {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
-        for (key, record) in entries {
-            batch.insert(&key.to_be_bytes(), encode(record));
-        }
-        self.data.apply_batch(batch)?;
+        // The counter first: the readings are then the last record(s) of the commit, so a
+        // flush that fails part-way cannot have written them (sled recovers a log prefix).
         self.save_seq(next_seq)?;
+        match entries {
+            // One reading (the usual case at low rates): a plain insert. `apply_batch` writes
+            // a manifest and forces its own log buffer out, so a commit of one reading wrote
+            // two 4 KiB pages instead of one (SD wear, BENCHMARKS.md). One record is atomic
+            // anyway.
+            [(key, record)] => {
+                self.data.insert(key.to_be_bytes(), encode(record))?;
+            }
+            // Several: one atomic batch, so a failed flush leaves none of them on disk (no
+            // copy that the memory tier would then not know about).
+            _ => {
+                let mut batch = sled::Batch::default();
+                for (key, record) in entries {
+                    batch.insert(&key.to_be_bytes(), encode(record));
+                }
+                self.data.apply_batch(batch)?;
+            }
+        }
         Ok(fresh)
+    }
+
+    /// Saves how many readings there are, for a quick next open. Only when nothing is
+    /// written afterwards (a clean close).
+    pub fn save_count(&self, stored: u64) -> anyhow::Result<()> {
+        self.meta.insert(COUNT_KEY, &stored.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Removes the count saved at close, durably, before the first change: after a crash, the
+    /// next open counts.
+    fn forget_count(&self) -> anyhow::Result<()> {
+        self.meta.remove(COUNT_KEY)?;
+        self.sync()
     }
 
     pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
@@ -138,10 +180,11 @@ impl Store {
     }
 }
 
-/// Opens the store; a damaged one is renamed `<path>.damaged-<unix time>` and replaced.
+/// Opens the store for the daemon; a damaged one is renamed `<path>.damaged-<unix time>` and
+/// replaced.
 pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
-        Ok(Ok(opened)) => return Ok(opened),
+        Ok(Ok(opened)) => return for_writing(opened),
         Ok(Err(e)) => e,
         Err(panic) => anyhow::anyhow!("sled panicked while opening it: {}", panic_message(&panic)),
     };
@@ -169,13 +212,24 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
         ));
     }
     error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
-    open(path).map_err(OpenError::Unusable)
+    open(path)
+        .map_err(OpenError::Unusable)
+        .and_then(for_writing)
+}
+
+/// The count saved at close holds only until the first change: forget it first.
+fn for_writing(opened: Opened) -> Result<Opened, OpenError> {
+    if opened.from_close {
+        opened.store.forget_count().map_err(OpenError::Unusable)?;
+    }
+    Ok(opened)
 }
 
 pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     let db = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
+        .flush_every_ms(Some(FLUSH_EVERY_MS))
         .open()?;
     let data = db.open_tree(DATA_TREE)?;
     let meta = db.open_tree(META_TREE)?;
@@ -193,12 +247,23 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         None => 1,
     };
     // The count must be exact for the bound, and keys have holes (QoS 0 readings,
-    // out-of-order acks), so `last - first + 1` would not do.
-    let mut stored = 0;
-    for key in data.iter().keys() {
-        key?;
-        stored += 1;
-    }
+    // out-of-order acks), so `last - first + 1` would not do. Counting reads the whole store,
+    // which delayed the first publish of a big backlog by seconds: a clean close saved it.
+    let saved = meta
+        .get(COUNT_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes);
+    let stored = match saved {
+        Some(n) => n,
+        None => {
+            let mut n = 0;
+            for key in data.iter().keys() {
+                key?;
+                n += 1;
+            }
+            n
+        }
+    };
     let store = Store {
         db,
         data,
@@ -209,6 +274,7 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     Ok(Opened {
         store,
         stored,
+        from_close: saved.is_some(),
         last,
         saved_seq,
     })

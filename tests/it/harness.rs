@@ -4,7 +4,8 @@
 //! Everything a test starts lives in an [`Env`]; dropping it kills and reaps every process and
 //! removes the temp dir. When the drop happens during a panic, the env first prints the config,
 //! the daemon logs, the Mosquitto log and what the subscriber received. Set
-//! `TELEMETRYD_IT_KEEP=1` to keep the temp dir of a failed test.
+//! `TELEMETRYD_IT_KEEP=1` to keep the temp dir of a failed test, `TELEMETRYD_IT_KEEP=always`
+//! to keep it whatever happens.
 
 #![allow(dead_code)]
 
@@ -137,6 +138,13 @@ impl Drop for Proc {
     }
 }
 
+/// Copies `from` into `to` on a thread until EOF.
+fn relay(mut from: impl std::io::Read + Send + 'static, mut to: File) {
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+    });
+}
+
 fn log_file(path: &Path) -> (File, File) {
     let f = OpenOptions::new()
         .create(true)
@@ -255,6 +263,47 @@ impl Broker {
         self.proc.is_some()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
+    }
+
+    /// Sends `sig` to the running broker (SIGSTOP freezes it: connections stay open, nothing is
+    /// read or answered).
+    pub fn signal(&mut self, sig: libc::c_int) {
+        if let Some(p) = self.proc.as_mut() {
+            p.signal(sig);
+        }
+    }
+
+    /// Mosquitto's persistence file: sessions, subscriptions and queued messages.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("mosquitto.db")
+    }
+
+    /// Deletes the persistence file of a stopped broker: it forgets every session.
+    pub fn wipe_persistence(&mut self) {
+        assert!(
+            self.proc.is_none(),
+            "wipe of a running broker's persistence"
+        );
+        match fs::remove_file(self.db_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove {}: {e}", self.db_path().display()),
+        }
+    }
+
+    /// Waits until Mosquitto has saved its database (autosave, every second here) after
+    /// `since`, so that a SIGKILL cannot take the sessions and subscriptions made before.
+    pub fn wait_saved_after(&self, since: std::time::SystemTime) {
+        let db = self.db_path();
+        wait_until(DEADLINE, "mosquitto autosaves its database", || {
+            fs::metadata(&db)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since)
+        });
+    }
+
     pub fn conf_path(&self) -> PathBuf {
         self.dir.join("mosquitto.conf")
     }
@@ -341,6 +390,10 @@ pub struct Subscriber {
     pub out: PathBuf,
     port: u16,
     proc: Proc,
+    /// Lines start with the receive time (`%U`, Unix seconds with nanoseconds).
+    timed: bool,
+    err: PathBuf,
+    probes: usize,
 }
 
 pub const PROBE_PREFIX: &str = "probe/";
@@ -349,13 +402,25 @@ impl Subscriber {
     /// Starts and returns once the subscription is active: a probe published to
     /// `probe/<id>` (matched by `#`) has come back.
     pub fn start(dir: &Path, port: u16, id: &str) -> Subscriber {
+        Subscriber::start_with(dir, port, id, false)
+    }
+
+    /// [`Subscriber::start`], with every line prefixed by its receive time
+    /// ([`Subscriber::timed_lines`]).
+    pub fn start_timed(dir: &Path, port: u16, id: &str) -> Subscriber {
+        Subscriber::start_with(dir, port, id, true)
+    }
+
+    fn start_with(dir: &Path, port: u16, id: &str, timed: bool) -> Subscriber {
         let out = dir.join("sub.out");
-        let err = log_file(&dir.join("sub.err")).0;
+        let err_path = dir.join("sub.err");
+        let err = log_file(&err_path).0;
+        let format = if timed { "%U %t %p" } else { "%t %p" };
         let proc = Proc::spawn(
             "mosquitto_sub",
             Command::new("mosquitto_sub")
                 .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-c", "-i", id, "-q", "1", "-t", "#", "-F", "%t %p"])
+                .args(["-c", "-i", id, "-q", "1", "-t", "#", "-F", format])
                 .stdin(Stdio::null())
                 .stdout(log_file(&out).0)
                 .stderr(err),
@@ -365,17 +430,31 @@ impl Subscriber {
             out,
             port,
             proc,
+            timed,
+            err: err_path,
+            probes: 0,
         };
-        let probe_topic = format!("{PROBE_PREFIX}{id}");
+        sub.wait_subscribed();
+        sub
+    }
+
+    /// Returns once the subscription is active (again, e.g. after the broker lost it): a new
+    /// probe published to `probe/<id>` has come back.
+    pub fn wait_subscribed(&mut self) {
+        self.probes += 1;
+        let probe_topic = format!("{PROBE_PREFIX}{}", self.id);
+        let payload = format!("probe-{}", self.probes);
+        let port = self.port.to_string();
         let mut last_probe = Instant::now() - Duration::from_secs(1);
         wait_until(DEADLINE, "mosquitto_sub receives its probe", || {
-            if let Some(s) = sub.proc.try_status() {
-                panic!(
-                    "mosquitto_sub exited ({s}): {}",
-                    read_lossy(&dir.join("sub.err"))
-                );
+            if let Some(s) = self.proc.try_status() {
+                panic!("mosquitto_sub exited ({s}): {}", read_lossy(&self.err));
             }
-            if sub.lines().iter().any(|(t, _)| *t == probe_topic) {
+            if self
+                .lines()
+                .iter()
+                .any(|(t, p)| *t == probe_topic && *p == payload)
+            {
                 return true;
             }
             // Non-retained probe: only one published after the SUBACK comes back, so repeat.
@@ -384,8 +463,8 @@ impl Subscriber {
                 let mut p = Proc::spawn(
                     "mosquitto_pub",
                     Command::new("mosquitto_pub")
-                        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                        .args(["-q", "1", "-t", &probe_topic, "-m", "probe"])
+                        .args(["-h", "127.0.0.1", "-p", &port])
+                        .args(["-q", "1", "-t", &probe_topic, "-m", &payload])
                         .stdin(Stdio::null())
                         .stdout(Stdio::null())
                         .stderr(Stdio::null()),
@@ -394,23 +473,29 @@ impl Subscriber {
             }
             false
         });
-        sub
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Sends `sig` to mosquitto_sub (SIGSTOP: it stops reading and acknowledging).
+    pub fn signal(&mut self, sig: libc::c_int) {
+        self.proc.signal(sig);
+    }
+
+    /// Every complete line so far as (receive time in Unix seconds, topic, payload), in arrival
+    /// order; the time is 0 unless started with [`Subscriber::start_timed`].
+    pub fn timed_lines(&self) -> Vec<(f64, String, String)> {
+        let raw = fs::read(&self.out).unwrap_or_default();
+        parse_sub_lines(&raw, self.timed)
     }
 
     /// Every complete `topic payload` line so far, in arrival order (probes included).
     pub fn lines(&self) -> Vec<(String, String)> {
-        let raw = fs::read(&self.out).unwrap_or_default();
-        let raw = String::from_utf8_lossy(&raw);
-        let complete = match raw.rfind('\n') {
-            Some(i) => &raw[..=i],
-            None => "",
-        };
-        complete
-            .lines()
-            .map(|l| match l.split_once(' ') {
-                Some((t, p)) => (t.to_string(), p.to_string()),
-                None => (l.to_string(), String::new()),
-            })
+        self.timed_lines()
+            .into_iter()
+            .map(|(_, t, p)| (t, p))
             .collect()
     }
 
@@ -437,6 +522,28 @@ impl Subscriber {
     pub fn raw(&self) -> String {
         read_lossy(&self.out)
     }
+}
+
+/// Parses complete mosquitto_sub output lines (`[%U ]%t %p`); a trailing partial line is left
+/// out.
+pub fn parse_sub_lines(raw: &[u8], timed: bool) -> Vec<(f64, String, String)> {
+    let complete = match raw.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &raw[..=i],
+        None => &[][..],
+    };
+    String::from_utf8_lossy(complete)
+        .lines()
+        .map(|l| {
+            let (time, rest) = match l.split_once(' ') {
+                Some((t, rest)) if timed => (t.parse().unwrap_or(0.0), rest),
+                _ => (0.0, l),
+            };
+            match rest.split_once(' ') {
+                Some((t, p)) => (time, t.to_string(), p.to_string()),
+                None => (time, rest.to_string(), String::new()),
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,20 +831,60 @@ impl Daemon {
 
     /// Starts with `RUST_LOG` removed from the environment and `vars` set.
     pub fn start_with_env(&mut self, vars: &[(&str, &str)]) {
+        self.start_custom(vars, None);
+    }
+
+    /// Starts with a file-size limit (`RLIMIT_FSIZE`, bytes) on the daemon: past it, writes fail
+    /// with EFBIG, as on a full disk. Its output then goes through a pipe to the log file, so
+    /// the limit does not hit the log.
+    pub fn start_with_fsize_limit(&mut self, bytes: u64) {
+        self.start_custom(&[], Some(bytes));
+    }
+
+    fn start_custom(&mut self, vars: &[(&str, &str)], fsize_limit: Option<u64>) {
         assert!(self.proc.is_none(), "daemon already running");
         let log = self.dir.join(format!("daemon-{}.log", self.runs.len() + 1));
         let (out, err) = log_file(&log);
-        let p = Proc::spawn(
-            "telemetryd",
-            Command::new(bin())
-                .arg("--config")
-                .arg(&self.config)
-                .env_remove("RUST_LOG")
-                .envs(vars.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err),
-        );
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null());
+        let relay_to = match fsize_limit {
+            None => {
+                cmd.stdout(out).stderr(err);
+                None
+            }
+            Some(limit) => {
+                use std::os::unix::process::CommandExt;
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        let lim = libc::rlimit {
+                            rlim_cur: limit,
+                            rlim_max: limit,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Some((out, err))
+            }
+        };
+        let mut p = Proc::spawn("telemetryd", &mut cmd);
+        if let Some((out, err)) = relay_to {
+            // The relays end at EOF, once the daemon and its children are gone.
+            if let Some(o) = p.child.stdout.take() {
+                relay(o, out);
+            }
+            if let Some(e) = p.child.stderr.take() {
+                relay(e, err);
+            }
+        }
         self.runs.push((log, None));
         self.proc = Some(p);
     }
@@ -748,6 +895,11 @@ impl Daemon {
 
     pub fn pid(&mut self) -> u32 {
         self.proc().pid()
+    }
+
+    /// The pid of the current run, if the daemon is running.
+    pub fn pid_if_running(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid())
     }
 
     /// Panics if the current run has exited.
@@ -801,6 +953,20 @@ impl Daemon {
 
     pub fn is_running(&self) -> bool {
         self.proc.is_some()
+    }
+
+    /// How many times the daemon was started.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Logs of every run so far, in order.
+    pub fn all_logs(&self) -> String {
+        self.runs
+            .iter()
+            .map(|(p, _)| strip_ansi(&read_lossy(p)))
+            .collect::<Vec<_>>()
+            .join("")
     }
 
     /// Log of the current (or last) run.
@@ -1075,13 +1241,14 @@ impl Drop for Env {
         if let Some(b) = self.broker.as_mut() {
             b.kill();
         }
+        let keep = std::env::var("TELEMETRYD_IT_KEEP").ok();
         if thread::panicking() {
             eprintln!("{}", self.dump());
-            if std::env::var_os("TELEMETRYD_IT_KEEP").is_some()
-                && let Some(t) = self.tmp.take()
-            {
-                eprintln!("kept {}", t.keep().display());
-            }
+        }
+        if (thread::panicking() && keep.is_some() || keep.as_deref() == Some("always"))
+            && let Some(t) = self.tmp.take()
+        {
+            eprintln!("kept {}", t.keep().display());
         }
     }
 }
@@ -1166,4 +1333,221 @@ pub fn write_w1_slave(path: &Path, millidegrees: i64) {
     )
     .expect("write w1_slave");
     fs::rename(&tmp, path).expect("rename w1_slave");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness
+// ---------------------------------------------------------------------------------------------
+
+/// A small seeded generator (SplitMix64): the same seed gives the same fault schedule.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo <= hi);
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// Uniform in `lo..=hi`, in milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.range(0, items.len() as u64 - 1) as usize]
+    }
+}
+
+/// The seed for a test: `TELEMETRYD_IT_SEED` if set (to replay a failure), else `default`.
+/// Printed, so that a failing run names it.
+pub fn test_seed(test: &str, default: u64) -> u64 {
+    let seed = std::env::var("TELEMETRYD_IT_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(default);
+    eprintln!("{test}: seed {seed} (replay with TELEMETRYD_IT_SEED={seed})");
+    seed
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a process costs
+// ---------------------------------------------------------------------------------------------
+
+/// CPU time (user + system) a process has used so far; `None` once it is gone.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// A `Vm*` field of /proc/<pid>/status (e.g. `VmRSS`, `VmHWM`), in KiB.
+pub fn vm_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Disk space used by everything under `path`, like `du -s` (allocated blocks, in bytes).
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir()
+        && let Ok(entries) = fs::read_dir(path)
+    {
+        for e in entries.flatten() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
+}
+
+/// Processes whose command line contains `needle` (for leftovers of a sensor command).
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stores and logs
+// ---------------------------------------------------------------------------------------------
+
+/// Writes a backlog into the store at `path` (daemon stopped), as a previous run with the
+/// broker away would have left it: `count` readings on `topic` with payloads `1..=count`,
+/// through the daemon's own outbox code. Returns how long it took.
+pub fn prefill_store(path: &Path, topic: &str, count: u64) -> Duration {
+    use telemetryd::outbox::{Outbox, Record};
+    let t0 = Instant::now();
+    let outbox = Outbox::open(path, 10_000_000).expect("open the store to prefill it");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut value = 1;
+    while value <= count {
+        let end = (value + 10_000).min(count + 1);
+        let batch = (value..end)
+            .map(|v| {
+                let record = Record {
+                    topic: topic.to_string(),
+                    payload: v.to_string().into_bytes(),
+                    retain: false,
+                    taken_ms: now_ms,
+                };
+                (outbox.next_seq(), record)
+            })
+            .collect();
+        outbox.commit(batch);
+        value = end;
+    }
+    assert_eq!(outbox.depth(), count, "prefilled store depth");
+    outbox.close();
+    drop(outbox);
+    t0.elapsed()
+}
+
+/// Unix seconds of a log line that starts with an RFC 3339 timestamp.
+pub fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let t = humantime::parse_rfc3339(ts).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+/// The value of `key=value` in a log line (up to the next space; quotes kept).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    line[start..].split_whitespace().next()
+}
+
+/// Asserts: first deliveries in order, every value of `1..=upto` received except values in
+/// `may_miss`.
+pub fn assert_complete_except(values: &[u64], upto: u64, may_miss: &HashSet<u64>, what: &str) {
+    let r = SeqReport::of(values);
+    assert!(
+        r.reorders.is_empty(),
+        "{what}: reordered first deliveries: {}",
+        describe(values)
+    );
+    assert!(
+        r.max >= upto,
+        "{what}: expected values up to {upto}: {}",
+        describe(values)
+    );
+    let unexplained: Vec<u64> = r
+        .missing
+        .iter()
+        .copied()
+        .filter(|v| *v <= upto && !may_miss.contains(v))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "{what}: missing {} beyond those that may be missing ({}): {}",
+        ranges(&unexplained),
+        ranges(&may_miss.iter().copied().collect::<Vec<_>>()),
+        describe(values)
+    );
+}
+
+/// Waits until `values()` holds every value of `1..=upto` except values in `may_miss`.
+pub fn wait_complete_except(
+    values: &dyn Fn() -> Vec<u64>,
+    upto: u64,
+    may_miss: &HashSet<u64>,
+    what: &str,
+) {
+    let start = Instant::now();
+    loop {
+        let v = values();
+        let r = SeqReport::of(&v);
+        if r.max >= upto && r.missing.iter().all(|m| *m > upto || may_miss.contains(m)) {
+            break;
+        }
+        if start.elapsed() >= DEADLINE {
+            panic!(
+                "timed out after {DEADLINE:?} waiting until {what} has 1..={upto} but for {}: {}",
+                ranges(&may_miss.iter().copied().collect::<Vec<_>>()),
+                describe(&v)
+            );
+        }
+        thread::sleep(POLL);
+    }
+    assert_complete_except(&values(), upto, may_miss, what);
 }

@@ -1,0 +1,326 @@
+//! The benchmark suite (issue 5): the real `telemetryd` binary against a real local Mosquitto,
+//! side by side with `mosquitto_pub`, and the footprint of the daemon. See BENCHMARKS.md.
+//!
+//! ```text
+//! cargo bench --bench suite                       # everything, release build (~15 min)
+//! cargo bench --bench suite -- --quick            # small N, short runs
+//! cargo test --bench suite -- --quick             # the same in a debug build: what CI runs
+//! cargo bench --bench suite -- --only drain,wear --runs 5
+//! ```
+//!
+//! Options: `--quick`; `--runs N` (default 3; 1 with --quick); `--only` a comma-separated
+//! list of `drain`, `ingest`, `latency`, `footprint`, `backlog`, `wear`; `--dir PATH` where
+//! the stores go (default: the temp dir; on a Pi, a directory on the SD card); `--bin PATH`
+//! another telemetryd binary to drive (e.g. a build from before a change; the `latency`
+//! scenario always uses the library this suite was built with); `--drain-n N`, `--big-n N`
+//! other backlog sizes for scenarios 1 and 4; `--keep` leaves the work dir (stores, configs,
+//! logs) in place, for a look after a failure.
+//!
+//! A Markdown table goes to stdout (each figure the median of the runs), progress to stderr.
+//! Every run checks that it did what it claims: all readings delivered, none dropped, clean
+//! stops. No timing is ever checked: these machines are noisy.
+
+mod env;
+mod library;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to run and how long.
+pub struct Settings {
+    pub bin: PathBuf,
+    pub runs: usize,
+    pub drain_n: u64,
+    pub big_n: u64,
+    pub ingest_sensors: Vec<usize>,
+    pub ingest_secs: f64,
+    pub latency_secs: f64,
+    pub footprint_secs: f64,
+    pub wear_slow_secs: f64,
+    pub wear_fast_secs: f64,
+}
+
+#[derive(Clone, Copy)]
+pub enum Fmt {
+    Rate,
+    Ratio,
+    Percent,
+    Count,
+    Bytes,
+    Ms,
+    Secs,
+}
+
+impl Fmt {
+    fn show(self, v: f64) -> String {
+        match self {
+            Fmt::Rate => format!("{}/s", thousands(v)),
+            Fmt::Ratio => format!("{v:.2}x"),
+            Fmt::Percent => format!("{v:.3}%"),
+            Fmt::Count => format!("{v:.0}"),
+            Fmt::Bytes if v >= 1024.0 * 1024.0 => format!("{:.2} MiB", v / 1048576.0),
+            Fmt::Bytes if v >= 1024.0 => format!("{:.2} KiB", v / 1024.0),
+            Fmt::Bytes => format!("{v:.0} B"),
+            Fmt::Ms => format!("{v:.2} ms"),
+            Fmt::Secs => format!("{v:.3} s"),
+        }
+    }
+}
+
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One line of the table: a value per run.
+pub struct Row {
+    pub section: &'static str,
+    pub measure: String,
+    pub target: &'static str,
+    pub fmt: Fmt,
+    pub values: Vec<f64>,
+}
+
+impl Row {
+    pub fn new(
+        section: &'static str,
+        measure: String,
+        target: &'static str,
+        fmt: Fmt,
+        values: Vec<f64>,
+    ) -> Row {
+        Row {
+            section,
+            measure,
+            target,
+            fmt,
+            values,
+        }
+    }
+
+    fn median(&self) -> f64 {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    }
+}
+
+const SCENARIOS: &[&str] = &["drain", "ingest", "latency", "footprint", "backlog", "wear"];
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo bench --bench suite -- [--quick] [--runs N] [--only {}] [--dir PATH] [--bin PATH] [--drain-n N] [--big-n N] [--keep]",
+        SCENARIOS.join(",")
+    );
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut quick = false;
+    let mut runs = None;
+    let mut only: Vec<String> = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    let mut dir = std::env::temp_dir();
+    let mut bin = PathBuf::from(env!("CARGO_BIN_EXE_telemetryd"));
+    let (mut drain_n, mut big_n) = (None, None);
+    let mut keep = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--runs" => {
+                runs = Some(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n| n > 0)
+                        .unwrap_or_else(|| usage()),
+                )
+            }
+            "--only" => {
+                only = args
+                    .next()
+                    .unwrap_or_else(|| usage())
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if only.iter().any(|o| !SCENARIOS.contains(&o.as_str())) {
+                    usage();
+                }
+            }
+            "--dir" => dir = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--bin" => bin = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--keep" => keep = true,
+            "--drain-n" => drain_n = args.next().and_then(|n| n.parse().ok()),
+            "--big-n" => big_n = args.next().and_then(|n| n.parse().ok()),
+            // `cargo bench` passes `--bench`.
+            "--bench" => {}
+            _ => usage(),
+        }
+    }
+    let s = if quick {
+        Settings {
+            bin: bin.clone(),
+            runs: runs.unwrap_or(1),
+            drain_n: 2_000,
+            big_n: 20_000,
+            ingest_sensors: vec![1, 10, 100, 1000],
+            ingest_secs: 1.0,
+            latency_secs: 1.0,
+            footprint_secs: 3.0,
+            wear_slow_secs: 3.0,
+            wear_fast_secs: 2.0,
+        }
+    } else {
+        Settings {
+            bin: bin.clone(),
+            runs: runs.unwrap_or(3),
+            drain_n: 100_000,
+            big_n: 1_000_000,
+            ingest_sensors: vec![1, 10, 100, 1000],
+            ingest_secs: 5.0,
+            latency_secs: 5.0,
+            footprint_secs: 60.0,
+            wear_slow_secs: 60.0,
+            wear_fast_secs: 10.0,
+        }
+    };
+    let mut s = s;
+    s.drain_n = drain_n.unwrap_or(s.drain_n);
+    s.big_n = big_n.unwrap_or(s.big_n);
+    if s.drain_n == 0 || s.big_n == 0 {
+        usage();
+    }
+    let work = tempfile::Builder::new()
+        .prefix("telemetryd-bench-")
+        .tempdir_in(&dir)
+        .unwrap_or_else(|e| panic!("cannot create a work dir in {}: {e}", dir.display()));
+    if keep {
+        eprintln!("keeping the work dir {}", work.path().display());
+    }
+    let work = Work(Some(work), keep);
+
+    println!("{}", machine(work.path(), &s, quick));
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let wanted = |name: &str| only.iter().any(|o| o == name);
+    if wanted("drain") {
+        rows.extend(scenarios::drain(&s, work.path()));
+    }
+    if wanted("ingest") {
+        rows.extend(scenarios::ingest(&s, work.path()));
+    }
+    if wanted("latency") {
+        rows.extend(scenarios::latency(&s, work.path()));
+    }
+    if wanted("footprint") {
+        rows.extend(scenarios::footprint(&s, work.path()));
+    }
+    if wanted("backlog") {
+        rows.extend(scenarios::backlog(&s, work.path()));
+    }
+    if wanted("wear") {
+        rows.extend(scenarios::wear(&s, work.path(), "default policy", ""));
+    }
+
+    println!("| # | measure | target | median | runs |");
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        let runs: Vec<String> = r.values.iter().map(|&v| r.fmt.show(v)).collect();
+        println!(
+            "| {} | {} | {} | **{}** | {} |",
+            r.section,
+            r.measure,
+            r.target,
+            r.fmt.show(r.median()),
+            runs.join(", ")
+        );
+    }
+    println!(
+        "\n{} figures in {:.0} s.",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // Sanity, never speed: every figure exists and is a number; rates and sizes are positive.
+    for r in &rows {
+        assert!(!r.values.is_empty(), "{}: no value", r.measure);
+        for &v in &r.values {
+            assert!(
+                v.is_finite() && v >= 0.0,
+                "{}: {v} is not a sane figure",
+                r.measure
+            );
+            if matches!(r.fmt, Fmt::Rate | Fmt::Ratio) {
+                assert!(v > 0.0, "{}: a zero rate", r.measure);
+            }
+        }
+    }
+}
+
+/// The work dir: removed at the end (on a panic too) unless `--keep`.
+struct Work(Option<tempfile::TempDir>, bool);
+
+impl Work {
+    fn path(&self) -> &std::path::Path {
+        self.0.as_ref().expect("the work dir").path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = self.0.take().map(tempfile::TempDir::keep);
+        }
+    }
+}
+
+/// The machine and the build, for the record.
+fn machine(work: &std::path::Path, s: &Settings, quick: bool) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo.lines().next().unwrap_or("?").to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let fs = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && work.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} ({} on {})", f[1], f[2], f[0])))
+        })
+        .max()
+        .map_or("?".into(), |(_, d)| d);
+    let build = if cfg!(debug_assertions) {
+        "DEBUG build (figures are not representative; use `cargo bench`)"
+    } else {
+        "release build"
+    };
+    format!(
+        "telemetryd benchmark suite{}: {build}, {} run(s) per figure\n\
+         binary: {}\n\
+         machine: {cores} cores, {model}; {mem}; stores under {} on {fs}\n\
+         broker: {}\n",
+        if quick { " (quick)" } else { "" },
+        s.runs,
+        s.bin.display(),
+        work.display(),
+        env::mosquitto_version()
+    )
+}
