@@ -202,7 +202,7 @@ fn deadband_and_spike_rejection() {
     fs::write(&values, "20\n20.2\n20.4\n21.5\n21.6\n85\n21.7\n21.8\n50\n").unwrap();
     let index = env.path("index");
     let script = format!(
-        "i=$(( $(cat {idx} 2>/dev/null || echo 0) + 1 )); echo $i > {idx}; \
+        "i=$(( $(cat {idx} 2>/dev/null || echo 0) + 1 )); echo $i > {idx}.tmp && mv {idx}.tmp {idx}; \
          v=$(sed -n \"${{i}}p\" {vals}); [ -n \"$v\" ] || v=$(tail -n 1 {vals}); echo $v",
         idx = index.display(),
         vals = values.display()
