@@ -36,6 +36,7 @@ pub async fn run(
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
     // QoS 1 readings, numbered and rendered, waiting for their commit.
     let mut batch: Vec<Entry> = Vec::new();
+    let mut acks = Vec::new();
     let mut last_commit: Option<Instant> = None;
     loop {
         stats.committer_beat.beat();
@@ -57,7 +58,8 @@ pub async fn run(
         }
         // While this batch is being fsynced, new readings queue up in the channel and form the
         // next batch: the busier the sensors, the bigger the group.
-        for r in buf.drain(..) {
+        for mut r in buf.drain(..) {
+            acks.extend(r.committed.take());
             let seq = outbox.next_seq();
             let payload = payload::render(&r.sensor, r.value, r.taken, seq);
             let topic = r.sensor.topic.clone();
@@ -93,6 +95,11 @@ pub async fn run(
         if !batch.is_empty() && (due_now || batch.len() >= HOLD_MAX) {
             last_commit = Some(Instant::now());
             commit(&outbox, std::mem::take(&mut batch)).await;
+        }
+        // Committed, or held by commit_interval (a window the user chose): either way the
+        // sensors may take their next reading.
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
         }
     }
     if !batch.is_empty() {
@@ -134,6 +141,7 @@ mod tests {
             sensor: sensor.clone(),
             value: 1.0,
             taken: SystemTime::now(),
+            committed: None,
         }
     }
 

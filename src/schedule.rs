@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -98,11 +98,16 @@ impl Sensors {
 }
 
 /// A calibrated value, with the sensor it came from and when it was taken.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Reading {
     pub sensor: Arc<SensorConfig>,
     pub value: f64,
     pub taken: SystemTime,
+    /// Fired by the committer once the reading is committed (or accepted into a batch held
+    /// by `commit_interval`). The sensor waits for it before its next read, so a crash can
+    /// cost at most one uncommitted reading per sensor even when an fsync is slower than the
+    /// interval; a slow disk delays reads instead.
+    pub committed: Option<oneshot::Sender<()>>,
 }
 
 /// Reads `source` every `cfg.interval` until `stop`. Errors are logged (rate-limited) and the
@@ -126,10 +131,17 @@ pub async fn run_sensor(
     let mut throttle = Throttle::default();
     let mut spikes = Throttle::default();
     let mut filter = Filter::new(sensor.policy);
+    let mut previous: Option<oneshot::Receiver<()>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
+        }
+        if let Some(committed) = previous.take() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = committed => {} // an error means the committer is gone: stopping anyway
+            }
         }
         // Cancelling a read is fine: a command child is killed on drop, a file read just ends.
         let result = tokio::select! {
@@ -156,10 +168,13 @@ pub async fn run_sensor(
                     );
                 }
                 for (value, taken) in outcome.publish {
+                    let (done, committed) = oneshot::channel();
+                    previous = Some(committed);
                     let reading = Reading {
                         sensor: sensor.clone(),
                         value,
                         taken,
+                        committed: Some(done),
                     };
                     if tx.send(reading).await.is_err() {
                         return;
