@@ -456,15 +456,6 @@ impl Daemon {
         }
     }
 
-    /// When the first log line containing `needle` was written.
-    pub fn line_time(&mut self, needle: &str) -> Option<SystemTime> {
-        self.refresh();
-        self.lines
-            .iter()
-            .find(|l| l.contains(needle))
-            .and_then(|l| log_time(l))
-    }
-
     pub fn stats(&self) -> ProcStats {
         proc_stats(self.pid()).expect("the daemon's /proc entry")
     }

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Options: `--quick`; `--runs N` (default 3; 1 with --quick); `--only` a comma-separated
-//! list of `drain`, `ingest`, `latency`, `footprint`, `backlog`, `wear`; `--dir PATH` where
+//! list of `drain`, `ingest`, `latency`, `footprint`, `backlog`, `wear`, `wear-interval` (the
+//! same with `commit_interval = "100ms"`); `--dir PATH` where
 //! the stores go (default: the temp dir; on a Pi, a directory on the SD card); `--bin PATH`
 //! another telemetryd binary to drive (e.g. a build from before a change; the `latency`
 //! scenario always uses the library this suite was built with); `--drain-n N`, `--big-n N`
@@ -118,7 +119,15 @@ impl Row {
     }
 }
 
-const SCENARIOS: &[&str] = &["drain", "ingest", "latency", "footprint", "backlog", "wear"];
+const SCENARIOS: &[&str] = &[
+    "drain",
+    "ingest",
+    "latency",
+    "footprint",
+    "backlog",
+    "wear",
+    "wear-interval",
+];
 
 fn usage() -> ! {
     eprintln!(
@@ -232,6 +241,10 @@ fn main() {
     }
     if wanted("wear") {
         rows.extend(scenarios::wear(&s, work.path(), "default policy", ""));
+    }
+    if wanted("wear-interval") {
+        let policy = "commit_interval = \"100ms\"";
+        rows.extend(scenarios::wear(&s, work.path(), policy, policy));
     }
 
     println!("| # | measure | target | median | runs |");

@@ -172,18 +172,23 @@ fn deadline(expected: f64) -> Duration {
     Duration::from_secs_f64(60.0 + expected * 20.0)
 }
 
-/// Stops the daemon and checks the clean-stop line (nothing left unacknowledged) and that it
-/// logged no warning. Returns the log.
-fn stop_delivered(d: Daemon, what: &str) -> String {
+/// Stops the daemon and checks the clean-stop line and that it logged no warning. At most
+/// `left` readings may stay in the store: those the sensors took as the stop came (they are
+/// committed but, by design, not sent during the stop's grace period). Returns the log.
+fn stop_delivered(d: Daemon, what: &str, left: u64) -> String {
     let log = d.stop();
     let stopped = log
         .lines()
         .rev()
         .find(|l| l.contains(" stopped "))
         .unwrap_or_else(|| panic!("{what}: no `stopped` line in the log:\n{log}"));
+    let buffered: u64 = stopped
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("buffered=")?.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no count in {stopped:?}"));
     assert!(
-        stopped.contains("buffered=0"),
-        "{what}: readings left in the store at the end: {stopped}"
+        buffered <= left,
+        "{what}: {buffered} readings left in the store at the end: {stopped}"
     );
     let unexpected = log
         .lines()
@@ -225,7 +230,7 @@ pub fn drain(s: &Settings, work: &Path) -> Vec<Row> {
     vec![
         Row::new(
             "1",
-            format!("backlog drain of {n}: telemetryd (CONNACK to empty store)"),
+            format!("backlog drain of {n}: telemetryd (start to empty store)"),
             "",
             Fmt::Rate,
             ours,
@@ -276,17 +281,17 @@ fn drain_ours(
         "the backlog is delivered",
         |x| x.buffered == 0,
     );
-    let connected = d
-        .line_time("connected to the broker")
-        .expect("a `connected` line before the store emptied");
-    let log = stop_delivered(d, "drain");
+    // From the start, as for mosquitto_pub: opening the store is part of the job (a store
+    // whose keys were counted at open has its pages warm before the broker is even reached).
+    let spawned = d.spawned;
+    let log = stop_delivered(d, "drain", 0);
     assert_eq!(
         empty.published, n,
         "every reading acknowledged exactly once; the log:\n{log}"
     );
     assert_eq!(depth(&buffer), 0);
     fs::remove_dir_all(&dir).expect("remove the run's dir");
-    n as f64 / between(connected, empty.at)
+    n as f64 / between(spawned, empty.at)
 }
 
 fn drain_reference(broker: &Broker, lines: &Path, n: u64, run: usize) -> f64 {
@@ -489,7 +494,7 @@ pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
         rss.push(b.hwm_kib as f64 * 1024.0);
         cpu.push(c);
         threads.push(peak_threads as f64);
-        stop_delivered(d, "footprint");
+        stop_delivered(d, "footprint", 4);
         fs::remove_dir_all(&dir).expect("remove the run's dir");
     }
     let (size, stripped) = stripped_size(&s.bin, work);
@@ -573,9 +578,8 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
             |x| x.buffered == 0,
         );
         let peak = d.stats().hwm_kib as f64 * 1024.0;
-        let connected = d.line_time("connected to the broker").expect("connected");
-        let r = n as f64 / between(connected, empty.at);
-        let log = stop_delivered(d, "backlog");
+        let r = n as f64 / between(d.spawned, empty.at);
+        let log = stop_delivered(d, "backlog", 0);
         assert_eq!(
             empty.published, n,
             "every reading acknowledged exactly once; the log:\n{log}"
@@ -610,7 +614,7 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
         ),
         Row::new(
             "4",
-            format!("backlog of {n}: drain rate (CONNACK to empty)"),
+            format!("backlog of {n}: drain rate (start to empty)"),
             "",
             Fmt::Rate,
             rate,
@@ -689,7 +693,10 @@ pub fn wear(s: &Settings, work: &Path, policy: &str, buffer_extra: &str) -> Vec<
                 "wear {label} ({policy}) run {run}: {readings} readings, {bytes:.0} bytes written, {per:.0} B/reading"
             );
             per_reading.push(per);
-            stop_delivered(d, "wear");
+            // With a 100 ms commit interval, up to 10 readings per sensor wait for their
+            // commit when the stop comes: committed on the way out, sent on the next start.
+            let left = if buffer_extra.is_empty() { 1 } else { 11 };
+            stop_delivered(d, "wear", sensors as u64 * left);
             fs::remove_dir_all(&dir).expect("remove the run's dir");
         }
         rows.push(Row::new(

@@ -332,7 +332,7 @@ impl Outbox {
         drop(inner);
         let saved = store
             .save_seq(next)
-            .and_then(|()| store.save_count(stored))
+            .and_then(|()| store.save_count(stored, next))
             .and_then(|()| store.sync());
         if let Err(e) = saved {
             error!(error = %format!("{e:#}"), "could not flush the store on shutdown");
@@ -541,6 +541,26 @@ mod tests {
         let opened = store::open(&path).unwrap();
         assert!(!opened.from_close);
         assert_eq!(opened.stored, 2);
+    }
+
+    /// An older telemetryd that ran on the store in between knows nothing of the saved count,
+    /// but it changes the store's state: the count is not trusted then.
+    #[test]
+    fn a_saved_count_is_ignored_once_the_store_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 4);
+        outbox.close();
+        drop(outbox);
+        let opened = store::open(&path).unwrap();
+        assert!(opened.from_close);
+        opened.store.remove(k[0]).unwrap();
+        opened.store.save_seq(opened.saved_seq + 10).unwrap();
+        opened.store.sync().unwrap();
+        drop(opened);
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 3);
     }
 
     #[test]

@@ -25,8 +25,10 @@ const META_TREE: &[u8] = b"meta";
 /// Records that could not be decoded, kept for a person to look at instead of blocking the queue.
 const QUARANTINE_TREE: &[u8] = b"quarantine";
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
-/// How many readings the store held at a clean close. The next open uses it instead of
-/// counting every key, and removes it before anything changes, so it is never stale.
+/// How many readings the store held at a clean close, with what identifies that state (first
+/// and last key, `next_seq`). The next open uses it instead of counting every key if the state
+/// still matches (an older telemetryd, which knows nothing of it, changes `next_seq` whenever
+/// it runs), and removes it before anything changes.
 const COUNT_KEY: &[u8] = b"count_at_close";
 const RECORD_VERSION: u8 = 1;
 
@@ -111,9 +113,23 @@ impl Store {
 
     /// Saves how many readings there are, for a quick next open. Only when nothing is
     /// written afterwards (a clean close).
-    pub fn save_count(&self, stored: u64) -> anyhow::Result<()> {
-        self.meta.insert(COUNT_KEY, &stored.to_be_bytes())?;
+    pub fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
+        let (first, last) = self.ends()?;
+        let mut v = Vec::with_capacity(32);
+        for n in [stored, first, last, next_seq] {
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+        self.meta.insert(COUNT_KEY, v)?;
         Ok(())
+    }
+
+    /// The first and last key, 0 when empty.
+    fn ends(&self) -> anyhow::Result<(u64, u64)> {
+        let key = |kv: Option<(sled::IVec, sled::IVec)>| match kv {
+            Some((k, _)) => key_of(&k),
+            None => Ok(0),
+        };
+        Ok((key(self.data.first()?)?, key(self.data.last()?)?))
     }
 
     /// Removes the count saved at close, durably, before the first change: after a crash, the
@@ -249,10 +265,15 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     // The count must be exact for the bound, and keys have holes (QoS 0 readings,
     // out-of-order acks), so `last - first + 1` would not do. Counting reads the whole store,
     // which delayed the first publish of a big backlog by seconds: a clean close saved it.
-    let saved = meta
-        .get(COUNT_KEY)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes);
+    let first = match data.first()? {
+        Some((k, _)) => key_of(&k)?,
+        None => 0,
+    };
+    let saved = meta.get(COUNT_KEY)?.and_then(|v| {
+        let v: [u8; 32] = v.as_ref().try_into().ok()?;
+        let n = |i: usize| u64::from_be_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        ((n(1), n(2), n(3)) == (first, last, saved_seq)).then_some(n(0))
+    });
     let stored = match saved {
         Some(n) => n,
         None => {
