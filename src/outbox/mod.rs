@@ -32,6 +32,9 @@ const MEMORY_LIMIT: usize = 10_000;
 /// How long to wait before trying to reopen a store that failed, doubling up to the max.
 const REOPEN_MIN: Duration = Duration::from_secs(2);
 const REOPEN_MAX: Duration = Duration::from_secs(60);
+/// At the bound every commit drops readings; one warn line per this long (with the count since
+/// the last line and the running total) rather than one per reading.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One stored reading, ready to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +69,8 @@ pub struct Outbox {
     commit_interval_us: AtomicU64,
     inner: Mutex<Inner>,
     dropped: AtomicU64,
+    /// Drops not yet logged, and when the last drop line was written ([`DROP_LOG_EVERY`]).
+    drop_log: Mutex<(u64, Option<Instant>)>,
     /// Bumped whenever keys a reader holds may no longer mean what they meant (the store
     /// failed or was reopened). Readers reread from the start, and removals made with an
     /// older generation are ignored: a duplicate is better than deleting the wrong reading.
@@ -107,6 +112,7 @@ impl Outbox {
             commit_interval_us: AtomicU64::new(0),
             inner: Mutex::new(inner),
             dropped: AtomicU64::new(0),
+            drop_log: Mutex::new((0, None)),
             generation: AtomicU64::new(0),
             new_data: Notify::new(),
         })
@@ -170,13 +176,10 @@ impl Outbox {
                 dropped += over as u64;
             }
         }
-        if dropped > 0 {
-            let total = self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped;
-            warn!(
-                dropped,
-                total, bound, "buffer full: dropped the oldest readings"
-            );
-        }
+        // Also with none dropped now: the drops held back since the last line are due once
+        // DROP_LOG_EVERY has passed.
+        self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.log_drops(dropped, false);
         self.new_data.notify_one();
     }
 
@@ -321,6 +324,7 @@ impl Outbox {
     /// Saves the sequence counter and the count of readings (so the next open need not count
     /// them) and flushes, so a clean stop loses nothing. The last call on an outbox. Blocking.
     pub fn close(&self) {
+        self.log_drops(0, true);
         let inner = self.lock();
         if !inner.memory.is_empty() {
             error!(lost = inner.memory.len(), path = %self.path.display(), "stopping with readings that could never be written to the store: they are lost");
@@ -336,6 +340,23 @@ impl Outbox {
             .and_then(|()| store.sync());
         if let Err(e) = saved {
             error!(error = %format!("{e:#}"), "could not flush the store on shutdown");
+        }
+    }
+
+    /// Counts `n` more dropped readings for the log, and writes the line if one is due (or
+    /// `now`, at a stop: the last line then has the final total).
+    fn log_drops(&self, n: u64, now: bool) {
+        let mut log = self.drop_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.0 += n;
+        let due = now || log.1.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY);
+        if log.0 > 0 && due {
+            warn!(
+                dropped = log.0,
+                total = self.dropped(),
+                bound = self.max_messages.load(Ordering::Relaxed),
+                "buffer full: dropped the oldest readings"
+            );
+            *log = (0, Some(Instant::now()));
         }
     }
 
@@ -613,6 +634,48 @@ mod tests {
         assert_eq!(aside.len(), 1, "{aside:?}");
         let k = commit_n(&outbox, 2);
         assert_eq!(keys(&outbox.read_after(None, 10)), k);
+    }
+
+    /// sled can open a damaged log without an error and without its last commits; the durable
+    /// mark beside it shows that. The store is moved aside, what survived is carried into a
+    /// new one, and sequence numbers go on above the mark.
+    #[test]
+    fn a_store_below_its_durable_mark_is_moved_aside_with_its_survivors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 5);
+        outbox.close();
+        drop(outbox);
+        // A clean reopen is not flagged.
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 5);
+        outbox.close();
+        drop(outbox);
+        let saved = store::open(&path).unwrap().saved_seq;
+        // As if sled had lost the commits that brought the counter to saved + 1000.
+        let mark = saved + 1000;
+        let mut bytes = mark.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&(mark ^ 0x7465_6c65_6d65_7472).to_be_bytes());
+        std::fs::write(path.join("telemetryd-durable-mark"), bytes).unwrap();
+
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert_eq!(outbox.depth(), 5);
+        assert_eq!(keys(&outbox.read_after(None, 10)), k);
+        assert!(outbox.next_seq() >= mark);
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("buf.damaged-")
+            })
+            .count();
+        assert_eq!(aside, 1);
+        // The new store is sound: it reopens without being flagged again.
+        commit_n(&outbox, 1);
+        outbox.close();
+        drop(outbox);
+        assert_eq!(Outbox::open(&path, 100).unwrap().depth(), 6);
     }
 
     #[test]

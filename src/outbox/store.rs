@@ -1,9 +1,11 @@
 //! The sled side of the outbox: opening (and replacing a damaged store), records, batches.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -31,6 +33,13 @@ const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 /// it runs), and removes it before anything changes.
 const COUNT_KEY: &[u8] = b"count_at_close";
 const RECORD_VERSION: u8 = 1;
+/// A file beside sled's own, holding the `next_seq` of the last commit that was fsynced. sled
+/// 0.34 takes a damaged record in its log for a torn tail and opens *without an error*, without
+/// whatever came after it, readings that had been made durable (and may never have been
+/// published). A `next_seq` below this mark after opening shows that; see [`open_or_replace`].
+const MARK_FILE: &str = "telemetryd-durable-mark";
+/// Mixed into the mark's check word, so that a file of garbage (or zeroes) is not a mark.
+const MARK_CHECK: u64 = 0x7465_6c65_6d65_7472;
 
 /// The sled database and the file whose `sync_data` makes a flush survive a power cut.
 #[derive(Clone)]
@@ -40,6 +49,11 @@ pub(super) struct Store {
     meta: sled::Tree,
     quarantine: sled::Tree,
     log_file: Arc<File>,
+    /// Where the durable mark goes after each fsync; `None` if it could not be opened (the
+    /// check is then skipped: it guards against sled's silence, it holds no data).
+    mark: Option<Arc<File>>,
+    /// The `next_seq` last written to the meta tree: what the next fsync makes durable.
+    pending_seq: Arc<AtomicU64>,
 }
 
 /// A store just opened, with what was learnt from it.
@@ -53,6 +67,8 @@ pub(super) struct Opened {
     /// Its highest key, 0 when empty.
     pub last: u64,
     pub saved_seq: u64,
+    /// The durable mark found beside it (see [`MARK_FILE`]).
+    mark: Option<u64>,
 }
 
 pub(super) enum OpenError {
@@ -65,9 +81,25 @@ pub(super) enum OpenError {
 
 impl Store {
     /// `flush()` alone is sync_file_range on Linux, not a durable fsync.
+    ///
+    /// After the fsync, the durable mark is updated (written, not fsynced: after a power cut
+    /// it may be older than the store, never newer, and an older mark flags nothing).
     pub fn sync(&self) -> anyhow::Result<()> {
+        // Read before the flush: a counter saved by another thread meanwhile may miss this
+        // flush, and the mark must never get ahead of what is on disk.
+        let seq = self.pending_seq.load(Ordering::Acquire);
         self.db.flush()?;
-        self.log_file.sync_data().context("fsync of the store")
+        self.log_file.sync_data().context("fsync of the store")?;
+        if let Some(mark) = &self.mark {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&seq.to_be_bytes());
+            bytes[8..].copy_from_slice(&(seq ^ MARK_CHECK).to_be_bytes());
+            // Failing to write it only weakens the check: the readings are durable already.
+            if let Err(e) = mark.write_at(&bytes, 0) {
+                tracing::debug!(error = %e, "could not update the durable mark");
+            }
+        }
+        Ok(())
     }
 
     /// Writes `entries` and the sequence counter (made durable by the next `sync`). Returns how
@@ -141,6 +173,7 @@ impl Store {
 
     pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
         self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
+        self.pending_seq.store(next_seq, Ordering::Release);
         Ok(())
     }
 
@@ -200,7 +233,10 @@ impl Store {
 /// replaced.
 pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
-        Ok(Ok(opened)) => return for_writing(opened),
+        Ok(Ok(opened)) => match opened.mark {
+            Some(mark) if mark > opened.saved_seq => return carry_over(path, opened, mark),
+            _ => return for_writing(opened),
+        },
         Ok(Err(e)) => e,
         Err(panic) => anyhow::anyhow!("sled panicked while opening it: {}", panic_message(&panic)),
     };
@@ -217,11 +253,7 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     if !damaged {
         return Err(OpenError::Unusable(err));
     }
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let aside = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
+    let aside = aside_path(path);
     if let Err(e) = std::fs::rename(path, &aside) {
         return Err(OpenError::Unusable(
             err.context(format!("and it could not be moved aside: {e}")),
@@ -231,6 +263,67 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     open(path)
         .map_err(OpenError::Unusable)
         .and_then(for_writing)
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    PathBuf::from(format!("{}.damaged-{secs}", path.display()))
+}
+
+/// A store that opened below its durable mark lost part of its log: sled stopped at a damaged
+/// record and dropped everything after it. Move it aside (for a person to look at) and carry
+/// what survived into a new store, so that those readings are still published and the damaged
+/// log is never written to again; say loudly what is lost.
+fn carry_over(path: &Path, opened: Opened, mark: u64) -> Result<Opened, OpenError> {
+    let recovered_to = opened.saved_seq;
+    // sled lets go of the directory (its lock, its threads) once every handle is dropped.
+    drop(opened);
+    let aside = aside_path(path);
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("moving the damaged store to {}", aside.display()))
+        .map_err(OpenError::Unusable)?;
+    let copy = || -> anyhow::Result<Opened> {
+        let old = open(&aside)?;
+        let new = open(path)?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for kv in old.store.data.iter() {
+            let (k, v) = kv?;
+            batch.insert(k, v);
+            in_batch += 1;
+            if in_batch == 10_000 {
+                new.store.data.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        new.store.data.apply_batch(batch)?;
+        for kv in old.store.quarantine.iter() {
+            let (k, v) = kv?;
+            new.store.quarantine.insert(k, v)?;
+        }
+        // Sequence numbers go on above everything handed out before the damage.
+        new.store.save_seq(mark.max(old.saved_seq))?;
+        new.store.sync()?;
+        Ok(Opened {
+            stored: old.stored,
+            from_close: false,
+            last: old.last,
+            saved_seq: mark.max(old.saved_seq),
+            ..new
+        })
+    };
+    let opened = copy().map_err(OpenError::Unusable)?;
+    error!(
+        path = %path.display(),
+        moved_to = %aside.display(),
+        kept = opened.stored,
+        lost_seq = %format!("{recovered_to}..{mark}"),
+        "the store's log was damaged: readings committed with seq {recovered_to}..{mark} are lost (those not yet published); moved it aside and carried the readings that survived into a new store"
+    );
+    Ok(opened)
 }
 
 /// The count saved at close holds only until the first change: forget it first.
@@ -285,12 +378,24 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
             n
         }
     };
+    let mark_path = path.join(MARK_FILE);
+    let mark = read_mark(&mark_path);
+    let mark_file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&mark_path)
+        .map_err(|e| tracing::warn!(path = %mark_path.display(), error = %e, "cannot write the durable mark; a damaged store log would go unnoticed"))
+        .ok();
     let store = Store {
         db,
         data,
         meta,
         quarantine,
         log_file: Arc::new(log_file),
+        mark: mark_file.map(Arc::new),
+        pending_seq: Arc::new(AtomicU64::new(saved_seq)),
     };
     Ok(Opened {
         store,
@@ -298,7 +403,17 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         from_close: saved.is_some(),
         last,
         saved_seq,
+        mark,
     })
+}
+
+/// The durable mark, if there is a valid one.
+fn read_mark(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let bytes: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+    let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let check = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+    (check == seq ^ MARK_CHECK).then_some(seq)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
