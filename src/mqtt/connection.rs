@@ -88,7 +88,10 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                     info!(%broker, reason = %error, "disconnected from the broker; reconnecting");
                 } else {
                     failures += 1;
-                    match throttle.admit(&error) {
+                    // Without the digits: some causes carry the time ("certificate expired:
+                    // verification time 1795595654 ...") and would otherwise never repeat.
+                    let cause: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    match throttle.admit(&cause) {
                         Some(_) => {
                             warn!(%broker, %error, attempts = failures, "cannot connect to the broker; retrying with backoff")
                         }
@@ -169,10 +172,19 @@ fn describe(error: &ConnectionError) -> String {
         _ if text.contains("UnknownIssuer") => {
             " (the broker's certificate is not signed by a CA we trust: check [mqtt.tls] ca_file)"
         }
-        _ if text.contains("NotValidForName") => {
+        // rustls names some causes by variant (`UnknownIssuer`) and writes others out with
+        // their context ("certificate expired: verification time ..."): match both.
+        _ if text.contains("NotValidForName")
+            || text.contains("certificate not valid for name") =>
+        {
             " (the broker's certificate does not name the configured host: check [mqtt] host)"
         }
-        _ if text.contains("Expired") => {
+        // Checked before "Expired": a Pi has no real-time clock, and until NTP has set it
+        // (or with no network at all) every certificate looks like this.
+        _ if text.contains("NotValidYet") || text.contains("certificate not valid yet") => {
+            " (a certificate is not valid yet: this machine's clock is behind, e.g. a Pi without a real-time clock before NTP set the time; check `timedatectl`)"
+        }
+        _ if text.contains("Expired") || text.contains("certificate expired") => {
             " (a certificate has expired, or this machine's clock is wrong)"
         }
         _ if text.contains("CertificateRequired") || text.contains("certificate required") => {

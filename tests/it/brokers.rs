@@ -22,6 +22,8 @@ struct Pki {
     client_key: PathBuf,
     /// A CA that signed nothing here: trusting it must fail the handshake.
     other_ca: PathBuf,
+    /// The test CA, to sign more certificates with.
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -61,6 +63,7 @@ impl Pki {
             client_cert: write("client.pem", client_pem),
             client_key: write("client.key", client_key),
             other_ca: write("other-ca.pem", other_pem),
+            issuer,
         }
     }
 }
@@ -535,4 +538,100 @@ fn rabbitmq_mqtt_plugin() {
     });
     outage_round_trip(&mut env, &mut rabbit);
     rabbit.stop();
+}
+
+/// The certificate mistakes a Pi owner meets, each on its own TLS listener of one broker: a
+/// server certificate that has expired, one not valid yet (what every certificate looks like
+/// to a Pi without a real-time clock before NTP has set its clock), and one for another host
+/// name. Each gives a log line naming the cause and what to check; readings are kept; the
+/// right listener then gets every one of them, in order.
+#[test]
+fn tls_certificate_faults_are_named() {
+    let mut env = Env::new("tls_certificate_faults");
+    let pki = Pki::make(&env.path("pki"));
+    let leaf = |name: &str, names: &[&str], valid: (i32, i32)| {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = rcgen::date_time_ymd(valid.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(valid.1, 1, 1);
+        let cert = params.signed_by(&key, &pki.issuer).unwrap();
+        let cert_path = env.path(&format!("pki/{name}.pem"));
+        let key_path = env.path(&format!("pki/{name}.key"));
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    };
+    let cases = [
+        (
+            leaf("expired", &["localhost"], (2020, 2021)),
+            "has expired, or this machine's clock is wrong",
+        ),
+        (
+            leaf("not-yet", &["localhost"], (2090, 2100)),
+            "not valid yet: this machine's clock is behind",
+        ),
+        (
+            leaf("other-name", &["broker.example.org"], (2020, 2100)),
+            "does not name the configured host",
+        ),
+        ((pki.server_cert.clone(), pki.server_key.clone()), ""),
+    ];
+    let ports: Vec<u16> = cases.iter().map(|_| free_port()).collect();
+    let listeners: String = cases
+        .iter()
+        .zip(&ports)
+        .map(|(((cert, key), _), port)| {
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {}\nkeyfile {}\n",
+                cert.display(),
+                key.display()
+            )
+        })
+        .collect();
+    let broker = Broker::start_with(&env.path("broker"), &listeners);
+    let plain = broker.port;
+    env.broker = Some(broker);
+    env.sub = Some(Subscriber::start(env.dir(), plain, "sub-tls-faults"));
+    let counter = Counter::new(env.dir(), "counter");
+    let tls = format!("ca_file = {}", toml_path(&pki.ca));
+
+    let mut buffered = 0;
+    for ((_, hint), port) in cases.iter().zip(&ports) {
+        env.write_config(&config(&env, *port, "", &tls, &counter));
+        if env.daemon.is_running() {
+            env.daemon.signal(libc::SIGHUP);
+        } else {
+            env.daemon.start();
+        }
+        if hint.is_empty() {
+            break;
+        }
+        wait_until(DEADLINE, &format!("a refusal saying `{hint}`"), || {
+            env.daemon.log().lines().any(|l| {
+                l.contains("cannot connect to the broker")
+                    && l.contains(&format!(":{port}"))
+                    && l.contains(hint)
+            })
+        });
+        buffered += 20;
+        counter.wait_value_at_least(buffered, "readings buffered meanwhile");
+        // Logged once (then at debug level until it changes), even when the cause carries
+        // the time of each attempt.
+        let warned = env
+            .daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(&format!(":{port}")) && l.contains(hint))
+            .count();
+        assert_eq!(warned, 1, "warn lines for `{hint}`");
+        assert!(
+            env.sub().values(TOPIC).is_empty(),
+            "nothing can be published"
+        );
+    }
+    let upto = counter.pause();
+    env.wait_delivered(TOPIC, upto, 0);
+    env.daemon.stop_expect_success();
 }
