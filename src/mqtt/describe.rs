@@ -5,7 +5,7 @@ pub(super) fn v4(error: &rumqttc::ConnectionError) -> String {
     use rumqttc::ConnectReturnCode as C;
     if let rumqttc::ConnectionError::ConnectionRefused(code) = error {
         let why = match code {
-            C::BadUserNamePassword => "the username or password is wrong",
+            C::BadUserNamePassword => BAD_LOGIN,
             C::NotAuthorized => NOT_AUTHORIZED,
             C::BadClientId => "the broker rejects the client_id",
             C::ServiceUnavailable => "the broker is unavailable",
@@ -21,7 +21,7 @@ pub(super) fn v5(error: &rumqttc::v5::ConnectionError) -> String {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
     if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = error {
         let why = match code {
-            C::BadUserNamePassword => "the username or password is wrong",
+            C::BadUserNamePassword => BAD_LOGIN,
             C::NotAuthorized => NOT_AUTHORIZED,
             C::BadClientId | C::ClientIdentifierNotValid => "the broker rejects the client_id",
             C::ServiceUnavailable | C::ServerUnavailable | C::ServerBusy => {
@@ -35,13 +35,22 @@ pub(super) fn v5(error: &rumqttc::v5::ConnectionError) -> String {
     }
     let text = error.to_string();
     // A 3.1.1-only broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK ("unacceptable
-    // protocol version", 0x01), which the MQTT 5 decoder cannot read.
-    if text.contains("InvalidConnectReturnCode(1)") {
-        return format!("{UNSUPPORTED} ({text})");
+    // protocol version": 2 bytes where MQTT 5 wants more) and closes: rumqttc then only sees
+    // the connection end (NATS server 2.9 does this).
+    if matches!(
+        error,
+        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
+    ) {
+        return format!(
+            "{text} (at every connect attempt, this is what a broker that does not speak MQTT 5 \
+             does: remove `protocol = 5` from [mqtt])"
+        );
     }
     with_hint(text)
 }
 
+const BAD_LOGIN: &str =
+    "the username or password is wrong: check username and password (or password_file)";
 const NOT_AUTHORIZED: &str =
     "not authorized: check username and password (or password_file), and the broker's ACL";
 const UNSUPPORTED: &str =

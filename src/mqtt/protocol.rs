@@ -289,3 +289,67 @@ fn puback_code(reason: p5::PubAckReason) -> u8 {
         R::PayloadFormatInvalid => 0x99,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connack(receive_max: Option<u16>) -> r5::Event {
+        let properties = p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        r5::Event::Incoming(r5::Incoming::ConnAck(p5::ConnAck {
+            session_present: true,
+            code: p5::ConnectReturnCode::Success,
+            properties: Some(properties),
+        }))
+    }
+
+    /// Mosquitto announces Receive Maximum 20: rumqttc then cycles through 20 packet ids, and
+    /// the feeder's window must fit in them.
+    #[test]
+    fn the_brokers_receive_maximum_limits_the_slots() {
+        let slots = |e| match from_v5(e) {
+            Event::ConnAck { slots, .. } => slots,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(slots(connack(Some(20))), 20);
+        assert_eq!(slots(connack(Some(1000))), PKID_SLOTS);
+        assert_eq!(slots(connack(None)), PKID_SLOTS);
+        assert_eq!(slots(connack(Some(0))), 1);
+    }
+
+    #[test]
+    fn puback_reasons_keep_their_wire_codes() {
+        let ack = |reason| {
+            let e = r5::Event::Incoming(r5::Incoming::PubAck(p5::PubAck {
+                pkid: 7,
+                reason,
+                properties: None,
+            }));
+            match from_v5(e) {
+                Event::Acked { pkid: 7, code, .. } => code,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(ack(p5::PubAckReason::NotAuthorized), 0x87);
+        assert_eq!(ack(p5::PubAckReason::NoMatchingSubscribers), 0x10);
+        assert_eq!(ack(p5::PubAckReason::QuotaExceeded), 0x97);
+    }
+}
