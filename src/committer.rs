@@ -8,7 +8,7 @@ use tokio::task::spawn_blocking;
 use tokio::time::{Instant, sleep_until};
 
 use crate::Stats;
-use crate::config::Qos;
+use crate::config::{Format, Qos};
 use crate::mqtt::LiveMessage;
 use crate::outbox::{Entry, Outbox, Record};
 use crate::payload;
@@ -64,6 +64,12 @@ pub async fn run(
             let payload = payload::render(&r.sensor, r.value, r.taken, seq);
             let topic = r.sensor.topic.clone();
             let retain = r.sensor.retain;
+            let plain = r.sensor.format == Format::Plain;
+            let taken_ms = r
+                .taken
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
             match r.sensor.qos {
                 Qos::AtMostOnce => {
                     // Fire and forget: if the publisher is behind, the reading is gone.
@@ -71,14 +77,11 @@ pub async fn run(
                         topic,
                         payload,
                         retain,
+                        taken_ms,
+                        plain,
                     });
                 }
                 Qos::AtLeastOnce => {
-                    let taken_ms = r
-                        .taken
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis() as u64;
                     batch.push((
                         seq,
                         Record {
@@ -86,6 +89,7 @@ pub async fn run(
                             payload,
                             retain,
                             taken_ms,
+                            plain,
                         },
                     ));
                 }

@@ -21,6 +21,18 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest `[buffer] commit_interval`: the window of readings a crash can lose.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long an MQTT 5 broker keeps our session after the connection drops, unless
+/// `session_expiry` says otherwise. telemetryd does not depend on it (it resends from its own
+/// store); it only spares re-subscribing and keeps the broker's view of a device that is away
+/// for a night.
+const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// The shortest keep-alive rumqttc's MQTT 5 client accepts (it panics below).
+const MIN_KEEP_ALIVE_V5: Duration = Duration::from_secs(5);
+
+/// The shortest `max_age`: MQTT 5 carries the message expiry in whole seconds.
+const MIN_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// A validated configuration: everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -50,6 +62,34 @@ pub struct MqttConfig {
     pub availability: Option<Availability>,
     /// Where the retained self-metrics JSON goes every `stats_interval`.
     pub stats_topic: Option<String>,
+    pub protocol: Protocol,
+    /// MQTT 5 only: how long the broker keeps our session after a disconnect (whole seconds;
+    /// `u32::MAX` seconds means never expire).
+    pub session_expiry: Duration,
+    /// Readings older than this are not sent (dropped from the store, counted and logged);
+    /// younger ones carry the rest of it as their MQTT 5 message expiry.
+    pub max_age: Option<Duration>,
+}
+
+/// The MQTT version spoken: 3.1.1 (`protocol = 4`, the default) or 5 (`protocol = 5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u8")]
+pub enum Protocol {
+    V4,
+    V5,
+}
+
+impl TryFrom<u8> for Protocol {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            4 => Ok(Protocol::V4),
+            5 => Ok(Protocol::V5),
+            _ => Err(format!(
+                "protocol {v} is not supported: use 4 (MQTT 3.1.1, the default) or 5 (MQTT 5)"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +250,11 @@ struct RawMqtt {
     online_payload: Option<String>,
     offline_payload: Option<String>,
     stats_topic: Option<String>,
+    protocol: Option<Protocol>,
+    #[serde(default, with = "humantime_serde")]
+    session_expiry: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_age: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -428,6 +473,38 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
             offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
         });
     let stats_topic = topic(raw.stats_topic, "telemetryd/{client_id}/stats")?;
+    let protocol = raw.protocol.unwrap_or(Protocol::V4);
+    if protocol == Protocol::V4 && raw.session_expiry.is_some() {
+        return Err(
+            "session_expiry is an MQTT 5 setting: add `protocol = 5` (with MQTT 3.1.1 the broker \
+             decides how long a session lasts)"
+                .into(),
+        );
+    }
+    if protocol == Protocol::V5 && keep_alive < MIN_KEEP_ALIVE_V5 {
+        return Err(format!(
+            "keep_alive must be at least 5s with protocol = 5 (rumqttc's MQTT 5 client refuses \
+             less), got {}",
+            humantime::format_duration(keep_alive)
+        ));
+    }
+    let session_expiry = raw.session_expiry.unwrap_or(DEFAULT_SESSION_EXPIRY);
+    if session_expiry.as_secs() > u64::from(u32::MAX) {
+        return Err(format!(
+            "session_expiry {} is too long: MQTT 5 allows at most 4294967295 seconds (136 years, \
+             which means never)",
+            humantime::format_duration(session_expiry)
+        ));
+    }
+    if let Some(age) = raw.max_age
+        && (age < MIN_MAX_AGE || age.as_secs() > u64::from(u32::MAX))
+    {
+        return Err(format!(
+            "max_age {} is out of range: give at least 1s (MQTT 5 counts message expiry in \
+             seconds), or leave it out to keep readings however old",
+            humantime::format_duration(age)
+        ));
+    }
     let default_port = if tls.is_some() { 8883 } else { 1883 };
     Ok(MqttConfig {
         host: raw.host.unwrap_or_else(|| "localhost".to_owned()),
@@ -440,6 +517,10 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         tls,
         availability,
         stats_topic,
+        protocol,
+        // MQTT carries these in whole seconds.
+        session_expiry: Duration::from_secs(session_expiry.as_secs()),
+        max_age: raw.max_age.map(|a| Duration::from_secs(a.as_secs())),
     })
 }
 
@@ -1009,6 +1090,49 @@ decimals = 1
         );
         let err = with("\"soon\"").unwrap_err();
         assert!(err.contains("commit_interval"), "{err}");
+    }
+
+    #[test]
+    fn mqtt5_settings_are_validated() {
+        let with = |extra: &str| parse(&SEED.replace("[mqtt]", &format!("[mqtt]\n{extra}")));
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.mqtt.protocol, Protocol::V4, "3.1.1 stays the default");
+        assert_eq!(c.mqtt.max_age, None);
+
+        let c = with("protocol = 5\nsession_expiry = \"2h\"\nmax_age = \"6h\"").unwrap();
+        assert_eq!(c.mqtt.protocol, Protocol::V5);
+        assert_eq!(c.mqtt.session_expiry, Duration::from_secs(7200));
+        assert_eq!(c.mqtt.max_age, Some(Duration::from_secs(6 * 3600)));
+        let c = with("protocol = 5").unwrap();
+        assert_eq!(c.mqtt.session_expiry, DEFAULT_SESSION_EXPIRY);
+        // max_age also drops stale readings on 3.1.1 (there is no message expiry to set).
+        let c = with("protocol = 4\nmax_age = \"90s\"").unwrap();
+        assert_eq!(c.mqtt.max_age, Some(Duration::from_secs(90)));
+
+        // An unsupported version is located by toml: file, line, key.
+        let err = with("protocol = 3").unwrap_err();
+        assert!(
+            err.contains("/etc/telemetryd/t.toml")
+                && err.contains("line 3")
+                && err.contains("protocol 3 is not supported"),
+            "{err}"
+        );
+        let err = with("session_expiry = \"1d\"").unwrap_err();
+        assert!(
+            err.contains("[mqtt] session_expiry is an MQTT 5 setting"),
+            "{err}"
+        );
+        let err = with("protocol = 5\nsession_expiry = \"200years\"").unwrap_err();
+        assert!(
+            err.contains("session_expiry") && err.contains("too long"),
+            "{err}"
+        );
+        let err = with("max_age = \"500ms\"").unwrap_err();
+        assert!(err.contains("max_age 500ms is out of range"), "{err}");
+        let err = with("protocol = 5\nkeep_alive = \"2s\"").unwrap_err();
+        assert!(err.contains("keep_alive must be at least 5s"), "{err}");
+        let err = with("protocol = \"5\"").unwrap_err();
+        assert!(err.contains("protocol"), "{err}");
     }
 
     #[test]

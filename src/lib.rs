@@ -44,6 +44,10 @@ pub struct Stats {
     pub published: AtomicU64,
     /// QoS 0 readings discarded because the broker was not connected.
     pub live_dropped: AtomicU64,
+    /// QoS 1 readings older than `[mqtt] max_age`, deleted unsent.
+    pub expired: AtomicU64,
+    /// QoS 1 readings an MQTT 5 broker refused for good, moved to the store's quarantine.
+    pub refused: AtomicU64,
     pub connected: AtomicBool,
     /// Progress of the committer and the MQTT connection task, for the watchdog.
     pub committer_beat: service::Beat,

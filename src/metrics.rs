@@ -24,6 +24,10 @@ pub struct Snapshot {
     pub readings: u64,
     pub published: u64,
     pub dropped: u64,
+    /// Readings older than `max_age`, deleted unsent.
+    pub expired: u64,
+    /// Readings an MQTT 5 broker refused for good (quarantined).
+    pub refused: u64,
     pub read_errors: std::collections::BTreeMap<String, u64>,
     pub reconnects: u64,
     pub connected: bool,
@@ -44,6 +48,8 @@ impl Snapshot {
             readings: stats.readings.load(Ordering::Relaxed),
             published: stats.published.load(Ordering::Relaxed),
             dropped: outbox.dropped(),
+            expired: stats.expired.load(Ordering::Relaxed),
+            refused: stats.refused.load(Ordering::Relaxed),
             read_errors: stats
                 .errors_by_sensor
                 .lock()
@@ -77,6 +83,8 @@ pub async fn run(
             buffered = s.buffered,
             oldest_unsent_age_s = s.oldest_unsent_age_s,
             dropped = s.dropped,
+            expired = s.expired,
+            refused = s.refused,
             read_errors = s.read_errors.values().sum::<u64>(),
             reconnects = s.reconnects,
             connected = s.connected,
@@ -89,6 +97,12 @@ pub async fn run(
                 topic: topic.clone(),
                 payload,
                 retain: true,
+                taken_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64,
+                // JSON, with its own time.
+                plain: false,
             });
         }
     }

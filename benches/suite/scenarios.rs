@@ -125,6 +125,7 @@ fn prefill(path: &Path, n: u64, topic: &str, lines: Option<&Path>) {
                     payload,
                     retain: false,
                     taken_ms,
+                    plain: true,
                 };
                 (seq, record)
             })

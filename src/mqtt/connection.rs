@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, Request};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Link;
 use super::backoff::Backoff;
+use super::protocol::{Event, EventLoop};
+use super::puback::{self, Verdict};
 use crate::Stats;
 use crate::logging::Throttle;
 
@@ -26,8 +27,9 @@ pub(super) struct Connection {
     pub broker: String,
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Link>,
-    /// Bumped by the feeder when the broker stops acknowledging: drop the link and reconnect.
-    pub reconnect: watch::Receiver<u64>,
+    /// Set by the feeder when the broker stops acknowledging: drop the link and reconnect.
+    /// The value says why, for the log.
+    pub reconnect: watch::Receiver<&'static str>,
 }
 
 /// Runs until `stop` (cancelled once the feeder is done) or until the feeder is gone.
@@ -48,28 +50,42 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
             biased;
             _ = stop.cancelled() => break,
             changed = c.reconnect.changed(), if connected => match changed {
-                Ok(()) => Err("the broker stopped acknowledging publishes".to_owned()),
+                Ok(()) => Err((*c.reconnect.borrow_and_update()).to_owned()),
                 Err(_) => break,
             },
-            polled = eventloop.poll() => polled.map_err(|e| describe(&e)),
+            polled = eventloop.poll() => polled,
         };
         let link = match polled {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Event::ConnAck {
+                session_present,
+                slots,
+            }) => {
                 connected = true;
                 healthy = false;
                 c.stats.connected.store(true, Ordering::Relaxed);
                 c.stats.connects.fetch_add(1, Ordering::Relaxed);
                 // A reconnect asked for on the previous link is done.
                 c.reconnect.borrow_and_update();
-                info!(%broker, session_present = ack.session_present, failed_attempts = failures, "connected to the broker");
+                info!(%broker, session_present, failed_attempts = failures, "connected to the broker");
+                if slots < super::PKID_SLOTS {
+                    debug!(
+                        receive_maximum = slots,
+                        "the broker accepts fewer unacknowledged publishes: the window shrinks to fit"
+                    );
+                }
                 throttle = Throttle::default();
                 failures = 0;
-                Link::Connected
+                Link::Connected { slots }
             }
             Ok(event) => {
-                if !healthy
-                    && matches!(event, Event::Incoming(Packet::PubAck(_) | Packet::PingResp))
-                {
+                // A refused publish does not show the link works: a broker that refuses
+                // everything must not be retried twice a second.
+                let works = match &event {
+                    Event::PingResp => true,
+                    Event::Acked { code, .. } => puback::verdict(*code) == Verdict::Delivered,
+                    _ => false,
+                };
+                if !healthy && works {
                     healthy = true;
                     backoff.reset();
                 }
@@ -114,10 +130,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
     if connected {
         // The feeder asked for a DISCONNECT on its way out; let it reach the broker.
         let _ = tokio::time::timeout(DISCONNECT_WAIT, async {
-            while !matches!(
-                eventloop.poll().await,
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)
-            ) {}
+            while !matches!(eventloop.poll().await, Ok(Event::DisconnectSent) | Err(_)) {}
         })
         .await;
         info!(%broker, "disconnected from the broker");
@@ -130,8 +143,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
 async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bool {
     // Events read before the failure (PUBACKs among them) come first: a real ack must not be
     // lost, or its reading would be sent again for nothing.
-    let queued: Vec<Event> = eventloop.state.events.drain(..).collect();
-    for link in queued.into_iter().filter_map(translate) {
+    for link in eventloop.take_queued().into_iter().filter_map(translate) {
         if events.send(link).await.is_err() {
             return false;
         }
@@ -143,67 +155,18 @@ async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bo
     // The feeder will requeue everything unacknowledged from the store. Empty rumqttc's own
     // resend queue: its unacked publishes and whatever the feeder queued before it heard of
     // the failure. Otherwise `session_present = false` would silently drop them, and a resumed
-    // session would send them twice by two mechanisms. (`clean()` is idempotent; poll() ran it
-    // already unless we dropped the link ourselves.)
-    eventloop.clean();
-    eventloop
-        .pending
-        .retain(|r| !matches!(r, Request::Publish(_)));
-    eventloop.state.collision = None;
+    // session would send them twice by two mechanisms.
+    eventloop.recover();
     true
 }
 
-/// The error as a user can act on it: what went wrong and where to look.
-fn describe(error: &ConnectionError) -> String {
-    let text = error.to_string();
-    let hint = match error {
-        ConnectionError::ConnectionRefused(code) => {
-            let why = match code {
-                ConnectReturnCode::BadUserNamePassword => "the username or password is wrong",
-                ConnectReturnCode::NotAuthorized => {
-                    "not authorized: check username and password (or password_file), and the broker's ACL"
-                }
-                ConnectReturnCode::BadClientId => "the broker rejects the client_id",
-                ConnectReturnCode::ServiceUnavailable => "the broker is unavailable",
-                _ => "the broker refused the connection",
-            };
-            return format!("{why} (broker said {code:?})");
-        }
-        _ if text.contains("UnknownIssuer") => {
-            " (the broker's certificate is not signed by a CA we trust: check [mqtt.tls] ca_file)"
-        }
-        // rustls names some causes by variant (`UnknownIssuer`) and writes others out with
-        // their context ("certificate expired: verification time ..."): match both.
-        _ if text.contains("NotValidForName")
-            || text.contains("certificate not valid for name") =>
-        {
-            " (the broker's certificate does not name the configured host: check [mqtt] host)"
-        }
-        // Checked before "Expired": a Pi has no real-time clock, and until NTP has set it
-        // (or with no network at all) every certificate looks like this.
-        _ if text.contains("NotValidYet") || text.contains("certificate not valid yet") => {
-            " (a certificate is not valid yet: this machine's clock is behind, e.g. a Pi without a real-time clock before NTP set the time; check `timedatectl`)"
-        }
-        _ if text.contains("Expired") || text.contains("certificate expired") => {
-            " (a certificate has expired, or this machine's clock is wrong)"
-        }
-        _ if text.contains("CertificateRequired") || text.contains("certificate required") => {
-            " (the broker wants a client certificate: set [mqtt.tls] client_cert and client_key)"
-        }
-        _ => "",
-    };
-    format!("{text}{hint}")
-}
-
+/// The events the feeder needs; CONNACKs are handled by the loop itself.
 fn translate(event: Event) -> Option<Link> {
     match event {
-        Event::Outgoing(Outgoing::Publish(pkid)) => Some(Link::Sent(pkid)),
-        Event::Incoming(Packet::PubAck(ack)) => Some(Link::Acked(ack.pkid)),
-        Event::Incoming(Packet::Publish(p)) => Some(Link::Message {
-            topic: p.topic,
-            payload: p.payload.to_vec(),
-        }),
-        Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+        Event::Sent(pkid) => Some(Link::Sent(pkid)),
+        Event::Acked { pkid, code, reason } => Some(Link::Acked { pkid, code, reason }),
+        Event::Message { topic, payload } => Some(Link::Message { topic, payload }),
+        Event::AwaitAck(pkid) => {
             debug!(pkid, "packet id still in use; rumqttc waits for its ack");
             None
         }

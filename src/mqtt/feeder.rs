@@ -3,19 +3,29 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, QoS, SubscribeFilter};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::backoff::Backoff;
+use super::properties::{self, Fate, Properties};
+use super::protocol::Client;
+use super::puback::{self, Verdict};
+use super::unsent::{EXPIRE_BATCH, Unsent};
 use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
 use crate::Stats;
 use crate::config::Availability;
 use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
+
+/// The first pause before a reading the broker could not take (MQTT 5 "retry" reason codes)
+/// is sent again; it doubles while the broker keeps refusing, up to the max.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A QoS 0 reading: published if connected, otherwise gone. Never stored.
 #[derive(Debug)]
@@ -23,18 +33,34 @@ pub struct LiveMessage {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// When it was taken (ms since the epoch).
+    pub taken_ms: u64,
+    /// The payload is the bare value: on MQTT 5 its time goes in the `ts` user property.
+    pub plain: bool,
 }
 
 /// A QoS 1 publish handed to the client and not yet acknowledged.
 struct Outstanding {
-    /// The store key it carries; `None` once the outbox generation changed under it (its ack
-    /// must then delete nothing).
+    /// The store key it carries; `None` for control messages, and once the outbox generation
+    /// changed under it (its ack must then delete nothing).
     key: Option<u64>,
+    /// For the log, should the broker refuse it.
+    topic: String,
     since: Instant,
 }
 
+/// What the feeder needs from the config besides the channels.
+pub(super) struct Settings {
+    /// How long the oldest publish may wait for its ack before the link is presumed stuck.
+    pub ack_timeout: Duration,
+    /// `[mqtt] max_age`: older readings are dropped unsent.
+    pub max_age: Option<Duration>,
+    /// MQTT 5: publish properties and PUBACK reason codes apply.
+    pub v5: bool,
+}
+
 struct Feeder {
-    client: AsyncClient,
+    client: Client,
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
     connected: bool,
@@ -49,13 +75,23 @@ struct Feeder {
     /// Send indexes whose `Outgoing::Publish` event has not come yet. rumqttc writes requests
     /// in channel order and this task is the only publisher, so the n-th QoS 1 publish event
     /// belongs to the n-th index here.
-    unsent: VecDeque<u64>,
+    not_sent: VecDeque<u64>,
     /// Packet id -> send index, until its PUBACK.
     inflight: HashMap<u16, u64>,
     acked: Vec<u64>,
-    /// How long the oldest publish may wait for its ack before the link is presumed stuck.
-    ack_timeout: Duration,
-    reconnect: watch::Sender<u64>,
+    /// Packet ids rumqttc cycles through on this link (an MQTT 5 broker's Receive Maximum can
+    /// make it fewer than `PKID_SLOTS`); the window is half of it.
+    slots: usize,
+    settings: Settings,
+    /// Refused and expired readings, until they are quarantined or deleted.
+    unsent: Unsent,
+    /// After a "retry" refusal: nothing new goes out until then; then reading starts over from
+    /// the first key, so the refused reading goes out again, first.
+    hold_until: Option<Instant>,
+    retry_backoff: Backoff,
+    /// The reading last refused with a "retry" code: its successful ack ends the backoff.
+    retrying: Option<u64>,
+    reconnect: watch::Sender<&'static str>,
     reconnect_requested: bool,
     availability: Option<Availability>,
     discovery: watch::Receiver<Option<Discovery>>,
@@ -67,17 +103,17 @@ struct Feeder {
 pub(super) struct Channels {
     pub link: mpsc::Receiver<Link>,
     pub live: mpsc::Receiver<LiveMessage>,
-    pub reconnect: watch::Sender<u64>,
+    pub reconnect: watch::Sender<&'static str>,
     pub availability: Option<Availability>,
     pub discovery: watch::Receiver<Option<Discovery>>,
 }
 
 pub(super) async fn run(
-    client: AsyncClient,
+    client: Client,
     outbox: Arc<Outbox>,
     channels: Channels,
     stats: Arc<Stats>,
-    ack_timeout: Duration,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<LiveMessage> {
     let Channels {
@@ -96,10 +132,15 @@ pub(super) async fn run(
         cursor: None,
         next_index: 0,
         outstanding: BTreeMap::new(),
-        unsent: VecDeque::new(),
+        not_sent: VecDeque::new(),
         inflight: HashMap::new(),
         acked: Vec::new(),
-        ack_timeout,
+        slots: PKID_SLOTS,
+        settings,
+        unsent: Unsent::default(),
+        hold_until: None,
+        retry_backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+        retrying: None,
         reconnect,
         reconnect_requested: false,
         availability,
@@ -116,6 +157,7 @@ pub(super) async fn run(
         }
         let far = Instant::now() + Duration::from_secs(86_400);
         let ack_deadline = f.ack_deadline();
+        let hold_until = f.hold_until;
         tokio::select! {
             biased;
             event = link.recv() => {
@@ -126,6 +168,7 @@ pub(super) async fn run(
                     f.handle(event);
                 }
                 f.remove_acked();
+                f.apply_unsent();
             }
             _ = shutdown.cancelled(), if grace_end.is_none() => {
                 grace_end = Some(Instant::now() + SHUTDOWN_GRACE);
@@ -138,9 +181,15 @@ pub(super) async fn run(
                 break;
             }
             _ = sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
-                warn!(waited = ?f.ack_timeout, "no acknowledgement from the broker: reconnecting");
+                warn!(waited = ?f.settings.ack_timeout, "no acknowledgement from the broker: reconnecting");
                 f.reconnect_requested = true;
-                f.reconnect.send_modify(|n| *n += 1);
+                f.reconnect.send_replace("the broker stopped acknowledging publishes");
+            }
+            _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
+                // Start over from the first key: the refused reading goes out again first
+                // (readings still in flight are skipped, see fill()).
+                f.hold_until = None;
+                f.cursor = None;
             }
             Ok(()) = f.discovery.changed() => f.discovery_changed(),
             msg = live.recv(), if live_open => match msg {
@@ -153,11 +202,15 @@ pub(super) async fn run(
     // A clean stop sends no Last Will: say `offline` ourselves, before the DISCONNECT (the
     // client writes requests in order). Best effort: the connection task waits briefly.
     if let (true, Some(a)) = (f.connected, &f.availability) {
-        let _ = f
-            .client
-            .try_publish(&a.topic, QoS::AtLeastOnce, true, a.offline.clone());
+        let _ = f.client.try_publish(
+            a.topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            a.offline.clone().into_bytes(),
+            Properties::default(),
+        );
     }
-    let _ = f.client.try_disconnect();
+    f.client.try_disconnect();
     live
 }
 
@@ -167,7 +220,7 @@ impl Feeder {
     /// `PKID_SLOTS`, and reaching the slot of a still-unacked publish would stall its event
     /// loop in "collision" mode until that ack comes.
     fn has_room(&self) -> bool {
-        self.connected && self.room() > 0
+        self.connected && self.hold_until.is_none() && self.room() > 0
     }
 
     /// When the oldest publish must have been acknowledged, unless a reconnect is underway.
@@ -178,7 +231,7 @@ impl Feeder {
         self.outstanding
             .values()
             .next()
-            .map(|o| o.since + self.ack_timeout)
+            .map(|o| o.since + self.settings.ack_timeout)
     }
 
     /// Hands readings to the client while there is room and the outbox has more.
@@ -195,39 +248,63 @@ impl Feeder {
             }
         }
         self.send_control();
+        let now_ms = now_ms();
         while self.has_room() {
+            if self.unsent.expired_pending() >= EXPIRE_BATCH {
+                // Come back for the rest once the link events had their turn.
+                self.outbox.new_data.notify_one();
+                break;
+            }
             let batch = self.outbox.read_after(self.cursor, self.room());
             if batch.is_empty() {
-                return;
+                break;
             }
             for (key, record) in batch {
                 self.cursor = Some(key);
                 if self.outstanding.values().any(|o| o.key == Some(key)) {
                     continue; // still in flight from before a rewind
                 }
+                let (max_age, v5) = (self.settings.max_age, self.settings.v5);
+                let props =
+                    match properties::fate(record.taken_ms, record.plain, max_age, v5, now_ms) {
+                        Fate::Send(props) => props,
+                        Fate::TooOld { age } => {
+                            self.unsent.expired(key, age);
+                            continue;
+                        }
+                    };
+                let topic = record.topic.clone();
                 if let Err(e) = self.client.try_publish(
                     record.topic,
                     QoS::AtLeastOnce,
                     record.retain,
                     record.payload,
+                    props,
                 ) {
                     // The request channel has room for everything we allow out, so this means
                     // the connection task is gone; the reading stays in the store.
                     debug!(error = %e, "publish request not accepted");
-                    return;
+                    break;
                 }
-                let index = self.next_index;
-                self.next_index += 1;
-                self.outstanding.insert(
-                    index,
-                    Outstanding {
-                        key: Some(key),
-                        since: Instant::now(),
-                    },
-                );
-                self.unsent.push_back(index);
+                self.track(Some(key), topic);
             }
         }
+        self.apply_unsent();
+    }
+
+    /// Records a QoS 1 publish just handed to the client, before its event can arrive.
+    fn track(&mut self, key: Option<u64>, topic: String) {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.outstanding.insert(
+            index,
+            Outstanding {
+                key,
+                topic,
+                since: Instant::now(),
+            },
+        );
+        self.not_sent.push_back(index);
     }
 
     /// How many more publishes fit, by count and by packet-id distance.
@@ -238,14 +315,18 @@ impl Feeder {
             .next()
             .copied()
             .unwrap_or(self.next_index);
-        let by_distance = PKID_SLOTS as u64 - (self.next_index - oldest);
-        (WINDOW - self.outstanding.len()).min(by_distance as usize)
+        let by_distance = (self.slots as u64).saturating_sub(self.next_index - oldest);
+        let window = (self.slots / 2).clamp(1, WINDOW);
+        window
+            .saturating_sub(self.outstanding.len())
+            .min(by_distance as usize)
     }
 
     fn handle(&mut self, event: Link) {
         match event {
-            Link::Connected => {
+            Link::Connected { slots } => {
                 self.connected = true;
+                self.slots = slots;
                 self.cursor = None;
                 self.control.clear();
                 // First on the new link, ahead of the backlog.
@@ -261,7 +342,7 @@ impl Feeder {
             }
             Link::Message { topic, payload } => self.message(&topic, &payload),
             Link::Sent(0) => {} // QoS 0: nothing to track
-            Link::Sent(pkid) => match self.unsent.pop_front() {
+            Link::Sent(pkid) => match self.not_sent.pop_front() {
                 Some(index) => {
                     if let Some(old) = self.inflight.insert(pkid, index) {
                         warn!(
@@ -275,14 +356,13 @@ impl Feeder {
                 }
                 None => warn!(pkid, "publish event with no reading queued"),
             },
-            Link::Acked(pkid) => {
+            Link::Acked { pkid, code, reason } => {
                 let done = self
                     .inflight
                     .remove(&pkid)
                     .and_then(|index| self.outstanding.remove(&index));
                 match done {
-                    Some(Outstanding { key: Some(key), .. }) => self.acked.push(key),
-                    Some(Outstanding { key: None, .. }) => {}
+                    Some(o) => self.answered(o, code, reason.as_deref()),
                     None => debug!(pkid, "ack for a packet id not in flight"),
                 }
             }
@@ -292,7 +372,7 @@ impl Feeder {
                 self.connected = false;
                 self.reconnect_requested = false;
                 self.outstanding.clear();
-                self.unsent.clear();
+                self.not_sent.clear();
                 self.inflight.clear();
                 self.next_index = 0;
                 self.cursor = None;
@@ -309,30 +389,57 @@ impl Feeder {
             let Some((topic, payload)) = self.control.pop_front() else {
                 return;
             };
-            if self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, true, payload)
-                .is_err()
-            {
+            let accepted = self.client.try_publish(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                payload,
+                Properties::default(),
+            );
+            if accepted.is_err() {
                 return;
             }
-            let index = self.next_index;
-            self.next_index += 1;
-            self.outstanding.insert(
-                index,
-                Outstanding {
-                    key: None,
-                    since: Instant::now(),
-                },
-            );
-            self.unsent.push_back(index);
+            self.track(None, topic);
         }
     }
 
+    /// A PUBACK for `o`: delete its reading, quarantine it, or hold and send it again,
+    /// according to the reason code (always 0 on MQTT 3.1.1).
+    fn answered(&mut self, o: Outstanding, code: u8, reason: Option<&str>) {
+        match puback::verdict(code) {
+            Verdict::Delivered => {
+                if let Some(key) = o.key {
+                    self.acked.push(key);
+                    if self.retrying == Some(key) {
+                        self.retrying = None;
+                        self.retry_backoff.reset();
+                    }
+                }
+            }
+            Verdict::Quarantine => self.unsent.refused(o.key, &o.topic, code, reason),
+            Verdict::Retry => {
+                let pause = self.retry_backoff.next_delay();
+                self.unsent.retry(&o.topic, code, reason, pause);
+                // Stays in the store; the rewind after the pause sends it again. A control
+                // message is only retried on the next connect.
+                self.retrying = o.key.or(self.retrying);
+                let until = Instant::now() + pause;
+                self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+            }
+        }
+    }
+
+    fn apply_unsent(&mut self) {
+        let max_age = self.settings.max_age.unwrap_or_default();
+        self.unsent
+            .apply(&self.outbox, self.generation, &self.stats, max_age);
+    }
+
     fn subscribe(&mut self, d: &Discovery) {
-        let filters = [&d.status_topic, &d.config_filter]
-            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-        if self.client.try_subscribe_many(filters).is_ok() {
+        if self
+            .client
+            .try_subscribe(&[&d.status_topic, &d.config_filter])
+        {
             // A SUBSCRIBE takes the next packet id too: count it, or the distance check on
             // publishes behind it would be one short.
             self.next_index += 1;
@@ -397,12 +504,27 @@ impl Feeder {
             self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let (max_age, v5) = (self.settings.max_age, self.settings.v5);
+        let props = match properties::fate(msg.taken_ms, msg.plain, max_age, v5, now_ms()) {
+            Fate::Send(props) => props,
+            Fate::TooOld { .. } => {
+                self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         match self
             .client
-            .try_publish(msg.topic, QoS::AtMostOnce, msg.retain, msg.payload)
+            .try_publish(msg.topic, QoS::AtMostOnce, msg.retain, msg.payload, props)
         {
             Ok(()) => self.stats.published.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.stats.live_dropped.fetch_add(1, Ordering::Relaxed),
         };
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }

@@ -6,30 +6,37 @@
 //! to store keys and deletes a reading only when the PUBACK for the packet that carried it
 //! arrives. After any connection error rumqttc's own resend queue is emptied and the feeder
 //! requeues every unacknowledged key ahead of new data, so a lost or resumed session behave
-//! the same.
+//! the same. MQTT 3.1.1 and MQTT 5 share all of this; [`protocol`] hides which one rumqttc
+//! speaks, [`puback`] decides what an MQTT 5 refusal does, [`properties`] what goes with a
+//! reading (`max_age`, message expiry, the `ts` user property).
 
 mod backoff;
 mod connection;
+mod describe;
 mod feeder;
+mod properties;
+mod protocol;
+mod puback;
 pub mod tls;
+mod unsent;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::Stats;
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, Protocol};
 use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
 
 pub use feeder::LiveMessage;
 
-/// Unacknowledged QoS 1 publishes we allow at once.
+/// Unacknowledged QoS 1 publishes we allow at once (fewer when an MQTT 5 broker's Receive
+/// Maximum is lower than [`PKID_SLOTS`]: half of that).
 pub const WINDOW: usize = 50;
 /// rumqttc's packet ids (its `inflight` setting). They are handed out round-robin, so the
 /// feeder also keeps every new publish fewer than this many sends after the oldest unacked
@@ -52,16 +59,19 @@ pub fn stall_limit(keep_alive: Duration) -> Duration {
 /// What the connection task tells the feeder, in the order it happened on the wire.
 #[derive(Debug)]
 enum Link {
-    Connected,
+    /// Connected; rumqttc cycles through `slots` packet ids on this link.
+    Connected { slots: usize },
     /// A publish left with this packet id (0 for QoS 0).
     Sent(u16),
-    /// The broker acknowledged this packet id.
-    Acked(u16),
-    /// A message on one of our subscriptions (Home Assistant's status, discovery topics).
-    Message {
-        topic: String,
-        payload: Vec<u8>,
+    /// The broker answered this packet id: `code` is the MQTT 5 reason code (0 on 3.1.1),
+    /// `reason` the broker's own words, if any.
+    Acked {
+        pkid: u16,
+        code: u8,
+        reason: Option<String>,
     },
+    /// A message on one of our subscriptions (Home Assistant's status, discovery topics).
+    Message { topic: String, payload: Vec<u8> },
     /// The connection is gone. The feeder forgets what was in flight and replies, after which
     /// nothing it queued earlier can still be sent.
     Down(oneshot::Sender<()>),
@@ -86,30 +96,10 @@ impl Publisher {
         stats: Arc<Stats>,
     ) -> Publisher {
         let (discovery_tx, discovery_rx) = watch::channel(discovery);
-        let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        opts.set_clean_session(cfg.clean_session);
-        opts.set_keep_alive(cfg.keep_alive);
-        opts.set_inflight(PKID_SLOTS as u16);
-        if let Some((user, password)) = &cfg.credentials {
-            opts.set_credentials(user.clone(), password.0.clone());
-        }
-        if let Some(a) = &cfg.availability {
-            opts.set_last_will(LastWill::new(
-                &a.topic,
-                a.offline.clone(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        }
-        if let Some(tls) = &cfg.tls {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls.rustls.clone(),
-            )));
-        }
         // Room for a full window plus QoS 0 live readings; try_publish never waits.
-        let (client, eventloop) = AsyncClient::new(opts, WINDOW * 2 + 64);
+        let (client, eventloop) = protocol::connect(cfg, WINDOW * 2 + 64);
         let (link_tx, link_rx) = mpsc::channel(1024);
-        let (reconnect_tx, reconnect_rx) = watch::channel(0);
+        let (reconnect_tx, reconnect_rx) = watch::channel("");
         let stop = CancellationToken::new();
         let link_done = CancellationToken::new();
         // Longer than keep-alive takes to notice a dead link, so this only fires on a broker
@@ -125,6 +115,7 @@ impl Publisher {
         let connection = tokio::spawn(connection::run(eventloop, conn, link_done.clone()));
         let feeder_stop = stop.clone();
         let availability = cfg.availability.clone();
+        let (cfg_max_age, cfg_v5) = (cfg.max_age, cfg.protocol == Protocol::V5);
         let feeder = tokio::spawn(async move {
             // Even if the feeder panics, the connection task must stop, or shutdown would hang.
             let _stop_connection = link_done.drop_guard();
@@ -135,7 +126,12 @@ impl Publisher {
                 availability,
                 discovery: discovery_rx,
             };
-            feeder::run(client, outbox, channels, stats, ack_timeout, feeder_stop).await
+            let settings = feeder::Settings {
+                ack_timeout,
+                max_age: cfg_max_age,
+                v5: cfg_v5,
+            };
+            feeder::run(client, outbox, channels, stats, settings, feeder_stop).await
         });
         Publisher {
             stop,

@@ -42,8 +42,12 @@ pub struct Record {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
-    /// When the reading was taken; kept so the age of a backlog can be reported.
+    /// When the reading was taken (ms since the epoch): the age of a backlog, `max_age`, and the
+    /// `ts` user property on MQTT 5.
     pub taken_ms: u64,
+    /// The payload is the bare value (`format = "plain"`), which carries no time of its own:
+    /// on MQTT 5 the reading's time goes with it as a user property.
+    pub plain: bool,
 }
 
 /// A record and its key: the sequence number that orders it.
@@ -230,6 +234,35 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// Moves readings the broker refused for good out of the queue, into the store's quarantine
+    /// tree (shown by `telemetryd buffer`), unless `generation` is stale. Readings held in the
+    /// memory tier (the store cannot be written) stay where they are and are sent again later.
+    /// Returns how many were moved.
+    pub fn quarantine(&self, keys: &[u64], generation: u64) -> u64 {
+        let mut inner = self.lock();
+        if generation != self.generation() {
+            return 0;
+        }
+        let Some(store) = inner.store.clone() else {
+            return 0;
+        };
+        let mut moved = 0;
+        for &key in keys {
+            match store.quarantine(key) {
+                Ok(true) => {
+                    inner.stored -= 1;
+                    moved += 1;
+                }
+                Ok(false) => {} // in the memory tier, or dropped at the bound
+                Err(e) => {
+                    self.fail_store(&mut inner, &e);
+                    break;
+                }
+            }
+        }
+        moved
     }
 
     /// When the oldest waiting reading was taken (ms since the epoch).
@@ -489,6 +522,7 @@ mod tests {
             payload: n.to_string().into_bytes(),
             retain: false,
             taken_ms: n,
+            plain: true,
         }
     }
 
@@ -537,6 +571,33 @@ mod tests {
         outbox.close();
         drop(outbox);
         assert_eq!(depth_at(&path).unwrap(), 2);
+    }
+
+    #[test]
+    fn refused_readings_move_to_quarantine_with_their_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let k = commit_n(&outbox, 3);
+        let json = Record {
+            plain: false,
+            retain: true,
+            ..record(7)
+        };
+        let key = outbox.next_seq();
+        outbox.commit(vec![(key, json.clone())]);
+        assert_eq!(outbox.read_after(Some(k[2]), 1), vec![(key, json)]);
+        assert_eq!(outbox.read_after(None, 1)[0].1, record(k[0]));
+
+        assert_eq!(outbox.quarantine(&[k[1]], outbox.generation() + 1), 0);
+        assert_eq!(outbox.depth(), 4, "a stale generation moves nothing");
+        assert_eq!(outbox.quarantine(&[k[1], k[1]], outbox.generation()), 1);
+        assert_eq!(outbox.depth(), 3);
+        assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[0], k[2], key]);
+        outbox.close();
+        drop(outbox);
+        let report = inspect(&path).unwrap();
+        assert_eq!((report.depth, report.quarantined), (3, 1));
     }
 
     #[test]

@@ -24,7 +24,8 @@ const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 const FLUSH_EVERY_MS: u64 = 2000;
 const DATA_TREE: &[u8] = b"outbox";
 const META_TREE: &[u8] = b"meta";
-/// Records that could not be decoded, kept for a person to look at instead of blocking the queue.
+/// Records that could not be decoded, and readings an MQTT 5 broker refused for good (e.g. an
+/// ACL), kept for a person to look at instead of blocking the queue.
 const QUARANTINE_TREE: &[u8] = b"quarantine";
 const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 /// How many readings the store held at a clean close, with what identifies that state (first
@@ -216,6 +217,18 @@ impl Store {
 
     pub fn quarantined(&self) -> usize {
         self.quarantine.len()
+    }
+
+    /// Moves a reading to the quarantine tree; true if the key was there.
+    pub fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
+        let k = key.to_be_bytes();
+        let Some(v) = self.data.get(k)? else {
+            return Ok(false);
+        };
+        // Copy first: a crash in between leaves a copy in both trees, never in neither.
+        self.quarantine.insert(k, v)?;
+        self.data.remove(k)?;
+        Ok(true)
     }
 
     /// True if the key was there.
@@ -427,12 +440,13 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 #[error("undecodable record in the store: {0}")]
 struct BadRecord(&'static str);
 
-/// `[version][flags: bit0 retain][taken_ms: u64][topic len: u16][topic][payload]`
-/// (config validation keeps topics far below 64 KiB).
+/// `[version][flags: bit0 retain, bit1 plain][taken_ms: u64][topic len: u16][topic][payload]`
+/// (config validation keeps topics far below 64 KiB). Records written before the `plain` bit
+/// existed read as not plain: they go out without the MQTT 5 `ts` property, as before.
 fn encode(r: &Record) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + r.topic.len() + r.payload.len());
     v.push(RECORD_VERSION);
-    v.push(r.retain as u8);
+    v.push(r.retain as u8 | (r.plain as u8) << 1);
     v.extend_from_slice(&r.taken_ms.to_be_bytes());
     v.extend_from_slice(&(r.topic.len() as u16).to_be_bytes());
     v.extend_from_slice(r.topic.as_bytes());
@@ -458,6 +472,7 @@ fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
             topic,
             payload,
             retain: v[1] & 1 == 1,
+            plain: v[1] & 2 == 2,
             taken_ms,
         },
     ))

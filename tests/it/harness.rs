@@ -392,6 +392,8 @@ pub struct Subscriber {
     proc: Proc,
     /// Lines start with the receive time (`%U`, Unix seconds with nanoseconds).
     timed: bool,
+    /// MQTT 5 (`-V mqttv5`): tab-separated `%U %t %p %P` lines, user properties last.
+    v5: bool,
     err: PathBuf,
     probes: usize,
 }
@@ -402,24 +404,35 @@ impl Subscriber {
     /// Starts and returns once the subscription is active: a probe published to
     /// `probe/<id>` (matched by `#`) has come back.
     pub fn start(dir: &Path, port: u16, id: &str) -> Subscriber {
-        Subscriber::start_with(dir, port, id, false)
+        Subscriber::start_with(dir, port, id, false, false)
     }
 
     /// [`Subscriber::start`], with every line prefixed by its receive time
     /// ([`Subscriber::timed_lines`]).
     pub fn start_timed(dir: &Path, port: u16, id: &str) -> Subscriber {
-        Subscriber::start_with(dir, port, id, true)
+        Subscriber::start_with(dir, port, id, true, false)
     }
 
-    fn start_with(dir: &Path, port: u16, id: &str, timed: bool) -> Subscriber {
+    /// An MQTT 5 subscriber (persistent session that never expires, as `-c` gives on v5),
+    /// timed, that also records user properties ([`Subscriber::properties`]). Started again
+    /// with the same `id`, it resumes the session and appends to the same output.
+    pub fn start_v5(dir: &Path, port: u16, id: &str) -> Subscriber {
+        Subscriber::start_with(dir, port, id, true, true)
+    }
+
+    fn start_with(dir: &Path, port: u16, id: &str, timed: bool, v5: bool) -> Subscriber {
         let out = dir.join("sub.out");
         let err_path = dir.join("sub.err");
         let err = log_file(&err_path).0;
-        let format = if timed { "%U %t %p" } else { "%t %p" };
+        let (format, version) = match (v5, timed) {
+            (true, _) => ("%U\\t%t\\t%p\\t%P", "mqttv5"),
+            (false, true) => ("%U %t %p", "mqttv311"),
+            (false, false) => ("%t %p", "mqttv311"),
+        };
         let proc = Proc::spawn(
             "mosquitto_sub",
             Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
                 .args(["-c", "-i", id, "-q", "1", "-t", "#", "-F", format])
                 .stdin(Stdio::null())
                 .stdout(log_file(&out).0)
@@ -431,6 +444,7 @@ impl Subscriber {
             port,
             proc,
             timed,
+            v5,
             err: err_path,
             probes: 0,
         };
@@ -487,8 +501,49 @@ impl Subscriber {
     /// Every complete line so far as (receive time in Unix seconds, topic, payload), in arrival
     /// order; the time is 0 unless started with [`Subscriber::start_timed`].
     pub fn timed_lines(&self) -> Vec<(f64, String, String)> {
+        if self.v5 {
+            return self
+                .v5_lines()
+                .into_iter()
+                .map(|(time, topic, payload, _)| (time, topic, payload))
+                .collect();
+        }
         let raw = fs::read(&self.out).unwrap_or_default();
         parse_sub_lines(&raw, self.timed)
+    }
+
+    /// MQTT 5 only: (receive time, payload, user properties as `key:value` words) of every
+    /// message on `topic`, in arrival order.
+    pub fn properties(&self, topic: &str) -> Vec<(f64, String, String)> {
+        assert!(self.v5, "properties need Subscriber::start_v5");
+        self.v5_lines()
+            .into_iter()
+            .filter(|(_, t, _, _)| t == topic)
+            .map(|(time, _, payload, props)| (time, payload, props))
+            .collect()
+    }
+
+    fn v5_lines(&self) -> Vec<(f64, String, String, String)> {
+        let raw = fs::read(&self.out).unwrap_or_default();
+        let complete = match raw.iter().rposition(|&b| b == b'\n') {
+            Some(i) => &raw[..=i],
+            None => &[][..],
+        };
+        String::from_utf8_lossy(complete)
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(4, '\t');
+                let mut next = || f.next().unwrap_or_default().to_owned();
+                let time = next().parse().unwrap_or(0.0);
+                (time, next(), next(), next())
+            })
+            .collect()
+    }
+
+    /// Stops mosquitto_sub (SIGTERM): its session stays on the broker, which queues QoS 1
+    /// messages for it until [`Subscriber::start_v5`] with the same id resumes it.
+    pub fn stop(mut self) {
+        self.proc.terminate(DEADLINE);
     }
 
     /// Every complete `topic payload` line so far, in arrival order (probes included).
@@ -1470,6 +1525,7 @@ pub fn prefill_store(path: &Path, topic: &str, count: u64) -> Duration {
                     payload: v.to_string().into_bytes(),
                     retain: false,
                     taken_ms: now_ms,
+                    plain: true,
                 };
                 (outbox.next_seq(), record)
             })

@@ -9,6 +9,7 @@ mod fake_broker;
 mod faults;
 mod harness;
 mod homeassistant;
+mod mqtt5;
 mod proxy;
 mod readings;
 mod service;

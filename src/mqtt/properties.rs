@@ -1,0 +1,136 @@
+//! What goes with a reading besides topic and payload: whether it is still worth sending
+//! (`max_age`), and its MQTT 5 properties (message expiry, the `ts` user property).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+/// The user property that carries a plain reading's time on MQTT 5.
+pub const TS_PROPERTY: &str = "ts";
+
+/// MQTT 5 publish properties we set; MQTT 3.1.1 has no room for them.
+#[derive(Debug, Default, PartialEq)]
+pub struct Properties {
+    /// Message Expiry Interval: the broker drops the message (e.g. queued for an offline
+    /// subscriber) once this many seconds have passed.
+    pub expiry_s: Option<u32>,
+    /// The reading's time, RFC 3339 UTC with milliseconds (the JSON payload's `ts` format).
+    pub ts: Option<String>,
+}
+
+impl Properties {
+    /// rumqttc's form; `None` when there is nothing to set.
+    pub fn into_v5(self) -> Option<PublishProperties> {
+        if self == Properties::default() {
+            return None;
+        }
+        Some(PublishProperties {
+            message_expiry_interval: self.expiry_s,
+            user_properties: self
+                .ts
+                .map(|ts| vec![(TS_PROPERTY.to_owned(), ts)])
+                .unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+}
+
+/// What to do with a reading taken at `taken_ms`, at `now_ms` (both ms since the epoch).
+#[derive(Debug, PartialEq)]
+pub enum Fate {
+    Send(Properties),
+    /// Older than `max_age`: dropped unsent.
+    TooOld {
+        age: Duration,
+    },
+}
+
+/// The reading's fate. `plain`: its payload is the bare value (so on MQTT 5 its time goes in
+/// the `ts` user property). A reading stamped in the future (the clock went back) counts as
+/// new.
+pub fn fate(taken_ms: u64, plain: bool, max_age: Option<Duration>, v5: bool, now_ms: u64) -> Fate {
+    let age = Duration::from_millis(now_ms.saturating_sub(taken_ms));
+    let mut props = Properties::default();
+    if let Some(max) = max_age {
+        if age > max {
+            return Fate::TooOld { age };
+        }
+        // What is left of max_age, rounded up: 0 would mean "expired" to some brokers.
+        let left_ms = (max - age).as_millis() as u64;
+        props.expiry_s = Some(left_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
+    }
+    if v5 && plain {
+        let taken = UNIX_EPOCH + Duration::from_millis(taken_ms);
+        props.ts = Some(humantime::format_rfc3339_millis(taken).to_string());
+    }
+    if !v5 {
+        props.expiry_s = None;
+    }
+    Fate::Send(props)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAKEN: u64 = 1_795_580_400_123; // 2026-11-25T04:20:00.123Z
+
+    #[test]
+    fn plain_readings_carry_their_time_on_mqtt5_only() {
+        let Fate::Send(p) = fate(TAKEN, true, None, true, TAKEN + 5) else {
+            panic!("sent")
+        };
+        assert_eq!(p.ts.as_deref(), Some("2026-11-25T04:20:00.123Z"));
+        assert_eq!(p.expiry_s, None);
+        let props = p.into_v5().expect("properties");
+        assert_eq!(
+            props.user_properties,
+            vec![("ts".to_owned(), "2026-11-25T04:20:00.123Z".to_owned())]
+        );
+        // JSON payloads have their own ts; 3.1.1 has no properties at all.
+        assert_eq!(
+            fate(TAKEN, false, None, true, TAKEN),
+            Fate::Send(Properties::default())
+        );
+        assert_eq!(
+            fate(TAKEN, true, None, false, TAKEN),
+            Fate::Send(Properties::default())
+        );
+        assert_eq!(Properties::default().into_v5(), None);
+    }
+
+    #[test]
+    fn max_age_drops_old_readings_and_sets_the_rest_as_expiry() {
+        let hour = Some(Duration::from_secs(3600));
+        // 10 minutes old: 50 minutes left.
+        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN + 600_000) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(3000));
+        // Rounded up, never 0.
+        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN + 3_599_999) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(1));
+        assert_eq!(
+            fate(TAKEN, true, hour, true, TAKEN + 3_600_001),
+            Fate::TooOld {
+                age: Duration::from_millis(3_600_001)
+            }
+        );
+        // MQTT 3.1.1: dropped all the same, but no expiry to set.
+        assert!(matches!(
+            fate(TAKEN, true, hour, false, TAKEN + 4_000_000),
+            Fate::TooOld { .. }
+        ));
+        assert_eq!(
+            fate(TAKEN, true, hour, false, TAKEN + 1),
+            Fate::Send(Properties::default())
+        );
+        // The clock went back: the reading counts as new.
+        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN - 10_000) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(3600));
+    }
+}

@@ -1,0 +1,355 @@
+//! One face over rumqttc's MQTT 3.1.1 and MQTT 5 clients, so the connection task and the
+//! feeder are written once.
+//!
+//! rumqttc has two parallel modules (`rumqttc` and `rumqttc::v5`) built the same way: an
+//! `AsyncClient` that queues requests and an `EventLoop` with the same public-but-internal
+//! fields our retransmission relies on (`state.events`, `pending`, `state.collision`). This
+//! file is the only one that knows which is in use; everything else sees [`Event`]s.
+
+use rumqttc::v5 as r5;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{LastWill, MqttOptions, QoS, Request, TlsConfiguration, Transport};
+
+use super::PKID_SLOTS;
+use super::describe;
+use super::properties::Properties;
+use crate::config::{MqttConfig, Protocol};
+
+/// The request side: the feeder's handle.
+pub(super) enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(r5::AsyncClient),
+}
+
+/// The connection side: owned by the connection task.
+// One per connection task, never moved around: boxing the bigger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum EventLoop {
+    V4(rumqttc::EventLoop),
+    V5(r5::EventLoop),
+}
+
+/// What rumqttc reported, whatever the protocol.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// The broker accepted us. `slots`: how many packet ids rumqttc cycles through on this link
+    /// (an MQTT 5 broker can lower it with Receive Maximum).
+    ConnAck {
+        session_present: bool,
+        slots: usize,
+    },
+    /// A publish left with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// A PUBACK with its reason code (always 0 on MQTT 3.1.1) and the broker's reason string.
+    Acked {
+        pkid: u16,
+        code: u8,
+        reason: Option<String>,
+    },
+    PingResp,
+    /// A message on one of our subscriptions.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// rumqttc waits for this packet id's ack before sending more ("collision").
+    AwaitAck(u16),
+    /// Our DISCONNECT left.
+    DisconnectSent,
+    Other,
+}
+
+/// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests.
+pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
+    let transport = cfg
+        .tls
+        .as_ref()
+        .map(|tls| Transport::tls_with_config(TlsConfiguration::Rustls(tls.rustls.clone())));
+    match cfg.protocol {
+        Protocol::V4 => {
+            let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            opts.set_clean_session(cfg.clean_session);
+            opts.set_keep_alive(cfg.keep_alive);
+            opts.set_inflight(PKID_SLOTS as u16);
+            if let Some((user, password)) = &cfg.credentials {
+                opts.set_credentials(user.clone(), password.0.clone());
+            }
+            if let Some(a) = &cfg.availability {
+                let will = LastWill::new(&a.topic, a.offline.clone(), QoS::AtLeastOnce, true);
+                opts.set_last_will(will);
+            }
+            if let Some(t) = transport {
+                opts.set_transport(t);
+            }
+            let (client, eventloop) = rumqttc::AsyncClient::new(opts, cap);
+            (Client::V4(client), EventLoop::V4(eventloop))
+        }
+        Protocol::V5 => {
+            let mut opts = r5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+            opts.set_clean_start(cfg.clean_session);
+            // Without an expiry an MQTT 5 session ends with the connection, whatever clean_start
+            // says. Config validation keeps it within u32 seconds.
+            opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+            opts.set_keep_alive(cfg.keep_alive);
+            // Its default is u16::MAX packet-id slots (a 14 MB table); the broker's Receive
+            // Maximum can lower this further, which the CONNACK event reports.
+            opts.set_outgoing_inflight_upper_limit(PKID_SLOTS as u16);
+            if let Some((user, password)) = &cfg.credentials {
+                opts.set_credentials(user.clone(), password.0.clone());
+            }
+            if let Some(a) = &cfg.availability {
+                let will = p5::LastWill::new(
+                    &a.topic,
+                    a.offline.clone(),
+                    r5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                );
+                opts.set_last_will(will);
+            }
+            if let Some(t) = transport {
+                opts.set_transport(t);
+            }
+            let (client, eventloop) = r5::AsyncClient::new(opts, cap);
+            (Client::V5(client), EventLoop::V5(eventloop))
+        }
+    }
+}
+
+impl Client {
+    /// Queues a publish without waiting. MQTT 3.1.1 has no properties: they are left out.
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        props: Properties,
+    ) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, qos, retain, payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let qos = qos5(qos);
+                let result = match props.into_v5() {
+                    Some(p) => c.try_publish_with_properties(topic, qos, retain, payload, p),
+                    None => c.try_publish(topic, qos, retain, payload),
+                };
+                result.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Queues one SUBSCRIBE (QoS 1) for all `filters`; false if it was not accepted.
+    pub fn try_subscribe(&self, filters: &[&String]) -> bool {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new((*t).clone(), QoS::AtLeastOnce)),
+                )
+                .is_ok(),
+            Client::V5(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|t| p5::Filter::new((*t).clone(), r5::mqttbytes::QoS::AtLeastOnce)),
+                )
+                .is_ok(),
+        }
+    }
+
+    pub fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl EventLoop {
+    /// The next event; an error is already worded for the log (what went wrong, where to look).
+    /// Cancel-safe in the same way as rumqttc's `poll()`: only drop it when the link goes anyway.
+    pub async fn poll(&mut self) -> Result<Event, String> {
+        match self {
+            EventLoop::V4(el) => el.poll().await.map(from_v4).map_err(|e| describe::v4(&e)),
+            EventLoop::V5(el) => el.poll().await.map(from_v5).map_err(|e| describe::v5(&e)),
+        }
+    }
+
+    /// Events rumqttc read before a failure and has not handed out yet (PUBACKs among them).
+    pub fn take_queued(&mut self) -> Vec<Event> {
+        match self {
+            EventLoop::V4(el) => el.state.events.drain(..).map(from_v4).collect(),
+            EventLoop::V5(el) => el.state.events.drain(..).map(from_v5).collect(),
+        }
+    }
+
+    /// After a failure, once the feeder has forgotten what was in flight: makes sure rumqttc
+    /// resends nothing itself. `clean()` moves its unacked publishes and whatever is still in
+    /// the request channel into `pending`; every publish is dropped from there (the feeder
+    /// resends from the store), other requests (a SUBSCRIBE, a DISCONNECT) stay.
+    pub fn recover(&mut self) {
+        match self {
+            EventLoop::V4(el) => {
+                el.clean();
+                el.pending.retain(|r| !matches!(r, Request::Publish(_)));
+                // It survives clean() and would stall the next link (rumqttc #1056).
+                el.state.collision = None;
+            }
+            EventLoop::V5(el) => {
+                el.clean();
+                el.pending.retain(|r| !matches!(r, r5::Request::Publish(_)));
+                // A fresh state rather than only clearing `collision`: it also forgets the
+                // last packet id and the previous broker's Receive Maximum. rumqttc keeps both
+                // across reconnects, and a packet id above a lowered maximum never wraps: it
+                // runs off its slot table and fails every link from then on.
+                el.state = r5::MqttState::new(PKID_SLOTS as u16, false);
+            }
+        }
+    }
+}
+
+fn qos5(qos: QoS) -> r5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => r5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => r5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => r5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn from_v4(event: rumqttc::Event) -> Event {
+    use rumqttc::{Event as E, Outgoing, Packet};
+    match event {
+        E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
+            session_present: ack.session_present,
+            slots: PKID_SLOTS,
+        },
+        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Incoming(Packet::PubAck(ack)) => Event::Acked {
+            pkid: ack.pkid,
+            code: 0,
+            reason: None,
+        },
+        E::Incoming(Packet::PingResp) => Event::PingResp,
+        E::Incoming(Packet::Publish(p)) => Event::Message {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+        },
+        E::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
+        E::Outgoing(Outgoing::Disconnect) => Event::DisconnectSent,
+        _ => Event::Other,
+    }
+}
+
+fn from_v5(event: r5::Event) -> Event {
+    use r5::{Event as E, Incoming};
+    use rumqttc::Outgoing;
+    match event {
+        E::Incoming(Incoming::ConnAck(ack)) => Event::ConnAck {
+            session_present: ack.session_present,
+            // What rumqttc's state does with it: the smaller of its limit and the broker's
+            // Receive Maximum (0 is a protocol error; rumqttc would then stall, we stay at 1).
+            slots: match ack.properties.and_then(|p| p.receive_max) {
+                Some(max) => usize::from(max).clamp(1, PKID_SLOTS),
+                None => PKID_SLOTS,
+            },
+        },
+        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Incoming(Incoming::PubAck(ack)) => Event::Acked {
+            pkid: ack.pkid,
+            code: puback_code(ack.reason),
+            reason: ack.properties.and_then(|p| p.reason_string),
+        },
+        E::Incoming(Incoming::PingResp(_)) => Event::PingResp,
+        E::Incoming(Incoming::Publish(p)) => Event::Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+        },
+        E::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
+        E::Outgoing(Outgoing::Disconnect) => Event::DisconnectSent,
+        _ => Event::Other,
+    }
+}
+
+/// The wire value of a PUBACK reason (rumqttc keeps its own mapping private).
+fn puback_code(reason: p5::PubAckReason) -> u8 {
+    use p5::PubAckReason as R;
+    match reason {
+        R::Success => 0x00,
+        R::NoMatchingSubscribers => 0x10,
+        R::UnspecifiedError => 0x80,
+        R::ImplementationSpecificError => 0x83,
+        R::NotAuthorized => 0x87,
+        R::TopicNameInvalid => 0x90,
+        R::PacketIdentifierInUse => 0x91,
+        R::QuotaExceeded => 0x97,
+        R::PayloadFormatInvalid => 0x99,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connack(receive_max: Option<u16>) -> r5::Event {
+        let properties = p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        r5::Event::Incoming(r5::Incoming::ConnAck(p5::ConnAck {
+            session_present: true,
+            code: p5::ConnectReturnCode::Success,
+            properties: Some(properties),
+        }))
+    }
+
+    /// Mosquitto announces Receive Maximum 20: rumqttc then cycles through 20 packet ids, and
+    /// the feeder's window must fit in them.
+    #[test]
+    fn the_brokers_receive_maximum_limits_the_slots() {
+        let slots = |e| match from_v5(e) {
+            Event::ConnAck { slots, .. } => slots,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(slots(connack(Some(20))), 20);
+        assert_eq!(slots(connack(Some(1000))), PKID_SLOTS);
+        assert_eq!(slots(connack(None)), PKID_SLOTS);
+        assert_eq!(slots(connack(Some(0))), 1);
+    }
+
+    #[test]
+    fn puback_reasons_keep_their_wire_codes() {
+        let ack = |reason| {
+            let e = r5::Event::Incoming(r5::Incoming::PubAck(p5::PubAck {
+                pkid: 7,
+                reason,
+                properties: None,
+            }));
+            match from_v5(e) {
+                Event::Acked { pkid: 7, code, .. } => code,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(ack(p5::PubAckReason::NotAuthorized), 0x87);
+        assert_eq!(ack(p5::PubAckReason::NoMatchingSubscribers), 0x10);
+        assert_eq!(ack(p5::PubAckReason::QuotaExceeded), 0x97);
+    }
+}
