@@ -66,7 +66,8 @@ type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
 static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
 fn directives(level: &str) -> String {
-    format!("warn,telemetryd={level}")
+    // rumqttc warns once per refused MQTT 5 PUBACK, unthrottled; we log those ourselves.
+    format!("warn,rumqttc=error,telemetryd={level}")
 }
 
 /// True when stderr is the journal stream systemd gave us, not merely when the variable is

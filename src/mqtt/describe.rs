@@ -17,7 +17,9 @@ pub(super) fn v4(error: &rumqttc::ConnectionError) -> String {
 }
 
 /// An MQTT 5 connection error.
-pub(super) fn v5(error: &rumqttc::v5::ConnectionError) -> String {
+/// `connected_once`: a CONNACK came before on this daemon run, so a closed link is not a
+/// protocol mismatch.
+pub(super) fn v5(error: &rumqttc::v5::ConnectionError, connected_once: bool) -> String {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
     if let rumqttc::v5::ConnectionError::ConnectionRefused(code) = error {
         let why = match code {
@@ -37,10 +39,12 @@ pub(super) fn v5(error: &rumqttc::v5::ConnectionError) -> String {
     // A 3.1.1-only broker answers an MQTT 5 CONNECT with a 3.1.1 CONNACK ("unacceptable
     // protocol version": 2 bytes where MQTT 5 wants more) and closes: rumqttc then only sees
     // the connection end (NATS server 2.9 does this).
-    if matches!(
-        error,
-        rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
-    ) {
+    if !connected_once
+        && matches!(
+            error,
+            rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ConnectionAborted)
+        )
+    {
         return format!(
             "{text} (at every connect attempt, this is what a broker that does not speak MQTT 5 \
              does: remove `protocol = 5` from [mqtt])"

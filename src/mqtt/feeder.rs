@@ -151,7 +151,11 @@ pub(super) async fn run(
     let mut live_open = true;
     loop {
         match grace_end {
-            None => f.fill(),
+            // After a batch of stale readings was dropped: let the connection task (keep-alive,
+            // acks) and the committer run before the next one. A ready `Notify` alone would not
+            // give the thread back (it is not part of tokio's cooperative budget).
+            None if f.fill() => tokio::task::yield_now().await,
+            None => {}
             Some(_) if f.outstanding.is_empty() => break,
             Some(_) => {}
         }
@@ -234,8 +238,10 @@ impl Feeder {
             .map(|o| o.since + self.settings.ack_timeout)
     }
 
-    /// Hands readings to the client while there is room and the outbox has more.
-    fn fill(&mut self) {
+    /// Hands readings to the client while there is room and the outbox has more. True when it
+    /// stopped after a batch of stale readings, with more to look at.
+    fn fill(&mut self) -> bool {
+        let mut more = false;
         let generation = self.outbox.generation();
         if generation != self.generation {
             // The store failed or was reopened: keys in flight may now name other readings.
@@ -253,6 +259,7 @@ impl Feeder {
             if self.unsent.expired_pending() >= EXPIRE_BATCH {
                 // Come back for the rest once the link events had their turn.
                 self.outbox.new_data.notify_one();
+                more = true;
                 break;
             }
             let batch = self.outbox.read_after(self.cursor, self.room());
@@ -267,6 +274,13 @@ impl Feeder {
                 let (max_age, v5) = (self.settings.max_age, self.settings.v5);
                 let props =
                     match properties::fate(record.taken_ms, record.plain, max_age, v5, now_ms) {
+                        // A retained reading is the topic's current value for whoever subscribes
+                        // later (Home Assistant after a restart): max_age decides whether it is
+                        // sent, but once sent it must not vanish from the broker.
+                        Fate::Send(props) if record.retain => Properties {
+                            expiry_s: None,
+                            ..props
+                        },
                         Fate::Send(props) => props,
                         Fate::TooOld { age } => {
                             self.unsent.expired(key, age);
@@ -290,6 +304,7 @@ impl Feeder {
             }
         }
         self.apply_unsent();
+        more
     }
 
     /// Records a QoS 1 publish just handed to the client, before its event can arrive.
@@ -418,13 +433,18 @@ impl Feeder {
             }
             Verdict::Quarantine => self.unsent.refused(o.key, &o.topic, code, reason),
             Verdict::Retry => {
-                let pause = self.retry_backoff.next_delay();
+                // One pause per episode: a whole window refused at once (quota exceeded) must
+                // not step the backoff once per publish.
+                let until = match self.hold_until {
+                    Some(until) => until,
+                    None => Instant::now() + self.retry_backoff.next_delay(),
+                };
+                let pause = until.saturating_duration_since(Instant::now());
                 self.unsent.retry(&o.topic, code, reason, pause);
                 // Stays in the store; the rewind after the pause sends it again. A control
                 // message is only retried on the next connect.
                 self.retrying = o.key.or(self.retrying);
-                let until = Instant::now() + pause;
-                self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+                self.hold_until = Some(until);
             }
         }
     }

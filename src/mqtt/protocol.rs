@@ -26,7 +26,13 @@ pub(super) enum Client {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum EventLoop {
     V4(rumqttc::EventLoop),
-    V5(r5::EventLoop),
+    V5 {
+        el: r5::EventLoop,
+        /// Ours, from the config: rumqttc adopts a broker's Server Keep Alive for good.
+        keep_alive: std::time::Duration,
+        /// A CONNACK came at least once: a closed link is then not a protocol mismatch.
+        connected_once: bool,
+    },
 }
 
 /// What rumqttc reported, whatever the protocol.
@@ -111,7 +117,12 @@ pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
                 opts.set_transport(t);
             }
             let (client, eventloop) = r5::AsyncClient::new(opts, cap);
-            (Client::V5(client), EventLoop::V5(eventloop))
+            let eventloop = EventLoop::V5 {
+                el: eventloop,
+                keep_alive: cfg.keep_alive,
+                connected_once: false,
+            };
+            (Client::V5(client), eventloop)
         }
     }
 }
@@ -175,7 +186,29 @@ impl EventLoop {
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
             EventLoop::V4(el) => el.poll().await.map(from_v4).map_err(|e| describe::v4(&e)),
-            EventLoop::V5(el) => el.poll().await.map(from_v5).map_err(|e| describe::v5(&e)),
+            EventLoop::V5 {
+                el,
+                keep_alive,
+                connected_once,
+            } => {
+                let event = el
+                    .poll()
+                    .await
+                    .map(from_v5)
+                    .map_err(|e| describe::v5(&e, *connected_once))?;
+                if let Event::ConnAck { .. } = event {
+                    *connected_once = true;
+                    // A Server Keep Alive replaces ours in rumqttc, for this link and the
+                    // next CONNECT. Longer than ours would outlast the watchdog's idea of a
+                    // quiet link and notice a half-open one late; 0 would ping in a loop. A
+                    // broker accepts pings more often than it asked for.
+                    let theirs = el.options.keep_alive();
+                    if theirs.is_zero() || theirs > *keep_alive {
+                        el.options.set_keep_alive(*keep_alive);
+                    }
+                }
+                Ok(event)
+            }
         }
     }
 
@@ -183,7 +216,7 @@ impl EventLoop {
     pub fn take_queued(&mut self) -> Vec<Event> {
         match self {
             EventLoop::V4(el) => el.state.events.drain(..).map(from_v4).collect(),
-            EventLoop::V5(el) => el.state.events.drain(..).map(from_v5).collect(),
+            EventLoop::V5 { el, .. } => el.state.events.drain(..).map(from_v5).collect(),
         }
     }
 
@@ -199,7 +232,7 @@ impl EventLoop {
                 // It survives clean() and would stall the next link (rumqttc #1056).
                 el.state.collision = None;
             }
-            EventLoop::V5(el) => {
+            EventLoop::V5 { el, .. } => {
                 el.clean();
                 el.pending.retain(|r| !matches!(r, r5::Request::Publish(_)));
                 // A fresh state rather than only clearing `collision`: it also forgets the

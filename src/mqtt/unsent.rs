@@ -2,6 +2,7 @@
 //! broker (moved to the store's quarantine tree) or older than `max_age` (deleted unsent, the
 //! user's explicit choice). Both are counted and logged, rate-limited.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ pub(super) struct Unsent {
     /// Keys to delete unsent at the next [`Unsent::apply`], with the oldest one's age.
     expired: Vec<u64>,
     oldest_expired: Duration,
-    refused_log: Throttle,
-    retry_log: Throttle,
+    /// One throttle per (code, topic): an ACL that denies several topics must not turn into one
+    /// line per reading as the topics take turns.
+    refused_log: HashMap<(u8, String), Throttle>,
+    retry_log: HashMap<(u8, String), Throttle>,
     expired_log: Throttle,
 }
 
@@ -34,7 +37,11 @@ impl Unsent {
     pub fn refused(&mut self, key: Option<u64>, topic: &str, code: u8, reason: Option<&str>) {
         let what = puback::name(code);
         let reason = reason.unwrap_or("");
-        if let Some(suppressed) = self.refused_log.admit(&format!("{code} {topic}")) {
+        let throttle = self
+            .refused_log
+            .entry((code, topic.to_owned()))
+            .or_default();
+        if let Some(suppressed) = throttle.admit("") {
             match key {
                 Some(_) => {
                     error!(%topic, code = %format_args!("{code:#04x}"), what, reason, suppressed, "the broker refused a reading for good: moved to the store's quarantine (`telemetryd buffer` counts them); check the broker's ACL for this topic")
@@ -51,7 +58,8 @@ impl Unsent {
     pub fn retry(&mut self, topic: &str, code: u8, reason: Option<&str>, pause: Duration) {
         let what = puback::name(code);
         let reason = reason.unwrap_or("");
-        match self.retry_log.admit(&format!("{code} {topic}")) {
+        let throttle = self.retry_log.entry((code, topic.to_owned())).or_default();
+        match throttle.admit("") {
             Some(suppressed) => {
                 warn!(%topic, code = %format_args!("{code:#04x}"), what, reason, suppressed, ?pause, "the broker did not take a reading; sending it again after a pause")
             }

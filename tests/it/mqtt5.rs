@@ -266,12 +266,13 @@ fn mqtt5_max_age_drops_stale_readings() {
     env.daemon.stop_expect_success();
 }
 
-/// Mosquitto's ACL denies one sensor's topic: on MQTT 5 it answers those publishes with PUBACK
-/// 0x87 Not authorized. Each refused reading is moved to the store's quarantine (one clear,
-/// rate-limited error), and the other sensor's readings keep flowing, all of them, in order.
+/// Mosquitto's ACL denies two sensors' topics: on MQTT 5 it answers those publishes with PUBACK
+/// 0x87 Not authorized. Each refused reading is moved to the store's quarantine (one clear
+/// error per topic, even as the two take turns; nothing from rumqttc per reading), and the
+/// other sensor's readings keep flowing, all of them, in order.
 #[test]
 fn mqtt5_puback_refusal_quarantines() {
-    let acl = "topic readwrite #\ntopic deny test/denied\n";
+    let acl = "topic readwrite #\ntopic deny test/denied\ntopic deny test/denied2\n";
     let dir = tempfile::tempdir().unwrap();
     let acl_file = dir.path().join("acl");
     fs::write(&acl_file, acl).unwrap();
@@ -287,10 +288,12 @@ fn mqtt5_puback_refusal_quarantines() {
     );
     let allowed = Counter::new(env.dir(), "allowed");
     let denied = Counter::new(env.dir(), "denied");
+    let denied2 = Counter::new(env.dir(), "denied2");
     let sensors = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         allowed.sensor_toml("allowed", TOPIC, "50ms", 1),
-        denied.sensor_toml("denied", "test/denied", "50ms", 1)
+        denied.sensor_toml("denied", "test/denied", "50ms", 1),
+        denied2.sensor_toml("denied2", "test/denied2", "70ms", 1)
     );
     env.write_config(&config_v5(&env, "", &sensors));
     env.daemon.start();
@@ -301,7 +304,7 @@ fn mqtt5_puback_refusal_quarantines() {
     });
     denied.wait_value_at_least(40, "more denied readings");
     let upto = allowed.pause();
-    let refused = denied.pause();
+    let refused = denied.pause() + denied2.pause();
     env.wait_delivered(TOPIC, upto, 0);
     wait_until(DEADLINE, "every denied reading quarantined", || {
         stat(&env, "refused") == Some(refused)
@@ -309,15 +312,24 @@ fn mqtt5_puback_refusal_quarantines() {
     env.daemon.stop_expect_success();
 
     assert!(env.sub().payloads("test/denied").is_empty());
+    assert!(env.sub().payloads("test/denied2").is_empty());
     let log = env.daemon.log();
     let errors: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("refused a reading"))
         .collect();
-    assert_eq!(errors.len(), 1, "not rate-limited: {errors:?}");
-    for part in ["ERROR", "topic=test/denied", "code=0x87", "Not authorized"] {
-        assert!(errors[0].contains(part), "{part} missing in {}", errors[0]);
+    assert_eq!(errors.len(), 2, "one per topic: {errors:?}");
+    for topic in ["topic=test/denied ", "topic=test/denied2 "] {
+        let line = errors
+            .iter()
+            .find(|l| l.contains(topic))
+            .unwrap_or_else(|| panic!("no line with {topic}: {errors:?}"));
+        for part in ["ERROR", "code=0x87", "Not authorized"] {
+            assert!(line.contains(part), "{part} missing in {line}");
+        }
     }
+    let per_reading = log.lines().filter(|l| l.contains("PubAck")).count();
+    assert_eq!(per_reading, 0, "rumqttc logs each refused PUBACK");
     assert!(
         !log.contains("reconnecting"),
         "a refusal must not cost the link"
