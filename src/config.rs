@@ -346,12 +346,21 @@ impl Config {
         };
 
         let mut warnings = Vec::new();
-        let mqtt = validate_mqtt(raw.mqtt, &mut warnings).map_err(|m| {
-            ConfigError(format!(
-                "invalid config file {}: [mqtt] {m}",
+        // Settings outside a sensor table have no span (they may be defaults): the error
+        // points at the line of the key it names, when the file has that key.
+        let in_table = |tables: &[&str], label: &str, m: String| match key_offset(text, tables, &m)
+        {
+            Some(offset) => {
+                let (line, col) = line_col(text, offset);
+                ConfigError(format!("{}:{line}:{col}: {label}{m}", path.display()))
+            }
+            None => ConfigError(format!(
+                "invalid config file {}: {label}{m}",
                 path.display()
-            ))
-        })?;
+            )),
+        };
+        let mqtt = validate_mqtt(raw.mqtt, &mut warnings)
+            .map_err(|m| in_table(&["mqtt", "mqtt.tls"], "[mqtt] ", m))?;
         let buffer = BufferConfig {
             path: raw
                 .buffer
@@ -361,26 +370,24 @@ impl Config {
             commit_interval: raw.buffer.commit_interval.unwrap_or(Duration::ZERO),
         };
         if buffer.max_messages == 0 {
-            return Err(ConfigError(format!(
-                "invalid config file {}: [buffer] max_messages must be at least 1",
-                path.display()
-            )));
+            let m = "max_messages must be at least 1".to_owned();
+            return Err(in_table(&["buffer"], "[buffer] ", m));
         }
         if buffer.commit_interval > MAX_COMMIT_INTERVAL {
-            return Err(ConfigError(format!(
-                "invalid config file {}: [buffer] commit_interval {} is too long: readings wait that long in memory, unpublished, and a crash loses them; the maximum is 1m",
-                path.display(),
+            let m = format!(
+                "commit_interval {} is too long: readings wait that long in memory, unpublished, and a crash loses them; the maximum is 1m",
                 humantime::format_duration(buffer.commit_interval)
-            )));
+            );
+            return Err(in_table(&["buffer"], "[buffer] ", m));
         }
 
         let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
         if !crate::logging::LEVELS.contains(&log_level.as_str()) {
-            return Err(ConfigError(format!(
-                "invalid config file {}: log_level {log_level:?} is not one of {}",
-                path.display(),
+            let m = format!(
+                "log_level {log_level:?} is not one of {}",
                 crate::logging::LEVELS.join(", ")
-            )));
+            );
+            return Err(in_table(&[""], "", m));
         }
 
         let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
@@ -797,6 +804,32 @@ fn expand(template: &str, client_id: &str, sensor: Option<&str>) -> Result<Strin
 }
 
 /// 1-based line and column (in characters) of a byte offset.
+/// Where the first word of `msg` that is a key of one of `tables` ("" for the top level) is
+/// set in `text`. A line scan rather than a TOML parse: it only has to find `key =` under a
+/// `[table]` header in a file that already parsed.
+fn key_offset(text: &str, tables: &[&str], msg: &str) -> Option<usize> {
+    let words = msg
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    for word in words {
+        let mut table = String::new();
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(header) = trimmed.strip_prefix('[') {
+                table = header.split(']').next().unwrap_or("").trim().to_owned();
+            } else if tables.contains(&table.as_str())
+                && let Some(rest) = trimmed.strip_prefix(word)
+                && rest.trim_start().starts_with('=')
+            {
+                return Some(offset + (line.len() - trimmed.len()));
+            }
+            offset += line.len();
+        }
+    }
+    None
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -918,6 +951,19 @@ decimals = 1
         assert!(err.contains("[mqtt] client_id"), "{err}");
         let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nkeep_alive = \"100ms\"")).unwrap_err();
         assert!(err.contains("keep_alive"), "{err}");
+        // The line of the key, not only its name.
+        let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 2;
+        assert!(
+            err.contains(&format!("t.toml:{line}:1: [mqtt] keep_alive")),
+            "{err}"
+        );
+        let text = SEED.replace("[mqtt]", "[mqtt]\nprotocol = 4\nsession_expiry = \"1h\"");
+        let err = parse(&text).unwrap_err();
+        let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 3;
+        assert!(
+            err.contains(&format!(":{line}:1: [mqtt] session_expiry")),
+            "{err}"
+        );
         let err = parse(&format!("log_level = 'loud'\n{SEED}")).unwrap_err();
         assert!(err.contains("log_level \"loud\""), "{err}");
         let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nport = 70000")).unwrap_err();
