@@ -9,6 +9,7 @@
 //! ```sh
 //! SOAK_SECS=3600 cargo test --release --test soak -- --nocapture
 //! SOAK_SEED=1234 SOAK_SECS=600 cargo test --test soak -- --nocapture   # replay a seed
+//! SOAK_PROTOCOL=5 SOAK_SECS=600 cargo test --release --test soak -- --nocapture  # on MQTT 5
 //! ```
 //!
 //! Faults (weights in [`FAULTS`]): broker SIGTERM + restart, broker SIGKILL + restart, broker
@@ -47,6 +48,8 @@ const SENSORS: [(&str, u64); 4] = [("c20", 20), ("c40", 40), ("c70", 70), ("c100
 /// is tested by `outage_beyond_buffer_bound`.
 const MAX_MESSAGES: u64 = 50_000;
 const KEEP_ALIVE_S: u64 = 2;
+/// MQTT 5's least keep-alive in rumqttc.
+const KEEP_ALIVE_V5_S: u64 = 5;
 /// Daemon restarts only before this fraction of the run.
 const RESTARTS_UNTIL: f64 = 0.6;
 
@@ -430,7 +433,17 @@ fn soak() {
             .subsec_nanos() as u64
             ^ std::process::id() as u64
     });
-    eprintln!("soak: seed {seed}, {secs} s (replay: SOAK_SEED={seed} SOAK_SECS={secs})");
+    let protocol = env_u64("SOAK_PROTOCOL").unwrap_or(4);
+    assert!(matches!(protocol, 4 | 5), "SOAK_PROTOCOL is 4 or 5");
+    let keep_alive = if protocol == 5 {
+        KEEP_ALIVE_V5_S
+    } else {
+        KEEP_ALIVE_S
+    };
+    eprintln!(
+        "soak: seed {seed}, {secs} s, MQTT protocol {protocol} (replay: SOAK_SEED={seed} \
+         SOAK_SECS={secs} SOAK_PROTOCOL={protocol})"
+    );
 
     let mut env = Env::new("soak");
     let broker = Broker::start(&env.path("broker"));
@@ -451,7 +464,7 @@ fn soak() {
         .config_for_port(proxy.port, "stats_interval = \"1s\"\n", &sensors)
         .replace(
             "keep_alive = \"5s\"",
-            &format!("keep_alive = \"{KEEP_ALIVE_S}s\""),
+            &format!("keep_alive = \"{keep_alive}s\"\nprotocol = {protocol}"),
         )
         .replace(
             "max_messages = 500000",
@@ -647,7 +660,7 @@ fn soak() {
     faults.sort();
     let verdict = if problems.is_empty() { "PASS" } else { "FAIL" };
     let summary = format!(
-        "SOAK {verdict} seed={seed} duration={secs}s (ran {run_secs:.0} s) faults=[{}] \
+        "SOAK {verdict} seed={seed} protocol={protocol} duration={secs}s (ran {run_secs:.0} s) faults=[{}] \
          produced={produced} delivered={delivered} missing={missing} (daemon stops {} of \
          which lost {}, broker SIGKILLs {} lost {}{}) duplicates={} max_delay={:.2}s ({}={} seen at {:.0} s) \
          peak_rss={:.1}MiB peak_store={:.0}KiB peak_buffered={peak_buffered} ({rss_note})",
