@@ -21,6 +21,11 @@
 //! Every run checks that it did what it claims: all readings delivered, none dropped, clean
 //! stops. No timing is ever checked: these machines are noisy.
 
+// The integration tests' process harness (Proc, Broker, polling, /proc readings), shared rather
+// than copied, as tests/soak.rs does.
+#[path = "../../tests/it/harness.rs"]
+mod harness;
+
 mod env;
 mod library;
 mod scenarios;

@@ -436,7 +436,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<BufferReport> {
     })
 }
 
-fn dir_size(path: &Path) -> u64 {
+/// Bytes of the files under `path` (their lengths, as `ls` shows them): the store's size on
+/// disk for `telemetryd buffer` and the benchmarks.
+pub fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };
