@@ -321,7 +321,8 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
     fs::write(&value, "21.5\n").expect("value file");
     let mut rows = Vec::new();
     for &sensors in &s.ingest_sensors {
-        let (mut rate, mut cpu, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rate, mut cpu, mut threads, mut rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..s.runs {
             let dir = work.join(format!("ingest-{sensors}-{run}"));
             let buffer = dir.join("buf");
@@ -357,6 +358,7 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
             rate.push(r);
             cpu.push(cpu_percent(&sa, &sb, wall));
             threads.push(sb.threads as f64);
+            rss.push(sb.hwm_kib as f64 * 1024.0);
             // Stopping commits what is queued; everything stays buffered (no broker).
             d.stop();
             fs::remove_dir_all(&dir).expect("remove the run's dir");
@@ -382,6 +384,13 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
             "",
             Fmt::Count,
             threads,
+        ));
+        rows.push(Row::new(
+            "2",
+            format!("ingest, {sensors} sensor(s): peak RSS (VmHWM)"),
+            "",
+            Fmt::Bytes,
+            rss,
         ));
     }
     rows
@@ -519,7 +528,7 @@ pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
             Fmt::Count,
             threads,
         ),
-        Row::new(
+        Row::once(
             "3",
             format!(
                 "binary size ({})",
@@ -531,7 +540,7 @@ pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
             ),
             "<= 8 MiB",
             Fmt::Bytes,
-            vec![size as f64],
+            size as f64,
         ),
     ]
 }
@@ -617,12 +626,12 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
             Fmt::Rate,
             rate,
         ),
-        Row::new(
+        Row::once(
             "4",
             format!("backlog of {n}: store on disk before"),
             "",
             Fmt::Bytes,
-            vec![before],
+            before,
         ),
         Row::new(
             "4",
