@@ -165,11 +165,19 @@ fn tune_malloc() {
     }
 }
 
+/// The most threads tokio's blocking pool may run at once (its default is 512). Each sensor
+/// read takes one while it runs (a DS18B20's 750 ms conversion), as does each commit's fsync;
+/// more wait their turn. 1,000 file sensors at 10 ms started 512 threads here for work that
+/// takes microseconds (BENCHMARKS.md); 16 is more concurrent slow reads than a Pi has sensors.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// One thread runs every task; blocking work (sysfs reads, fsyncs) goes to tokio's blocking
-/// pool. A Pi has few cores and the daemon is mostly asleep.
+/// pool, at most [`MAX_BLOCKING_THREADS`] threads. A Pi has few cores and the daemon is
+/// mostly asleep.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .map_err(|e| {
             eprintln!("telemetryd: cannot start the runtime: {e}");

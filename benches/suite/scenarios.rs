@@ -9,13 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use telemetryd::config::Config;
-use telemetryd::outbox::{self, Entry, Outbox, Record};
+use telemetryd::outbox::{self, Entry, Outbox, Record, dir_size};
 use telemetryd::payload;
 
-use crate::env::{
-    Broker, Daemon, FirstMessage, Proc, ProcStats, clock_ticks_per_sec, copy_dir, dir_size,
-    free_port, proc_stats, stripped_size, wait_for,
-};
+use crate::env::{Daemon, FirstMessage, ProcStats, copy_dir, proc_stats, stripped_size};
+use crate::harness::{Broker, Proc, free_port, wait_for};
 use crate::library;
 use crate::{Fmt, Row, Settings};
 
@@ -164,7 +162,7 @@ fn between(a: SystemTime, b: SystemTime) -> f64 {
 }
 
 fn cpu_percent(a: &ProcStats, b: &ProcStats, wall: f64) -> f64 {
-    (b.cpu_ticks - a.cpu_ticks) as f64 / clock_ticks_per_sec() / wall * 100.0
+    (b.cpu - a.cpu).as_secs_f64() / wall * 100.0
 }
 
 /// A deadline for work that should take `expected` on a healthy machine (debug builds and
@@ -209,7 +207,7 @@ pub fn drain(s: &Settings, work: &Path) -> Vec<Row> {
     let template = work.join("drain-template");
     let lines = work.join("drain-lines.txt");
     prefill(&template, n, "bench/drain", Some(&lines));
-    let broker = Broker::start(&work.join("broker-drain"));
+    let broker = Broker::start_quiet(&work.join("broker-drain"));
     let (mut ours, mut reference, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..s.runs {
         // Alternate who goes first, in case the broker gets slower as it runs.
@@ -324,7 +322,8 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
     fs::write(&value, "21.5\n").expect("value file");
     let mut rows = Vec::new();
     for &sensors in &s.ingest_sensors {
-        let (mut rate, mut cpu, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rate, mut cpu, mut threads, mut rss) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..s.runs {
             let dir = work.join(format!("ingest-{sensors}-{run}"));
             let buffer = dir.join("buf");
@@ -360,6 +359,7 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
             rate.push(r);
             cpu.push(cpu_percent(&sa, &sb, wall));
             threads.push(sb.threads as f64);
+            rss.push(sb.hwm_kib as f64 * 1024.0);
             // Stopping commits what is queued; everything stays buffered (no broker).
             d.stop();
             fs::remove_dir_all(&dir).expect("remove the run's dir");
@@ -385,6 +385,13 @@ pub fn ingest(s: &Settings, work: &Path) -> Vec<Row> {
             "",
             Fmt::Count,
             threads,
+        ));
+        rows.push(Row::new(
+            "2",
+            format!("ingest, {sensors} sensor(s): peak RSS (VmHWM)"),
+            "",
+            Fmt::Bytes,
+            rss,
         ));
     }
     rows
@@ -437,7 +444,7 @@ pub fn latency(s: &Settings, work: &Path) -> Vec<Row> {
 // ---------------------------------------------------------------------------------------------
 
 pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
-    let broker = Broker::start(&work.join("broker-footprint"));
+    let broker = Broker::start_quiet(&work.join("broker-footprint"));
     let (mut rss, mut cpu, mut threads) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..s.runs {
         let dir = work.join(format!("footprint-{run}"));
@@ -522,7 +529,7 @@ pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
             Fmt::Count,
             threads,
         ),
-        Row::new(
+        Row::once(
             "3",
             format!(
                 "binary size ({})",
@@ -534,7 +541,7 @@ pub fn footprint(s: &Settings, work: &Path) -> Vec<Row> {
             ),
             "<= 8 MiB",
             Fmt::Bytes,
-            vec![size as f64],
+            size as f64,
         ),
     ]
 }
@@ -551,7 +558,7 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
     prefill(&template, n, "bench/backlog", None);
     eprintln!("backlog: filled in {:.1} s", secs(t.elapsed()));
     let before = dir_size(&template) as f64;
-    let broker = Broker::start(&work.join("broker-backlog"));
+    let broker = Broker::start_quiet(&work.join("broker-backlog"));
     let (mut first, mut rss, mut rate, mut after) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..s.runs {
@@ -620,12 +627,12 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
             Fmt::Rate,
             rate,
         ),
-        Row::new(
+        Row::once(
             "4",
             format!("backlog of {n}: store on disk before"),
             "",
             Fmt::Bytes,
-            vec![before],
+            before,
         ),
         Row::new(
             "4",
@@ -645,7 +652,7 @@ pub fn backlog(s: &Settings, work: &Path) -> Vec<Row> {
 /// each reading is inserted, committed, published and deleted), under the commit policy
 /// given by `buffer_extra` (`""`: the default).
 pub fn wear(s: &Settings, work: &Path, policy: &str, buffer_extra: &str) -> Vec<Row> {
-    let broker = Broker::start(&work.join("broker-wear"));
+    let broker = Broker::start_quiet(&work.join("broker-wear"));
     let value = work.join("wear-value");
     fs::write(&value, "21.5\n").expect("value file");
     let cases = [

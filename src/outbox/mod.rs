@@ -217,12 +217,15 @@ impl Outbox {
             );
             return;
         }
+        // One handle for the whole batch: cloning it per key (five reference counts up and
+        // down) was 1% of a backlog drain's instructions (BENCHMARKS.md).
+        let store = inner.store.clone();
         for &key in keys {
             if let Ok(i) = inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
                 inner.memory.remove(i);
                 continue;
             }
-            let Some(store) = inner.store.clone() else {
+            let Some(store) = &store else {
                 continue;
             };
             match store.remove(key) {
@@ -490,7 +493,9 @@ pub fn inspect(path: &Path) -> anyhow::Result<BufferReport> {
     })
 }
 
-fn dir_size(path: &Path) -> u64 {
+/// Bytes of the files under `path` (their lengths, as `ls` shows them): the store's size on
+/// disk for `telemetryd buffer` and the benchmarks.
+pub fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

@@ -1,5 +1,6 @@
 //! Test harness: real processes (Mosquitto, mosquitto_sub, the built telemetryd), a counter
-//! sensor script, polling helpers, sequence checks, and a failure dump.
+//! sensor script, polling helpers, sequence checks, and a failure dump. The benchmark suite
+//! (benches/suite) and the soak (tests/soak.rs) include this file too.
 //!
 //! Everything a test starts lives in an [`Env`]; dropping it kills and reaps every process and
 //! removes the temp dir. When the drop happens during a panic, the env first prints the config,
@@ -118,6 +119,11 @@ impl Proc {
         self.status.expect("reaped")
     }
 
+    /// Its stdout, if it was piped and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the status and whether it exited
     /// within the grace.
     pub fn terminate(&mut self, grace: Duration) -> (ExitStatus, bool) {
@@ -145,7 +151,8 @@ fn relay(mut from: impl std::io::Read + Send + 'static, mut to: File) {
     });
 }
 
-fn log_file(path: &Path) -> (File, File) {
+/// A file to append a process's output to, twice (for its stdout and stderr).
+pub fn log_file(path: &Path) -> (File, File) {
     let f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -155,7 +162,7 @@ fn log_file(path: &Path) -> (File, File) {
     (f, g)
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     match fs::read(path) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
@@ -181,7 +188,7 @@ pub fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 /// `mosquitto` from PATH, else Debian's /usr/sbin (not in every non-root PATH).
-fn mosquitto_bin() -> PathBuf {
+pub fn mosquitto_bin() -> PathBuf {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -196,6 +203,8 @@ pub struct Broker {
     pub dir: PathBuf,
     /// More listeners (each with its own settings: `per_listener_settings true`), e.g. TLS.
     pub extra_listeners: String,
+    /// No per-message log lines ([`Broker::start_quiet`]).
+    quiet: bool,
     proc: Option<Proc>,
 }
 
@@ -207,6 +216,17 @@ impl Broker {
 
     /// [`Broker::start`] with more listeners after the plain anonymous one.
     pub fn start_with(dir: &Path, extra_listeners: &str) -> Broker {
+        Broker::start_inner(dir, extra_listeners, false)
+    }
+
+    /// [`Broker::start`] logging no line per message (connections and subscriptions still):
+    /// for the benchmarks, where logging every PUBLISH would cost the broker more CPU than
+    /// handling it, on the same cores as the client being measured.
+    pub fn start_quiet(dir: &Path) -> Broker {
+        Broker::start_inner(dir, "", true)
+    }
+
+    fn start_inner(dir: &Path, extra_listeners: &str, quiet: bool) -> Broker {
         fs::create_dir_all(dir).expect("broker dir");
         let mut errors = String::new();
         for _ in 0..5 {
@@ -214,6 +234,7 @@ impl Broker {
                 port: free_port(),
                 dir: dir.to_path_buf(),
                 extra_listeners: extra_listeners.to_owned(),
+                quiet,
                 proc: None,
             };
             match b.spawn() {
@@ -331,8 +352,14 @@ impl Broker {
              autosave_interval 1\n\
              max_queued_messages 0\n\
              log_dest file {dir}/mosquitto.log\n\
-             log_type all\n",
-            port = self.port
+             {log_types}",
+            port = self.port,
+            log_types = if self.quiet {
+                "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+                 log_type subscribe\n"
+            } else {
+                "log_type all\n"
+            },
         );
         if !self.extra_listeners.is_empty() {
             conf = format!(
@@ -933,7 +960,7 @@ impl Daemon {
         let mut p = Proc::spawn("telemetryd", &mut cmd);
         if let Some((out, err)) = relay_to {
             // The relays end at EOF, once the daemon and its children are gone.
-            if let Some(o) = p.child.stdout.take() {
+            if let Some(o) = p.take_stdout() {
                 relay(o, out);
             }
             if let Some(e) = p.child.stderr.take() {
@@ -1446,26 +1473,47 @@ pub fn test_seed(test: &str, default: u64) -> u64 {
 // What a process costs
 // ---------------------------------------------------------------------------------------------
 
-/// CPU time (user + system) a process has used so far; `None` once it is gone.
+/// CPU time (user + system) a process has used so far, all its threads' (ended ones too), to
+/// the nanosecond: its CPU-time clock. `/proc/<pid>/stat` counts 10 ms ticks, which a mostly
+/// idle daemon can go seconds without. `None` once it is gone.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+    let mut clock: libc::clockid_t = 0;
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both calls only write their out-parameter; Linux lets any process read another
+    // process's CPU-time clock.
+    unsafe {
+        if libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) != 0
+            || libc::clock_gettime(clock, &mut t) != 0
+        {
+            return None;
+        }
+    }
+    Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
 }
 
 /// A `Vm*` field of /proc/<pid>/status (e.g. `VmRSS`, `VmHWM`), in KiB.
 pub fn vm_kib(pid: u32, field: &str) -> Option<u64> {
+    status_number(pid, field)
+}
+
+/// A numeric field of /proc/<pid>/status (`Threads`, or a `Vm*` one in KiB).
+pub fn status_number(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Bytes the process caused to be sent to the storage layer (`write_bytes` of
+/// /proc/<pid>/io): what wears an SD card, unlike what it handed to `write(2)`.
+pub fn io_write_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())
 }
 
 /// Disk space used by everything under `path`, like `du -s` (allocated blocks, in bytes).
