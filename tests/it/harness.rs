@@ -552,11 +552,7 @@ impl Subscriber {
 
     fn v5_lines(&self) -> Vec<(f64, String, String, String)> {
         let raw = fs::read(&self.out).unwrap_or_default();
-        let complete = match raw.iter().rposition(|&b| b == b'\n') {
-            Some(i) => &raw[..=i],
-            None => &[][..],
-        };
-        String::from_utf8_lossy(complete)
+        String::from_utf8_lossy(complete_lines(&raw))
             .lines()
             .map(|l| {
                 let mut f = l.splitn(4, '\t');
@@ -606,14 +602,18 @@ impl Subscriber {
     }
 }
 
+/// `raw` up to its last newline: a line mosquitto_sub is still writing is left out.
+fn complete_lines(raw: &[u8]) -> &[u8] {
+    match raw.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &raw[..=i],
+        None => &[],
+    }
+}
+
 /// Parses complete mosquitto_sub output lines (`[%U ]%t %p`); a trailing partial line is left
 /// out.
 pub fn parse_sub_lines(raw: &[u8], timed: bool) -> Vec<(f64, String, String)> {
-    let complete = match raw.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &raw[..=i],
-        None => &[][..],
-    };
-    String::from_utf8_lossy(complete)
+    String::from_utf8_lossy(complete_lines(raw))
         .lines()
         .map(|l| {
             let (time, rest) = match l.split_once(' ') {
