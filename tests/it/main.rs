@@ -6,6 +6,7 @@ mod brokers;
 mod cli;
 mod delivery;
 mod fake_broker;
+mod fake_broker_v5;
 mod faults;
 mod harness;
 mod homeassistant;

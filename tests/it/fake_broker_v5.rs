@@ -1,0 +1,386 @@
+//! A scripted MQTT 5 broker for what Mosquitto will not do on demand: PUBACKs with a *retry*
+//! reason code (0x97 Quota exceeded, 0x80 Unspecified error) and a Receive Maximum that drops
+//! between two connections. Packets are parsed and written with rumqttc's `mqttbytes::v5`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason,
+};
+use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+const MAX_PACKET: u32 = 1 << 20;
+/// Held PUBACKs go out after this much silence from the client.
+const ACK_FLUSH: Duration = Duration::from_millis(30);
+const TOPIC: &str = "test/counter";
+
+#[derive(Clone, Debug, Default)]
+struct Script {
+    /// The CONNACK's Receive Maximum on the i-th connection (past the list: 20).
+    receive_max: Vec<u16>,
+    /// Close the i-th connection after this many PUBLISH packets, acks held back unsent.
+    drop_after: Vec<Option<usize>>,
+    /// PUBACKs on the i-th connection are held until this many are pending; past the list,
+    /// until [`ACK_FLUSH`] of silence.
+    ack_batch: Vec<usize>,
+    /// The n-th PUBLISH over the broker's life (1-based) is answered with this reason code.
+    refuse: HashMap<usize, PubAckReason>,
+}
+
+/// One PUBLISH as the broker saw it, with its answer.
+#[derive(Clone, Debug)]
+struct Seen {
+    conn: usize,
+    value: u64,
+    reason: PubAckReason,
+}
+
+#[derive(Default)]
+struct State {
+    connections: usize,
+    publishes: Vec<Seen>,
+    /// Per connection: the most publishes that were unacknowledged at once.
+    max_unacked: Vec<usize>,
+}
+
+struct FakeBroker {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    log: EventLog,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeBroker {
+    fn start(script: Script) -> FakeBroker {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let listener = rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let log = EventLog::default();
+        let script = Arc::new(script);
+        let (st, lg) = (state.clone(), log.clone());
+        rt.spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let conn = {
+                    let mut s = lock(&st);
+                    s.connections += 1;
+                    s.max_unacked.push(0);
+                    s.connections - 1
+                };
+                let (script, st, lg) = (script.clone(), st.clone(), lg.clone());
+                tokio::spawn(async move {
+                    let why = serve(sock, conn, &script, &st, &lg).await;
+                    lg.push(format!("conn {conn}: closed: {why}"));
+                });
+            }
+        });
+        FakeBroker {
+            port,
+            state,
+            log,
+            rt: Some(rt),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Values the broker accepted (a success PUBACK), in the order it accepted them.
+    fn accepted_fn(&self) -> impl Fn() -> Vec<u64> + 'static {
+        let state = self.state.clone();
+        move || {
+            lock(&state)
+                .publishes
+                .iter()
+                .filter(|p| p.reason == PubAckReason::Success)
+                .map(|p| p.value)
+                .collect()
+        }
+    }
+}
+
+impl Drop for FakeBroker {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn write(sock: &mut TcpStream, packet: Packet) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    packet
+        .write(&mut out, Some(MAX_PACKET))
+        .map_err(std::io::Error::other)?;
+    sock.write_all(&out).await
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    conn: usize,
+    script: &Script,
+    state: &Mutex<State>,
+    log: &EventLog,
+) -> String {
+    let receive_max = script.receive_max.get(conn).copied().unwrap_or(20);
+    let drop_after = script.drop_after.get(conn).copied().flatten();
+    let ack_batch = script.ack_batch.get(conn).copied().unwrap_or(usize::MAX);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut held: Vec<PubAck> = Vec::new();
+    let mut publishes = 0;
+    loop {
+        let packet = match Packet::read(&mut buf, Some(MAX_PACKET)) {
+            Ok(p) => p,
+            Err(MqttError::InsufficientBytes(_)) => {
+                let read = if held.is_empty() || ack_batch != usize::MAX {
+                    sock.read_buf(&mut buf).await
+                } else {
+                    // read_buf is cancel-safe: on timeout nothing was read.
+                    match tokio::time::timeout(ACK_FLUSH, sock.read_buf(&mut buf)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            for ack in held.drain(..) {
+                                if let Err(e) = write(&mut sock, Packet::PubAck(ack)).await {
+                                    return format!("write error {e}");
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                };
+                match read {
+                    Ok(0) => return "closed by the client".into(),
+                    Ok(_) => continue,
+                    Err(e) => return format!("read error {e}"),
+                }
+            }
+            Err(e) => return format!("protocol error {e}"),
+        };
+        let result = match packet {
+            Packet::Connect(c, _, _) => {
+                log.push(format!(
+                    "conn {conn}: CONNECT clean_start={} -> Receive Maximum {receive_max}",
+                    c.clean_start
+                ));
+                let props = ConnAckProperties {
+                    session_expiry_interval: None,
+                    receive_max: Some(receive_max),
+                    max_qos: None,
+                    retain_available: None,
+                    max_packet_size: None,
+                    assigned_client_identifier: None,
+                    topic_alias_max: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: None,
+                    subscription_identifiers_available: None,
+                    shared_subscription_available: None,
+                    server_keep_alive: None,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                };
+                let connack = ConnAck {
+                    session_present: !c.clean_start,
+                    code: ConnectReturnCode::Success,
+                    properties: Some(props),
+                };
+                write(&mut sock, Packet::ConnAck(connack)).await
+            }
+            Packet::Publish(p) if p.qos == QoS::AtLeastOnce => {
+                publishes += 1;
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                let reason = {
+                    let mut s = lock(state);
+                    let reason = if topic == TOPIC {
+                        let ordinal = s.publishes.len() + 1;
+                        let reason = script
+                            .refuse
+                            .get(&ordinal)
+                            .copied()
+                            .unwrap_or(PubAckReason::Success);
+                        let value = payload.parse().unwrap_or_else(|_| {
+                            panic!("payload {payload:?} on {topic} is not an integer")
+                        });
+                        s.publishes.push(Seen {
+                            conn,
+                            value,
+                            reason,
+                        });
+                        log.push(format!(
+                            "conn {conn}: PUBLISH #{ordinal} {payload} -> {reason:?}"
+                        ));
+                        reason
+                    } else {
+                        PubAckReason::Success // availability and the like
+                    };
+                    s.max_unacked[conn] = s.max_unacked[conn].max(held.len() + 1);
+                    reason
+                };
+                held.push(PubAck {
+                    pkid: p.pkid,
+                    reason,
+                    properties: None,
+                });
+                if drop_after == Some(publishes) {
+                    return format!("dropped after {publishes} publishes (script)");
+                }
+                let mut r = Ok(());
+                if held.len() >= ack_batch {
+                    for ack in held.drain(..) {
+                        r = r.and(write(&mut sock, Packet::PubAck(ack)).await);
+                    }
+                }
+                r
+            }
+            Packet::PingReq(_) => write(&mut sock, Packet::PingResp(PingResp)).await,
+            Packet::Disconnect(_) => return "DISCONNECT from the client".into(),
+            other => {
+                log.push(format!("conn {conn}: unexpected {other:?}"));
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            return format!("write error {e}");
+        }
+    }
+}
+
+/// The daemon on MQTT 5 with a 10 ms counter against `broker`.
+fn start_daemon(name: &str, broker: &FakeBroker) -> (Env, Counter) {
+    let mut env = Env::new(name);
+    let log = broker.log.clone();
+    env.on_failure_dump("fake broker", move || log.text());
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env
+        .config_for_port(
+            broker.port,
+            "",
+            &counter.sensor_toml("counter", TOPIC, "10ms", 1),
+        )
+        .replace("[mqtt]\n", "[mqtt]\nprotocol = 5\n");
+    env.write_config(&cfg);
+    env.daemon.start();
+    (env, counter)
+}
+
+/// PUBACK 0x97 Quota exceeded for two publishes in a row and 0x80 Unspecified error for a
+/// later one: each refused reading stays in the store and goes out again after a pause, no
+/// new reading is sent meanwhile beyond those already in flight, every reading is accepted
+/// in the end, the warning names the code, and the store ends empty.
+#[test]
+fn fake_broker_v5_retry_codes_resend() {
+    use PubAckReason::{QuotaExceeded, UnspecifiedError};
+    let script = Script {
+        refuse: HashMap::from([
+            (30, QuotaExceeded),
+            (31, QuotaExceeded),
+            (90, UnspecifiedError),
+        ]),
+        ..Script::default()
+    };
+    let broker = FakeBroker::start(script);
+    let (mut env, counter) = start_daemon("fake_broker_v5_retry_codes", &broker);
+    let accepted = broker.accepted_fn();
+    wait_until(DEADLINE * 2, "the three refusals are behind us", || {
+        let s = broker.state();
+        s.publishes.len() > 150
+    });
+    let n = counter.pause();
+    wait_until(DEADLINE, "every reading accepted", || {
+        let got: std::collections::HashSet<u64> = accepted().into_iter().collect();
+        (1..=n).all(|v| got.contains(&v))
+    });
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), 0, "store not empty");
+
+    let s = broker.state();
+    let window = 20 / 2; // half the Receive Maximum
+    for (ordinal, code) in [(30, "0x97"), (31, "0x97"), (90, "0x80")] {
+        let refused = s.publishes[ordinal - 1].value;
+        let again = s.publishes[ordinal..]
+            .iter()
+            .position(|p| p.value == refused)
+            .unwrap_or_else(|| panic!("value {refused} (publish #{ordinal}) never sent again"));
+        // Between the refusal and the resend only what was already in flight may come.
+        assert!(
+            again <= window,
+            "{again} publishes after the refusal of {refused} before its resend: not held"
+        );
+        assert!(
+            env.daemon.log().lines().any(|l| l.contains("WARN")
+                && l.contains("the broker did not take a reading")
+                && l.contains(code)),
+            "no warning naming {code}"
+        );
+    }
+    assert_eq!(s.connections, 1, "a retry code must not cost the link");
+}
+
+/// Receive Maximum 100 on the first connection, dropped mid-stream; 4 on the second, dropped
+/// too; 20 after. The daemon keeps at most half of each in flight, rumqttc's packet ids follow
+/// the lowered maximum (without a fresh state after the drop they ran off its table and every
+/// later link failed), and every reading arrives, first deliveries in order.
+#[test]
+fn fake_broker_v5_receive_maximum_lowered_on_reconnect() {
+    let script = Script {
+        receive_max: vec![100, 4, 20],
+        // A batch of 30 acks on the first link: readings pile up in flight while it lasts.
+        ack_batch: vec![30],
+        drop_after: vec![Some(120), Some(60)],
+        ..Script::default()
+    };
+    let broker = FakeBroker::start(script);
+    let (mut env, counter) = start_daemon("fake_broker_v5_receive_maximum", &broker);
+    let accepted = broker.accepted_fn();
+    wait_until(
+        DEADLINE * 2,
+        "the third connection carries readings",
+        || {
+            let s = broker.state();
+            s.publishes.iter().filter(|p| p.conn == 2).count() > 50
+        },
+    );
+    let buffer = env.buffer_path();
+    drain_and_stop_by(
+        &mut env.daemon,
+        &buffer,
+        &counter,
+        &accepted,
+        "the fake broker",
+        0,
+    );
+    let s = broker.state();
+    for (conn, receive_max) in [(0, 100), (1, 4), (2, 20)] {
+        assert!(
+            s.max_unacked[conn] <= receive_max / 2,
+            "connection {conn}: {} unacknowledged at once, Receive Maximum {receive_max}",
+            s.max_unacked[conn]
+        );
+    }
+    assert!(
+        s.max_unacked[0] >= 30,
+        "the first link never used its larger window: {}",
+        s.max_unacked[0]
+    );
+}
