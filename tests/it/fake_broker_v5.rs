@@ -12,7 +12,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -63,15 +63,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl FakeBroker {
     fn start(script: Script) -> FakeBroker {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let listener = rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().unwrap().port();
+        let (rt, listener, port) = loopback_server();
         let state = Arc::new(Mutex::new(State::default()));
         let log = EventLog::default();
         let script = Arc::new(script);

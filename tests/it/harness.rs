@@ -1389,6 +1389,21 @@ pub fn store_depth(path: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("depth_at({}): {e:#}", path.display()))
 }
 
+/// A one-worker tokio runtime and a listener on a free 127.0.0.1 port: what each in-test
+/// network component (the proxy, the scripted brokers) runs on, apart from the test thread.
+pub fn loopback_server() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local address").port();
+    (rt, listener, port)
+}
+
 /// Shared text log for in-test components (the fake broker), dumped on failure.
 #[derive(Clone, Default)]
 pub struct EventLog(Arc<Mutex<Vec<String>>>);

@@ -28,8 +28,8 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::Packet;
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::harness::*;
@@ -93,15 +93,7 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free 127.0.0.1 port and forwards to `127.0.0.1:upstream`.
     pub fn start(upstream: u16) -> Proxy {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let listener = rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().unwrap().port();
+        let (rt, listener, port) = loopback_server();
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let log = EventLog::default();
         let (mode, _) = watch::channel(Mode::Forward);
