@@ -30,6 +30,8 @@ struct Script {
     /// PUBACKs on the i-th connection are held until this many are pending; past the list,
     /// until [`ACK_FLUSH`] of silence.
     ack_batch: Vec<usize>,
+    /// The CONNACK's Server Keep Alive, on every connection.
+    server_keep_alive: Option<u16>,
     /// The n-th PUBLISH over the broker's life (1-based) is answered with this reason code.
     refuse: HashMap<usize, PubAckReason>,
 }
@@ -48,6 +50,7 @@ struct State {
     publishes: Vec<Seen>,
     /// Per connection: the most publishes that were unacknowledged at once.
     max_unacked: Vec<usize>,
+    pings: usize,
 }
 
 struct FakeBroker {
@@ -185,7 +188,7 @@ async fn serve(
                     wildcard_subscription_available: None,
                     subscription_identifiers_available: None,
                     shared_subscription_available: None,
-                    server_keep_alive: None,
+                    server_keep_alive: script.server_keep_alive,
                     response_information: None,
                     server_reference: None,
                     authentication_method: None,
@@ -245,7 +248,10 @@ async fn serve(
                 }
                 r
             }
-            Packet::PingReq(_) => write(&mut sock, Packet::PingResp(PingResp)).await,
+            Packet::PingReq(_) => {
+                lock(state).pings += 1;
+                write(&mut sock, Packet::PingResp(PingResp)).await
+            }
             Packet::Disconnect(_) => return "DISCONNECT from the client".into(),
             other => {
                 log.push(format!("conn {conn}: unexpected {other:?}"));
@@ -374,5 +380,37 @@ fn fake_broker_v5_receive_maximum_lowered_on_reconnect() {
         s.max_unacked[0] >= 30,
         "the first link never used its larger window: {}",
         s.max_unacked[0]
+    );
+}
+
+/// A broker whose CONNACK says Server Keep Alive 0. rumqttc adopts it, and a keep-alive of 0
+/// pings without pause: the second PINGREQ before the first PINGRESP fails the link, in a
+/// loop. The daemon keeps its own keep-alive (5 s): one connection, a handful of pings, every
+/// reading delivered in order.
+#[test]
+fn fake_broker_v5_server_keep_alive_zero() {
+    let script = Script {
+        server_keep_alive: Some(0),
+        ..Script::default()
+    };
+    let broker = FakeBroker::start(script);
+    let (mut env, counter) = start_daemon("fake_broker_v5_server_keep_alive", &broker);
+    let accepted = broker.accepted_fn();
+    counter.wait_value_at_least(300, "3 s of readings");
+    let buffer = env.buffer_path();
+    drain_and_stop_by(
+        &mut env.daemon,
+        &buffer,
+        &counter,
+        &accepted,
+        "the fake broker",
+        0,
+    );
+    let s = broker.state();
+    assert_eq!(s.connections, 1, "the link failed and was made again");
+    assert!(
+        s.pings <= 3,
+        "{} PINGREQs in a few seconds at a 5 s keep-alive",
+        s.pings
     );
 }
