@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::properties::{self, Fate, Properties};
+use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::Client;
 use super::puback::{self, Verdict};
 use super::unsent::{EXPIRE_BATCH, Unsent};
@@ -271,22 +271,18 @@ impl Feeder {
                 if self.outstanding.values().any(|o| o.key == Some(key)) {
                     continue; // still in flight from before a rewind
                 }
-                let (max_age, v5) = (self.settings.max_age, self.settings.v5);
-                let props =
-                    match properties::fate(record.taken_ms, record.plain, max_age, v5, now_ms) {
-                        // A retained reading is the topic's current value for whoever subscribes
-                        // later (Home Assistant after a restart): max_age decides whether it is
-                        // sent, but once sent it must not vanish from the broker.
-                        Fate::Send(props) if record.retain => Properties {
-                            expiry_s: None,
-                            ..props
-                        },
-                        Fate::Send(props) => props,
-                        Fate::TooOld { age } => {
-                            self.unsent.expired(key, age);
-                            continue;
-                        }
-                    };
+                let stamp = Stamp {
+                    taken_ms: record.taken_ms,
+                    plain: record.plain,
+                    retain: record.retain,
+                };
+                let props = match self.fate(stamp, now_ms) {
+                    Fate::Send(props) => props,
+                    Fate::TooOld { age } => {
+                        self.unsent.expired(key, age);
+                        continue;
+                    }
+                };
                 let topic = record.topic.clone();
                 if let Err(e) = self.client.try_publish(
                     record.topic,
@@ -449,6 +445,10 @@ impl Feeder {
         }
     }
 
+    fn fate(&self, stamp: Stamp, now_ms: u64) -> Fate {
+        properties::fate(stamp, self.settings.max_age, self.settings.v5, now_ms)
+    }
+
     fn apply_unsent(&mut self) {
         let max_age = self.settings.max_age.unwrap_or_default();
         self.unsent
@@ -524,8 +524,12 @@ impl Feeder {
             self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let (max_age, v5) = (self.settings.max_age, self.settings.v5);
-        let props = match properties::fate(msg.taken_ms, msg.plain, max_age, v5, now_ms()) {
+        let stamp = Stamp {
+            taken_ms: msg.taken_ms,
+            plain: msg.plain,
+            retain: msg.retain,
+        };
+        let props = match self.fate(stamp, now_ms()) {
             Fate::Send(props) => props,
             Fate::TooOld { .. } => {
                 self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);

@@ -45,26 +45,38 @@ pub enum Fate {
     },
 }
 
-/// The reading's fate. `plain`: its payload is the bare value (so on MQTT 5 its time goes in
-/// the `ts` user property). A reading stamped in the future (the clock went back) counts as
-/// new.
-pub fn fate(taken_ms: u64, plain: bool, max_age: Option<Duration>, v5: bool, now_ms: u64) -> Fate {
-    let age = Duration::from_millis(now_ms.saturating_sub(taken_ms));
+/// What the fate of a reading depends on, besides the settings and the clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// When it was taken (ms since the epoch).
+    pub taken_ms: u64,
+    /// Its payload is the bare value: on MQTT 5 its time goes in the `ts` user property.
+    pub plain: bool,
+    /// Retained: the topic's current value for whoever subscribes later (Home Assistant after
+    /// a restart). `max_age` decides whether it is sent, but once sent it must not vanish
+    /// from the broker, so it carries no expiry.
+    pub retain: bool,
+}
+
+/// The reading's fate at `now_ms`. A reading stamped in the future (the clock went back)
+/// counts as new. On MQTT 3.1.1 the properties are left out by `Client::try_publish`; `v5`
+/// only saves formatting a `ts` nobody sends.
+pub fn fate(r: Stamp, max_age: Option<Duration>, v5: bool, now_ms: u64) -> Fate {
+    let age = Duration::from_millis(now_ms.saturating_sub(r.taken_ms));
     let mut props = Properties::default();
     if let Some(max) = max_age {
         if age > max {
             return Fate::TooOld { age };
         }
-        // What is left of max_age, rounded up: 0 would mean "expired" to some brokers.
-        let left_ms = (max - age).as_millis() as u64;
-        props.expiry_s = Some(left_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
+        if !r.retain {
+            // What is left of max_age, rounded up: 0 would mean "expired" to some brokers.
+            let left_ms = (max - age).as_millis() as u64;
+            props.expiry_s = Some(left_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
+        }
     }
-    if v5 && plain {
-        let taken = UNIX_EPOCH + Duration::from_millis(taken_ms);
+    if v5 && r.plain {
+        let taken = UNIX_EPOCH + Duration::from_millis(r.taken_ms);
         props.ts = Some(humantime::format_rfc3339_millis(taken).to_string());
-    }
-    if !v5 {
-        props.expiry_s = None;
     }
     Fate::Send(props)
 }
@@ -75,9 +87,17 @@ mod tests {
 
     const TAKEN: u64 = 1_795_580_400_123; // 2026-11-25T04:20:00.123Z
 
+    fn st(plain: bool) -> Stamp {
+        Stamp {
+            taken_ms: TAKEN,
+            plain,
+            retain: false,
+        }
+    }
+
     #[test]
     fn plain_readings_carry_their_time_on_mqtt5_only() {
-        let Fate::Send(p) = fate(TAKEN, true, None, true, TAKEN + 5) else {
+        let Fate::Send(p) = fate(st(true), None, true, TAKEN + 5) else {
             panic!("sent")
         };
         assert_eq!(p.ts.as_deref(), Some("2026-11-25T04:20:00.123Z"));
@@ -89,11 +109,11 @@ mod tests {
         );
         // JSON payloads have their own ts; 3.1.1 has no properties at all.
         assert_eq!(
-            fate(TAKEN, false, None, true, TAKEN),
+            fate(st(false), None, true, TAKEN),
             Fate::Send(Properties::default())
         );
         assert_eq!(
-            fate(TAKEN, true, None, false, TAKEN),
+            fate(st(true), None, false, TAKEN),
             Fate::Send(Properties::default())
         );
         assert_eq!(Properties::default().into_v5(), None);
@@ -103,32 +123,47 @@ mod tests {
     fn max_age_drops_old_readings_and_sets_the_rest_as_expiry() {
         let hour = Some(Duration::from_secs(3600));
         // 10 minutes old: 50 minutes left.
-        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN + 600_000) else {
+        let Fate::Send(p) = fate(st(false), hour, true, TAKEN + 600_000) else {
             panic!("sent")
         };
         assert_eq!(p.expiry_s, Some(3000));
         // Rounded up, never 0.
-        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN + 3_599_999) else {
+        let Fate::Send(p) = fate(st(false), hour, true, TAKEN + 3_599_999) else {
             panic!("sent")
         };
         assert_eq!(p.expiry_s, Some(1));
         assert_eq!(
-            fate(TAKEN, true, hour, true, TAKEN + 3_600_001),
+            fate(st(true), hour, true, TAKEN + 3_600_001),
             Fate::TooOld {
                 age: Duration::from_millis(3_600_001)
             }
         );
-        // MQTT 3.1.1: dropped all the same, but no expiry to set.
+        // MQTT 3.1.1: dropped all the same; no `ts` formatted (try_publish sends no
+        // properties there).
         assert!(matches!(
-            fate(TAKEN, true, hour, false, TAKEN + 4_000_000),
+            fate(st(true), hour, false, TAKEN + 4_000_000),
             Fate::TooOld { .. }
         ));
-        assert_eq!(
-            fate(TAKEN, true, hour, false, TAKEN + 1),
-            Fate::Send(Properties::default())
-        );
+        let Fate::Send(p) = fate(st(true), hour, false, TAKEN + 1) else {
+            panic!("sent")
+        };
+        assert_eq!(p.ts, None);
+        // Retained: dropped when too old like any reading, but sent without an expiry.
+        let retained = Stamp {
+            retain: true,
+            ..st(true)
+        };
+        let Fate::Send(p) = fate(retained, hour, true, TAKEN + 600_000) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, None);
+        assert!(p.ts.is_some());
+        assert!(matches!(
+            fate(retained, hour, true, TAKEN + 3_600_001),
+            Fate::TooOld { .. }
+        ));
         // The clock went back: the reading counts as new.
-        let Fate::Send(p) = fate(TAKEN, false, hour, true, TAKEN - 10_000) else {
+        let Fate::Send(p) = fate(st(false), hour, true, TAKEN - 10_000) else {
             panic!("sent")
         };
         assert_eq!(p.expiry_s, Some(3600));
