@@ -347,20 +347,23 @@ impl Config {
 
         let mut warnings = Vec::new();
         // Settings outside a sensor table have no span (they may be defaults): the error
-        // points at the line of the key it names, when the file has that key.
-        let in_table = |tables: &[&str], label: &str, m: String| match key_offset(text, tables, &m)
+        // points at the line of the key that was rejected, when the file sets it.
+        let in_table = |table: &str, label: &str, r: Rejected| match key_offset(text, table, r.key)
         {
             Some(offset) => {
                 let (line, col) = line_col(text, offset);
-                ConfigError(format!("{}:{line}:{col}: {label}{m}", path.display()))
+                ConfigError(format!("{}:{line}:{col}: {label}{}", path.display(), r.msg))
             }
             None => ConfigError(format!(
-                "invalid config file {}: {label}{m}",
-                path.display()
+                "invalid config file {}: {label}{}",
+                path.display(),
+                r.msg
             )),
         };
-        let mqtt = validate_mqtt(raw.mqtt, &mut warnings)
-            .map_err(|m| in_table(&["mqtt", "mqtt.tls"], "[mqtt] ", m))?;
+        let mqtt = validate_mqtt(raw.mqtt, &mut warnings).map_err(|r| {
+            let table = if r.tls { "mqtt.tls" } else { "mqtt" };
+            in_table(table, "[mqtt] ", r)
+        })?;
         let buffer = BufferConfig {
             path: raw
                 .buffer
@@ -370,15 +373,19 @@ impl Config {
             commit_interval: raw.buffer.commit_interval.unwrap_or(Duration::ZERO),
         };
         if buffer.max_messages == 0 {
-            let m = "max_messages must be at least 1".to_owned();
-            return Err(in_table(&["buffer"], "[buffer] ", m));
+            let r = Rejected::new("max_messages", "max_messages must be at least 1".into());
+            return Err(in_table("buffer", "[buffer] ", r));
         }
         if buffer.commit_interval > MAX_COMMIT_INTERVAL {
             let m = format!(
                 "commit_interval {} is too long: readings wait that long in memory, unpublished, and a crash loses them; the maximum is 1m",
                 humantime::format_duration(buffer.commit_interval)
             );
-            return Err(in_table(&["buffer"], "[buffer] ", m));
+            return Err(in_table(
+                "buffer",
+                "[buffer] ",
+                Rejected::new("commit_interval", m),
+            ));
         }
 
         let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
@@ -387,7 +394,7 @@ impl Config {
                 "log_level {log_level:?} is not one of {}",
                 crate::logging::LEVELS.join(", ")
             );
-            return Err(in_table(&[""], "", m));
+            return Err(in_table("", "", Rejected::new("log_level", m)));
         }
 
         let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
@@ -442,75 +449,104 @@ impl Config {
     }
 }
 
-fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, String> {
+fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, Rejected> {
+    let no = Rejected::new;
     let client_id = raw.client_id.unwrap_or_else(default_client_id);
     if client_id.is_empty() {
-        return Err("client_id must not be empty: it names the persistent session".into());
+        let msg = "client_id must not be empty: it names the persistent session";
+        return Err(no("client_id", msg.into()));
     }
     let keep_alive = raw.keep_alive.unwrap_or(Duration::from_secs(30));
     if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(u16::MAX as u64) {
-        return Err(format!(
+        let msg = format!(
             "keep_alive must be between 1s and 18h, got {}",
             humantime::format_duration(keep_alive)
-        ));
+        );
+        return Err(no("keep_alive", msg));
     }
+    let raw_has_password_file = raw.password_file.is_some();
     let password = match (raw.password, raw.password_file) {
         (Some(_), Some(_)) => {
-            return Err("give either `password` or `password_file`, not both".into());
+            let msg = "give either `password` or `password_file`, not both";
+            return Err(no("password_file", msg.into()));
         }
         (Some(p), None) => Some(Secret(p)),
-        (None, Some(file)) => Some(Secret(read_password(&file, warnings)?)),
+        (None, Some(file)) => Some(Secret(
+            read_password(&file, warnings).map_err(|m| no("password_file", m))?,
+        )),
         (None, None) => None,
     };
     let credentials = match (raw.username, password) {
         (Some(user), password) => Some((user, password.unwrap_or_else(|| Secret(String::new())))),
-        (None, Some(_)) => return Err("a password needs a `username`".into()),
+        (None, Some(_)) => {
+            let key = if raw_has_password_file {
+                "password_file"
+            } else {
+                "password"
+            };
+            return Err(no(key, "a password needs a `username`".into()));
+        }
         (None, None) => None,
     };
-    let tls = raw.tls.map(validate_tls).transpose()?;
+    let tls = raw
+        .tls
+        .map(validate_tls)
+        .transpose()
+        .map_err(|r| Rejected { tls: true, ..r })?;
     // An empty topic turns the feature off.
-    let topic = |t: Option<String>, default: &str| match t.as_deref() {
+    let topic = |key, t: Option<String>, default: &str| match t.as_deref() {
         Some("") => Ok(None),
-        t => expand(t.unwrap_or(default), &client_id, None).map(Some),
+        t => expand(t.unwrap_or(default), &client_id, None)
+            .map(Some)
+            .map_err(|m| no(key, m)),
     };
-    let availability =
-        topic(raw.status_topic, "telemetryd/{client_id}/status")?.map(|topic| Availability {
-            topic,
-            online: raw.online_payload.unwrap_or_else(|| "online".into()),
-            offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
-        });
-    let stats_topic = topic(raw.stats_topic, "telemetryd/{client_id}/stats")?;
+    let availability = topic(
+        "status_topic",
+        raw.status_topic,
+        "telemetryd/{client_id}/status",
+    )?
+    .map(|topic| Availability {
+        topic,
+        online: raw.online_payload.unwrap_or_else(|| "online".into()),
+        offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
+    });
+    let stats_topic = topic(
+        "stats_topic",
+        raw.stats_topic,
+        "telemetryd/{client_id}/stats",
+    )?;
     let protocol = raw.protocol.unwrap_or(Protocol::V4);
     if protocol == Protocol::V4 && raw.session_expiry.is_some() {
-        return Err(
-            "session_expiry is an MQTT 5 setting: add `protocol = 5` (with MQTT 3.1.1 the broker \
-             decides how long a session lasts)"
-                .into(),
-        );
+        let msg = "session_expiry is an MQTT 5 setting: add `protocol = 5` (with MQTT 3.1.1 the \
+                   broker decides how long a session lasts)";
+        return Err(no("session_expiry", msg.into()));
     }
     if protocol == Protocol::V5 && keep_alive < MIN_KEEP_ALIVE_V5 {
-        return Err(format!(
+        let msg = format!(
             "keep_alive must be at least 5s with protocol = 5 (rumqttc's MQTT 5 client refuses \
              less), got {}",
             humantime::format_duration(keep_alive)
-        ));
+        );
+        return Err(no("keep_alive", msg));
     }
     let session_expiry = raw.session_expiry.unwrap_or(DEFAULT_SESSION_EXPIRY);
     if session_expiry.as_secs() > u64::from(u32::MAX) {
-        return Err(format!(
+        let msg = format!(
             "session_expiry {} is too long: MQTT 5 allows at most 4294967295 seconds (136 years, \
              which means never)",
             humantime::format_duration(session_expiry)
-        ));
+        );
+        return Err(no("session_expiry", msg));
     }
     if let Some(age) = raw.max_age
         && (age < MIN_MAX_AGE || age.as_secs() > u64::from(u32::MAX))
     {
-        return Err(format!(
+        let msg = format!(
             "max_age {} is out of range: give at least 1s (MQTT 5 counts message expiry in \
              seconds), or leave it out to keep readings however old",
             humantime::format_duration(age)
-        ));
+        );
+        return Err(no("max_age", msg));
     }
     let default_port = if tls.is_some() { 8883 } else { 1883 };
     Ok(MqttConfig {
@@ -547,9 +583,9 @@ fn read_password(file: &Path, warnings: &mut Vec<String>) -> Result<String, Stri
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
-fn validate_tls(raw: RawTls) -> Result<TlsConfig, String> {
-    let read = |key: &str, p: &Path| {
-        std::fs::read(p).map_err(|e| format!("tls.{key} {}: {e}", p.display()))
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, Rejected> {
+    let read = |key: &'static str, p: &Path| {
+        std::fs::read(p).map_err(|e| Rejected::new(key, format!("tls.{key} {}: {e}", p.display())))
     };
     let ca = raw
         .ca_file
@@ -558,18 +594,30 @@ fn validate_tls(raw: RawTls) -> Result<TlsConfig, String> {
         .transpose()?;
     let client = match (raw.client_cert, raw.client_key) {
         (Some(cert), Some(key)) => {
-            let key = String::from_utf8(read("client_key", &key)?)
-                .map_err(|_| "tls.client_key is not a PEM file".to_owned())?;
+            let key = String::from_utf8(read("client_key", &key)?).map_err(|_| {
+                Rejected::new("client_key", "tls.client_key is not a PEM file".into())
+            })?;
             Some((read("client_cert", &cert)?, Secret(key)))
         }
         (None, None) => None,
-        _ => {
-            return Err(
-                "tls needs both `client_cert` and `client_key` for a client certificate".into(),
-            );
+        (cert, _) => {
+            let key = if cert.is_some() {
+                "client_cert"
+            } else {
+                "client_key"
+            };
+            let msg = "tls needs both `client_cert` and `client_key` for a client certificate";
+            return Err(Rejected::new(key, msg.into()));
         }
     };
-    let rustls = crate::mqtt::tls::client_config(ca.as_deref(), client.as_ref())?;
+    let rustls = crate::mqtt::tls::client_config(ca.as_deref(), client.as_ref()).map_err(|m| {
+        // tls.rs names the file at fault first ("tls.client_cert is not a PEM ...").
+        let key = ["ca_file", "client_cert", "client_key"]
+            .into_iter()
+            .find(|k| m.starts_with(&format!("tls.{k}")))
+            .unwrap_or("ca_file");
+        Rejected::new(key, m)
+    })?;
     Ok(TlsConfig { ca, client, rustls })
 }
 
@@ -803,33 +851,45 @@ fn expand(template: &str, client_id: &str, sensor: Option<&str>) -> Result<Strin
     Ok(out)
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-/// Where the first word of `msg` that is a key of one of `tables` ("" for the top level) is
-/// set in `text`. A line scan rather than a TOML parse: it only has to find `key =` under a
-/// `[table]` header in a file that already parsed.
-fn key_offset(text: &str, tables: &[&str], msg: &str) -> Option<usize> {
-    let words = msg
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty());
-    for word in words {
-        let mut table = String::new();
-        let mut offset = 0;
-        for line in text.split_inclusive('\n') {
-            let trimmed = line.trim_start();
-            if let Some(header) = trimmed.strip_prefix('[') {
-                table = header.split(']').next().unwrap_or("").trim().to_owned();
-            } else if tables.contains(&table.as_str())
-                && let Some(rest) = trimmed.strip_prefix(word)
-                && rest.trim_start().starts_with('=')
-            {
-                return Some(offset + (line.len() - trimmed.len()));
-            }
-            offset += line.len();
+/// A setting outside the sensor tables that validation rejected: its key and why.
+struct Rejected {
+    key: &'static str,
+    /// The key is in `[mqtt.tls]`, not `[mqtt]`.
+    tls: bool,
+    msg: String,
+}
+
+impl Rejected {
+    fn new(key: &'static str, msg: String) -> Rejected {
+        Rejected {
+            key,
+            tls: false,
+            msg,
         }
+    }
+}
+
+/// Where `key` is set under `[table]` ("" for the top level) in `text`, if it is. A line scan
+/// rather than a TOML parse: it only has to find `key =` in a file that already parsed.
+fn key_offset(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header.split(']').next().unwrap_or("").trim().to_owned();
+        } else if current == table
+            && let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
     }
     None
 }
 
+/// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -962,6 +1022,14 @@ decimals = 1
         let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 3;
         assert!(
             err.contains(&format!(":{line}:1: [mqtt] session_expiry")),
+            "{err}"
+        );
+        // The rejected key's line, not that of another key the message happens to name.
+        let text = SEED.replace("[mqtt]", "[mqtt]\nstats_topic = \"t/{nope}\"");
+        let err = parse(&text).unwrap_err();
+        let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 2;
+        assert!(
+            err.contains(&format!(":{line}:1: [mqtt] unknown placeholder")),
             "{err}"
         );
         let err = parse(&format!("log_level = 'loud'\n{SEED}")).unwrap_err();
