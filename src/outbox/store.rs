@@ -5,8 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tracing::error;
@@ -50,11 +49,10 @@ pub(super) struct Store {
     meta: sled::Tree,
     quarantine: sled::Tree,
     log_file: Arc<File>,
-    /// Where the durable mark goes after each fsync; `None` if it could not be opened (the
-    /// check is then skipped: it guards against sled's silence, it holds no data).
-    mark: Option<Arc<File>>,
-    /// The `next_seq` last written to the meta tree: what the next fsync makes durable.
-    pending_seq: Arc<AtomicU64>,
+    /// Where the durable mark goes after each fsync: only for the daemon's store
+    /// ([`open_or_replace`]), and `None` if it could not be opened (the check is then skipped:
+    /// it guards against sled's silence, it holds no data).
+    mark: Option<Arc<Mark>>,
 }
 
 /// A store just opened, with what was learnt from it.
@@ -68,8 +66,6 @@ pub(super) struct Opened {
     /// Its highest key, 0 when empty.
     pub last: u64,
     pub saved_seq: u64,
-    /// The durable mark found beside it (see [`MARK_FILE`]).
-    mark: Option<u64>,
 }
 
 pub(super) enum OpenError {
@@ -81,24 +77,17 @@ pub(super) enum OpenError {
 }
 
 impl Store {
-    /// `flush()` alone is sync_file_range on Linux, not a durable fsync.
+    /// `flush()` alone is sync_file_range on Linux, not a durable fsync. `saved_seq`: the
+    /// `next_seq` the caller saved (with [`Store::write`] or [`Store::save_seq`]) before this
+    /// sync, which makes it durable.
     ///
     /// After the fsync, the durable mark is updated (written, not fsynced: after a power cut
     /// it may be older than the store, never newer, and an older mark flags nothing).
-    pub fn sync(&self) -> anyhow::Result<()> {
-        // Read before the flush: a counter saved by another thread meanwhile may miss this
-        // flush, and the mark must never get ahead of what is on disk.
-        let seq = self.pending_seq.load(Ordering::Acquire);
+    pub fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
         self.db.flush()?;
         self.log_file.sync_data().context("fsync of the store")?;
         if let Some(mark) = &self.mark {
-            let mut bytes = [0u8; 16];
-            bytes[..8].copy_from_slice(&seq.to_be_bytes());
-            bytes[8..].copy_from_slice(&(seq ^ MARK_CHECK).to_be_bytes());
-            // Failing to write it only weakens the check: the readings are durable already.
-            if let Err(e) = mark.write_at(&bytes, 0) {
-                tracing::debug!(error = %e, "could not update the durable mark");
-            }
+            mark.write(saved_seq);
         }
         Ok(())
     }
@@ -147,7 +136,7 @@ impl Store {
     /// Saves how many readings there are, for a quick next open. Only when nothing is
     /// written afterwards (a clean close).
     pub fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
-        let (first, last) = self.ends()?;
+        let (first, last) = ends(&self.data)?;
         let mut v = Vec::with_capacity(32);
         for n in [stored, first, last, next_seq] {
             v.extend_from_slice(&n.to_be_bytes());
@@ -156,25 +145,15 @@ impl Store {
         Ok(())
     }
 
-    /// The first and last key, 0 when empty.
-    fn ends(&self) -> anyhow::Result<(u64, u64)> {
-        let key = |kv: Option<(sled::IVec, sled::IVec)>| match kv {
-            Some((k, _)) => key_of(&k),
-            None => Ok(0),
-        };
-        Ok((key(self.data.first()?)?, key(self.data.last()?)?))
-    }
-
     /// Removes the count saved at close, durably, before the first change: after a crash, the
     /// next open counts.
-    fn forget_count(&self) -> anyhow::Result<()> {
+    fn forget_count(&self, saved_seq: u64) -> anyhow::Result<()> {
         self.meta.remove(COUNT_KEY)?;
-        self.sync()
+        self.sync(saved_seq)
     }
 
     pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
         self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
-        self.pending_seq.store(next_seq, Ordering::Release);
         Ok(())
     }
 
@@ -200,8 +179,7 @@ impl Store {
             match decode(&k, &v) {
                 Ok(entry) => out.push(entry),
                 Err(e) => {
-                    self.quarantine.insert(&k, v)?;
-                    self.data.remove(&k)?;
+                    self.move_to_quarantine(&k, v)?;
                     quarantined += 1;
                     error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
                 }
@@ -225,10 +203,15 @@ impl Store {
         let Some(v) = self.data.get(k)? else {
             return Ok(false);
         };
+        self.move_to_quarantine(&k, v)?;
+        Ok(true)
+    }
+
+    fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
         // Copy first: a crash in between leaves a copy in both trees, never in neither.
         self.quarantine.insert(k, v)?;
         self.data.remove(k)?;
-        Ok(true)
+        Ok(())
     }
 
     /// True if the key was there.
@@ -246,17 +229,23 @@ impl Store {
 /// replaced.
 pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
-        Ok(Ok(opened)) => match opened.mark {
-            Some(mark) if mark > opened.saved_seq => return carry_over(path, opened, mark),
-            _ => return for_writing(opened),
-        },
+        Ok(Ok(opened)) => {
+            let (mark, marked) = Mark::open(path);
+            return match marked {
+                Some(seq) if seq > opened.saved_seq => {
+                    drop(mark);
+                    carry_over(path, opened, seq)
+                }
+                _ => for_writing(opened, mark),
+            };
+        }
         Ok(Err(e)) => e,
         Err(panic) => anyhow::anyhow!("sled panicked while opening it: {}", panic_message(&panic)),
     };
+    if is_locked(&err) {
+        return Err(OpenError::Locked(err));
+    }
     let damaged = match err.downcast_ref::<sled::Error>() {
-        Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-            return Err(OpenError::Locked(err));
-        }
         // Permissions, a full or read-only disk: moving the directory would not help.
         Some(sled::Error::Io(_)) => false,
         Some(_) => true,
@@ -275,7 +264,13 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
     error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
     open(path)
         .map_err(OpenError::Unusable)
-        .and_then(for_writing)
+        .and_then(|opened| for_writing(opened, Mark::open(path).0))
+}
+
+/// Another process holds the store (or this one, for a moment after dropping it).
+fn is_locked(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<sled::Error>(),
+        Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }
 
 fn aside_path(path: &Path) -> PathBuf {
@@ -318,17 +313,20 @@ fn carry_over(path: &Path, opened: Opened, mark: u64) -> Result<Opened, OpenErro
             new.store.quarantine.insert(k, v)?;
         }
         // Sequence numbers go on above everything handed out before the damage.
-        new.store.save_seq(mark.max(old.saved_seq))?;
-        new.store.sync()?;
+        let saved_seq = mark.max(old.saved_seq);
+        new.store.save_seq(saved_seq)?;
+        new.store.sync(saved_seq)?;
         Ok(Opened {
             stored: old.stored,
             from_close: false,
             last: old.last,
-            saved_seq: mark.max(old.saved_seq),
+            saved_seq,
             ..new
         })
     };
-    let opened = copy().map_err(OpenError::Unusable)?;
+    let opened = copy()
+        .map_err(OpenError::Unusable)
+        .and_then(|opened| for_writing(opened, Mark::open(path).0))?;
     error!(
         path = %path.display(),
         moved_to = %aside.display(),
@@ -339,20 +337,43 @@ fn carry_over(path: &Path, opened: Opened, mark: u64) -> Result<Opened, OpenErro
     Ok(opened)
 }
 
-/// The count saved at close holds only until the first change: forget it first.
-fn for_writing(opened: Opened) -> Result<Opened, OpenError> {
+/// The daemon's store: it gets its durable mark, and the count saved at close, which holds
+/// only until the first change, is forgotten first.
+fn for_writing(mut opened: Opened, mark: Option<Mark>) -> Result<Opened, OpenError> {
+    opened.store.mark = mark.map(Arc::new);
     if opened.from_close {
-        opened.store.forget_count().map_err(OpenError::Unusable)?;
+        opened
+            .store
+            .forget_count(opened.saved_seq)
+            .map_err(OpenError::Unusable)?;
     }
     Ok(opened)
 }
 
+/// How long opening waits for a lock on the store to be let go: sled's I/O threads hold it a
+/// moment after the last handle of a store is dropped (as when it is moved aside and reopened).
+/// A store another daemon holds is an error after that.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
-        .flush_every_ms(Some(FLUSH_EVERY_MS))
-        .open()?;
+        .flush_every_ms(Some(FLUSH_EVERY_MS));
+    let give_up = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                if !is_locked(&e) || std::time::Instant::now() >= give_up {
+                    return Err(e);
+                }
+                // A retry pause while sled's threads finish, not a synchronisation.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     let data = db.open_tree(DATA_TREE)?;
     let meta = db.open_tree(META_TREE)?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
@@ -360,10 +381,7 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         .read(true)
         .open(path.join("db"))
         .with_context(|| format!("opening {} for fsync", path.join("db").display()))?;
-    let last = match data.last()? {
-        Some((k, _)) => key_of(&k)?,
-        None => 0,
-    };
+    let (first, last) = ends(&data)?;
     let saved_seq = match meta.get(NEXT_SEQ_KEY)? {
         Some(v) => key_of(&v)?,
         None => 1,
@@ -371,10 +389,6 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     // The count must be exact for the bound, and keys have holes (QoS 0 readings,
     // out-of-order acks), so `last - first + 1` would not do. Counting reads the whole store,
     // which delayed the first publish of a big backlog by seconds: a clean close saved it.
-    let first = match data.first()? {
-        Some((k, _)) => key_of(&k)?,
-        None => 0,
-    };
     let saved = meta.get(COUNT_KEY)?.and_then(|v| {
         let v: [u8; 32] = v.as_ref().try_into().ok()?;
         let n = |i: usize| u64::from_be_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
@@ -391,24 +405,13 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
             n
         }
     };
-    let mark_path = path.join(MARK_FILE);
-    let mark = read_mark(&mark_path);
-    let mark_file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&mark_path)
-        .map_err(|e| tracing::warn!(path = %mark_path.display(), error = %e, "cannot write the durable mark; a damaged store log would go unnoticed"))
-        .ok();
     let store = Store {
         db,
         data,
         meta,
         quarantine,
         log_file: Arc::new(log_file),
-        mark: mark_file.map(Arc::new),
-        pending_seq: Arc::new(AtomicU64::new(saved_seq)),
+        mark: None,
     };
     Ok(Opened {
         store,
@@ -416,17 +419,56 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         from_close: saved.is_some(),
         last,
         saved_seq,
-        mark,
     })
 }
 
-/// The durable mark, if there is a valid one.
-fn read_mark(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    let bytes: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
-    let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let check = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
-    (check == seq ^ MARK_CHECK).then_some(seq)
+/// The first and last key, 0 when empty.
+fn ends(data: &sled::Tree) -> anyhow::Result<(u64, u64)> {
+    let key = |kv: Option<(sled::IVec, sled::IVec)>| match kv {
+        Some((k, _)) => key_of(&k),
+        None => Ok(0),
+    };
+    Ok((key(data.first()?)?, key(data.last()?)?))
+}
+
+/// The durable mark beside sled's files (see [`MARK_FILE`]).
+pub(super) struct Mark(File);
+
+impl Mark {
+    /// Opens (creating) the mark of the store at `path`, with the `next_seq` it holds if it is
+    /// a valid mark.
+    fn open(path: &Path) -> (Option<Mark>, Option<u64>) {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(MARK_FILE));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.join(MARK_FILE).display(), error = %e, "cannot write the durable mark; a damaged store log would go unnoticed");
+                return (None, None);
+            }
+        };
+        let mut bytes = [0u8; 16];
+        let seq = file.read_exact_at(&mut bytes, 0).ok().and_then(|()| {
+            let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let check = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+            (check == seq ^ MARK_CHECK).then_some(seq)
+        });
+        (Some(Mark(file)), seq)
+    }
+
+    fn write(&self, seq: u64) {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&seq.to_be_bytes());
+        bytes[8..].copy_from_slice(&(seq ^ MARK_CHECK).to_be_bytes());
+        // Failing to write it only weakens the check: the readings are durable already.
+        if let Err(e) = self.0.write_at(&bytes, 0) {
+            tracing::debug!(error = %e, "could not update the durable mark");
+        }
+    }
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
