@@ -208,33 +208,11 @@ impl Outbox {
 
     /// Forgets acknowledged readings, unless `generation` (when they were read) is stale.
     pub fn remove(&self, keys: &[u64], generation: u64) {
-        let mut inner = self.lock();
-        if generation != self.generation() {
+        if self.take(keys, generation, true, Store::remove).is_none() {
             debug!(
                 count = keys.len(),
                 "acks from before the store was reopened: those readings will be sent again"
             );
-            return;
-        }
-        // One handle for the whole batch: cloning it per key (five reference counts up and
-        // down) was 1% of a backlog drain's instructions (BENCHMARKS.md).
-        let store = inner.store.clone();
-        for &key in keys {
-            if let Ok(i) = inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
-                inner.memory.remove(i);
-                continue;
-            }
-            let Some(store) = &store else {
-                continue;
-            };
-            match store.remove(key) {
-                Ok(true) => inner.stored -= 1,
-                Ok(false) => {} // already dropped at the bound
-                Err(e) => {
-                    self.fail_store(&mut inner, &e);
-                    return;
-                }
-            }
         }
     }
 
@@ -243,19 +221,40 @@ impl Outbox {
     /// memory tier (the store cannot be written) stay where they are and are sent again later.
     /// Returns how many were moved.
     pub fn quarantine(&self, keys: &[u64], generation: u64) -> u64 {
+        self.take(keys, generation, false, Store::quarantine)
+            .unwrap_or(0)
+    }
+
+    /// Takes `keys` out of the queue with `op` on the store (true: the key was there), keeping
+    /// the count exact; with `from_memory`, keys in the memory tier are dropped from it too.
+    /// `None` when `generation` is stale (nothing done), else how many store keys `op` took.
+    fn take(
+        &self,
+        keys: &[u64],
+        generation: u64,
+        from_memory: bool,
+        op: impl Fn(&Store, u64) -> anyhow::Result<bool>,
+    ) -> Option<u64> {
         let mut inner = self.lock();
         if generation != self.generation() {
-            return 0;
+            return None;
         }
-        let Some(store) = inner.store.clone() else {
-            return 0;
-        };
-        let mut moved = 0;
+        // One handle for the whole batch: cloning it per key (five reference counts up and
+        // down) was 1% of a backlog drain's instructions (BENCHMARKS.md).
+        let store = inner.store.clone();
+        let mut taken = 0;
         for &key in keys {
-            match store.quarantine(key) {
+            if from_memory && let Ok(i) = inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
+                inner.memory.remove(i);
+                continue;
+            }
+            let Some(store) = &store else {
+                continue;
+            };
+            match op(store, key) {
                 Ok(true) => {
                     inner.stored -= 1;
-                    moved += 1;
+                    taken += 1;
                 }
                 Ok(false) => {} // in the memory tier, or dropped at the bound
                 Err(e) => {
@@ -264,7 +263,7 @@ impl Outbox {
                 }
             }
         }
-        moved
+        Some(taken)
     }
 
     /// When the oldest waiting reading was taken (ms since the epoch).
