@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::spawn_blocking;
 use tokio::time::{Instant, sleep_until};
 
@@ -23,14 +23,15 @@ const HOLD_MAX: usize = 16 * BATCH_MAX;
 
 /// Runs until every reading sender is gone, committing what is left on the way out.
 ///
-/// With a commit interval ([`Outbox::set_commit_interval`]), a commit comes at least that long
-/// after the previous one: QoS 1 readings wait for it (QoS 0 ones go out at once), so that
+/// With a commit interval (`[buffer] commit_interval`, changed by a reload through
+/// `commit_interval`), a commit comes at least that long after the previous one: QoS 1 readings wait for it (QoS 0 ones go out at once), so that
 /// busy sensors make few large commits instead of many small ones.
 pub async fn run(
     mut readings: mpsc::Receiver<Reading>,
     outbox: Arc<Outbox>,
     live: mpsc::Sender<LiveMessage>,
     stats: Arc<Stats>,
+    commit_interval: watch::Receiver<Duration>,
 ) {
     let mut buf = Vec::with_capacity(64);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
@@ -40,14 +41,13 @@ pub async fn run(
     let mut last_commit: Option<Instant> = None;
     loop {
         stats.committer_beat.beat();
-        let due = match last_commit {
-            Some(t) if !batch.is_empty() => Some(t + outbox.commit_interval()),
-            _ => None,
-        };
-        let far = Instant::now() + Duration::from_secs(86_400);
+        // When the next commit may come; held readings wait for it. A reload's new interval is
+        // read here, so it applies within a `maintain` tick at the latest.
+        let next_commit = last_commit.map(|t| t + *commit_interval.borrow());
+        let held_until = next_commit.filter(|_| !batch.is_empty());
         tokio::select! {
             n = readings.recv_many(&mut buf, BATCH_MAX) => if n == 0 { break },
-            _ = sleep_until(due.unwrap_or(far)), if due.is_some() => {}
+            _ = sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() => {}
             _ = maintain.tick() => {
                 if outbox.is_degraded() {
                     let outbox = outbox.clone();
@@ -95,7 +95,7 @@ pub async fn run(
                 }
             }
         }
-        let due_now = last_commit.is_none_or(|t| t.elapsed() >= outbox.commit_interval());
+        let due_now = next_commit.is_none_or(|t| Instant::now() >= t);
         if !batch.is_empty() && (due_now || batch.len() >= HOLD_MAX) {
             last_commit = Some(Instant::now());
             commit(&outbox, std::mem::take(&mut batch)).await;
@@ -154,21 +154,24 @@ mod tests {
         tx: mpsc::Sender<Reading>,
         live: mpsc::Receiver<LiveMessage>,
         task: JoinHandle<()>,
+        interval: watch::Sender<Duration>,
         _dir: tempfile::TempDir,
     }
 
     fn start(interval: Duration) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(&dir.path().join("buf"), 100).unwrap());
-        outbox.set_commit_interval(interval);
         let (tx, rx) = mpsc::channel(16);
         let (live_tx, live) = mpsc::channel(16);
-        let task = tokio::spawn(run(rx, outbox.clone(), live_tx, Arc::new(Stats::default())));
+        let (interval, interval_rx) = watch::channel(interval);
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(run(rx, outbox.clone(), live_tx, stats, interval_rx));
         Rig {
             outbox,
             tx,
             live,
             task,
+            interval,
             _dir: dir,
         }
     }
@@ -183,6 +186,31 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("{n} readings committed within {DEADLINE:?}"))
+    }
+
+    /// A sensor reads again only once its previous reading is committed (at most one reading
+    /// per sensor at risk at a crash): the signal comes after the commit, never before.
+    #[tokio::test]
+    async fn a_sensor_hears_of_its_reading_only_once_it_is_committed() {
+        let rig = start(Duration::ZERO);
+        let s = sensor(1);
+        for n in 1..=3 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let r = Reading {
+                committed: Some(tx),
+                ..reading(&s)
+            };
+            rig.tx.send(r).await.unwrap();
+            tokio::time::timeout(DEADLINE, rx)
+                .await
+                .expect("the committer answers")
+                .expect("it fires the signal rather than dropping it");
+            assert_eq!(
+                rig.outbox.read_after(None, 100).len(),
+                n,
+                "told before the reading was committed"
+            );
+        }
     }
 
     #[tokio::test]
@@ -213,6 +241,19 @@ mod tests {
             "the second commit came {:?} after the first reading, before the interval",
             all - sent_first
         );
+    }
+
+    /// A reload that shortens the interval releases readings held under the old one (within a
+    /// `maintain` tick, not after the old hour).
+    #[tokio::test]
+    async fn a_shorter_interval_applies_to_readings_already_held() {
+        let rig = start(Duration::from_secs(3600));
+        let s = sensor(1);
+        rig.tx.send(reading(&s)).await.unwrap();
+        readable(&rig.outbox, 1).await;
+        rig.tx.send(reading(&s)).await.unwrap();
+        rig.interval.send_replace(Duration::ZERO);
+        readable(&rig.outbox, 2).await;
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -83,7 +83,6 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Outbox::open(&buffer.path, buffer.max_messages))
             .await
             .context("opening the store")??;
-    outbox.set_commit_interval(config.buffer.commit_interval);
     let outbox = Arc::new(outbox);
     info!(path = %config.buffer.path.display(), buffered = outbox.depth(), "store opened");
 
@@ -91,11 +90,13 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let (reading_tx, reading_rx) = mpsc::channel(READING_QUEUE);
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+    let (commit_interval, commit_interval_rx) = watch::channel(config.buffer.commit_interval);
     tracker.spawn(committer::run(
         reading_rx,
         outbox.clone(),
         live_tx.clone(),
         stats.clone(),
+        commit_interval_rx,
     ));
     let mut sensors = Sensors::new(reading_tx, stats.clone(), tracker.clone(), shutdown.clone());
     sensors.apply(&config.sensors, &config.sysfs_root);
@@ -154,7 +155,7 @@ pub async fn run(
                             tracing::warn!(path = %new.buffer.path.display(), "a new [buffer] path takes effect after a restart");
                         }
                         outbox.set_max_messages(new.buffer.max_messages);
-                        outbox.set_commit_interval(new.buffer.commit_interval);
+                        commit_interval.send_replace(new.buffer.commit_interval);
                         side.stop();
                         side = SideTasks::start(&new, &outbox, &stats, &live_tx, &tracker);
                         config = new;

@@ -54,11 +54,13 @@ pub fn commit_latency(store: &Path, sensors: usize, run: Duration) -> Latency {
         let sensor = Arc::new(sensor);
         let (tx, rx) = mpsc::channel(READING_QUEUE);
         let (live_tx, _live_rx) = mpsc::channel(256);
+        let (_, no_interval) = tokio::sync::watch::channel(Duration::ZERO);
         let committer = tokio::spawn(committer::run(
             rx,
             outbox.clone(),
             live_tx,
             Arc::new(Stats::default()),
+            no_interval,
         ));
         let t0 = Instant::now();
         let stop = CancellationToken::new();

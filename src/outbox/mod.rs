@@ -69,8 +69,6 @@ struct Inner {
 pub struct Outbox {
     path: PathBuf,
     max_messages: AtomicU64,
-    /// The least time between two commits, in µs (`[buffer] commit_interval`; 0: none).
-    commit_interval_us: AtomicU64,
     inner: Mutex<Inner>,
     dropped: AtomicU64,
     /// Drops not yet logged, and when the last drop line was written ([`DROP_LOG_EVERY`]).
@@ -113,7 +111,6 @@ impl Outbox {
         Ok(Outbox {
             path: path.to_owned(),
             max_messages: AtomicU64::new(max_messages),
-            commit_interval_us: AtomicU64::new(0),
             inner: Mutex::new(inner),
             dropped: AtomicU64::new(0),
             drop_log: Mutex::new((0, None)),
@@ -278,17 +275,6 @@ impl Outbox {
     /// A new bound, applied from the next commit on (a reload).
     pub fn set_max_messages(&self, max_messages: u64) {
         self.max_messages.store(max_messages, Ordering::Relaxed);
-    }
-
-    /// The commit policy: at most one commit per `interval` (zero: commit at once). Applied by
-    /// the committer from its next commit on (at start and on a reload).
-    pub fn set_commit_interval(&self, interval: Duration) {
-        let us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
-        self.commit_interval_us.store(us, Ordering::Relaxed);
-    }
-
-    pub fn commit_interval(&self) -> Duration {
-        Duration::from_micros(self.commit_interval_us.load(Ordering::Relaxed))
     }
 
     /// Readings waiting to be acknowledged (stored and in memory).
