@@ -65,11 +65,7 @@ pub async fn run(
             let topic = r.sensor.topic.clone();
             let retain = r.sensor.retain;
             let plain = r.sensor.format == Format::Plain;
-            let taken_ms = r
-                .taken
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let taken_ms = crate::unix_ms(r.taken);
             match r.sensor.qos {
                 Qos::AtMostOnce => {
                     // Fire and forget: if the publisher is behind, the reading is gone.

@@ -68,6 +68,13 @@ pub struct Reloads {
     pub requests: mpsc::Receiver<()>,
 }
 
+/// `t` in milliseconds since the Unix epoch, as readings and stats carry it (0 before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then stops in order: sensors first, then
 /// the committer (committing what they produced), then the publisher after a grace period for
 /// in-flight acks, and finally a flush of the store. With `reloads`, each request rereads the

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -36,10 +36,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(outbox: &Outbox, stats: &Stats) -> Snapshot {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let now_ms = crate::unix_ms(SystemTime::now());
         Snapshot {
             buffered: outbox.depth(),
             oldest_unsent_age_s: outbox
@@ -97,10 +94,7 @@ pub async fn run(
                 topic: topic.clone(),
                 payload,
                 retain: true,
-                taken_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64,
+                taken_ms: crate::unix_ms(SystemTime::now()),
                 // JSON, with its own time.
                 plain: false,
             });
