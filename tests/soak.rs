@@ -460,16 +460,19 @@ fn soak() {
         sensors.push_str("format = \"json\"\n\n");
         counters.push(c);
     }
-    let cfg = env
-        .config_for_port(proxy.port, "stats_interval = \"1s\"\n", &sensors)
-        .replace(
-            "keep_alive = \"5s\"",
-            &format!("keep_alive = \"{keep_alive}s\"\nprotocol = {protocol}"),
-        )
-        .replace(
-            "max_messages = 500000",
-            &format!("max_messages = {MAX_MESSAGES}"),
-        );
+    let cfg = tweak(
+        env.config_for_port(proxy.port, "stats_interval = \"1s\"\n", &sensors),
+        &[
+            (
+                "keep_alive = \"5s\"",
+                &format!("keep_alive = \"{keep_alive}s\"\nprotocol = {protocol}"),
+            ),
+            (
+                "max_messages = 500000",
+                &format!("max_messages = {MAX_MESSAGES}"),
+            ),
+        ],
+    );
     env.write_config(&cfg);
     env.broker().wait_saved_after(SystemTime::now());
 

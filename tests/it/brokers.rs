@@ -114,16 +114,21 @@ fn toml_path(p: &Path) -> String {
 /// The daemon's config for the TLS listener: `mqtt_extra` goes into `[mqtt]`, `tls` into
 /// `[mqtt.tls]`.
 fn config(env: &Env, tls_port: u16, mqtt_extra: &str, tls: &str, counter: &Counter) -> String {
-    env.config_for_port(
+    let cfg = env.config_for_port(
         tls_port,
         "",
         &counter.sensor_toml("counter", TOPIC, "50ms", 1),
+    );
+    tweak(
+        cfg,
+        &[
+            (
+                "host = \"127.0.0.1\"",
+                &format!("host = \"localhost\"\n{mqtt_extra}"),
+            ),
+            ("[buffer]", &format!("[mqtt.tls]\n{tls}\n\n[buffer]")),
+        ],
     )
-    .replace(
-        "host = \"127.0.0.1\"",
-        &format!("host = \"localhost\"\n{mqtt_extra}"),
-    )
-    .replace("[buffer]", &format!("[mqtt.tls]\n{tls}\n\n[buffer]"))
 }
 
 /// TLS with the test CA and a password from a file: every reading arrives, in order, and the

@@ -340,16 +340,17 @@ fn drive(name: &str, script: Script, keep_alive: &str, min_readings: u64) {
     let mut env = Env::new(name);
     env.on_failure_dump("fake broker", broker.dump_fn(TOPIC));
     let counter = Counter::new(env.dir(), "counter");
-    let cfg = env
-        .config_for_port(
+    let cfg = tweak(
+        env.config_for_port(
             broker.port,
             "",
             &counter.sensor_toml("counter", TOPIC, "10ms", 1),
-        )
-        .replace(
+        ),
+        &[(
             "keep_alive = \"5s\"",
             &format!("keep_alive = \"{keep_alive}\""),
-        );
+        )],
+    );
     env.write_config(&cfg);
     env.daemon.start();
 
@@ -487,16 +488,19 @@ fn fake_broker_sigterm_with_unacked_in_flight() {
     let mut env = Env::new(name);
     env.on_failure_dump("fake broker", broker.dump_fn(TOPIC));
     let counter = Counter::new(env.dir(), "counter");
-    let cfg = env
-        .config_for_port(
+    let cfg = tweak(
+        env.config_for_port(
             broker.port,
             "",
             &counter.sensor_toml("counter", TOPIC, "20ms", 1),
-        )
-        // Long enough that keep-alive does not notice the dead link during the test.
-        .replace("keep_alive = \"5s\"", "keep_alive = \"60s\"")
-        // Every PUBACK here is counted as a reading's: no birth message on this link.
-        .replace("[mqtt]\n", "[mqtt]\nstatus_topic = \"\"\n");
+        ),
+        &[
+            // Long enough that keep-alive does not notice the dead link during the test.
+            ("keep_alive = \"5s\"", "keep_alive = \"60s\""),
+            // Every PUBACK here is counted as a reading's: no birth message on this link.
+            ("[mqtt]\n", "[mqtt]\nstatus_topic = \"\"\n"),
+        ],
+    );
     env.write_config(&cfg);
     env.daemon.start();
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::harness::*;
 use crate::proxy::{Chaos, Mode, Proxy};
@@ -17,24 +17,8 @@ use crate::proxy::{Chaos, Mode, Proxy};
 const TOPIC: &str = "test/counter";
 const BACKLOG: &str = "test/backlog";
 
-/// `cfg` with each `(from, to)` replaced; panics if `from` is not there.
-fn tweak(mut cfg: String, pairs: &[(&str, &str)]) -> String {
-    for (from, to) in pairs {
-        assert!(cfg.contains(from), "{from:?} not in the config");
-        cfg = cfg.replace(from, to);
-    }
-    cfg
-}
-
 fn keep_alive(ka: &str) -> (&'static str, String) {
     ("keep_alive = \"5s\"", format!("keep_alive = \"{ka}\""))
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// A broker and subscriber, a proxy in front of the broker, and the daemon's config pointing
@@ -251,7 +235,7 @@ fn half_open_link() {
     for round in 1..=2 {
         let flowing = counter.value() + rng.range(5, 30);
         counter.wait_value_at_least(flowing, "readings flow before the silence");
-        let silent_at = now_unix();
+        let silent_at = unix_now();
         let seen_before = timed_lines(&env.daemon.log(), "disconnected from the broker").len();
         proxy.set_mode(Mode::Silent);
         let (noticed, line) = wait_for(
@@ -865,7 +849,7 @@ fn store_cannot_be_written() {
         .into_iter()
         .map(|(t, _)| t)
         .collect();
-    let span = now_unix() - failed_at;
+    let span = unix_now() - failed_at;
     let error_lines = log.lines().filter(|l| l.contains("ERROR")).count();
     eprintln!(
         "{name}: {:.1}% CPU; {} store failures in {span:.1} s; {error_lines} ERROR lines",
@@ -1115,7 +1099,7 @@ fn broker_refuses_connection() {
                 && l.contains("not authorized")
         })
     });
-    let t0 = now_unix();
+    let t0 = unix_now();
     counter.wait_value_at_least(counter.value() + 200, "10 s of refusals");
     let attempts: Vec<f64> = timed_lines(&env.daemon.log(), "cannot connect to the broker")
         .into_iter()
@@ -1127,7 +1111,7 @@ fn broker_refuses_connection() {
         "{name}: {} attempts in all, {} in the last {:.1} s; gaps {gaps:.2?}",
         attempts.len(),
         window.len(),
-        now_unix() - t0
+        unix_now() - t0
     );
     assert!(
         window.len() <= 5,

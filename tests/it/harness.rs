@@ -1389,6 +1389,24 @@ pub fn store_depth(path: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("depth_at({}): {e:#}", path.display()))
 }
 
+/// `cfg` with each `(from, to)` replaced; panics if `from` is not there (a config template
+/// that changed must not leave a test running with settings it did not ask for).
+pub fn tweak(mut cfg: String, pairs: &[(&str, &str)]) -> String {
+    for (from, to) in pairs {
+        assert!(cfg.contains(from), "{from:?} not in the config:\n{cfg}");
+        cfg = cfg.replace(from, to);
+    }
+    cfg
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// A one-worker tokio runtime and a listener on a free 127.0.0.1 port: what each in-test
 /// network component (the proxy, the scripted brokers) runs on, apart from the test thread.
 pub fn loopback_server() -> (tokio::runtime::Runtime, tokio::net::TcpListener, u16) {

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::harness::*;
 
@@ -27,15 +27,11 @@ fn env_v5(name: &str, broker_extra: &str) -> Env {
 
 /// The env's config with `mqtt` lines added to `[mqtt]` (protocol = 5 among them).
 fn config_v5(env: &Env, mqtt: &str, sensors: &str) -> String {
-    env.config("stats_interval = \"1s\"\n", sensors)
-        .replace("[mqtt]\n", &format!("[mqtt]\nprotocol = 5\n{mqtt}\n"))
-}
-
-fn now_s() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
+    let protocol = format!("[mqtt]\nprotocol = 5\n{mqtt}\n");
+    tweak(
+        env.config("stats_interval = \"1s\"\n", sensors),
+        &[("[mqtt]\n", &protocol)],
+    )
 }
 
 /// The `ts` user property of a message (`key:value` words from mosquitto_sub's `%P`), as Unix
@@ -170,10 +166,10 @@ fn mqtt5_max_age_drops_stale_readings() {
     let sub = env.sub.take().unwrap();
     let (id, port) = (sub.id.clone(), env.port());
     sub.stop();
-    let away = now_s();
+    let away = unix_now();
     let upto = counter.value();
     counter.wait_value_at_least(upto + 40, "readings while the subscriber is away");
-    wait_until(DEADLINE, "6 s away", || now_s() - away >= 6.0);
+    wait_until(DEADLINE, "6 s away", || unix_now() - away >= 6.0);
     let before_return = counter.value();
     env.sub = Some(Subscriber::start_v5(env.dir(), port, &id));
     counter.wait_value_at_least(before_return + 10, "readings after the return");

@@ -221,13 +221,6 @@ fn lock(state: &Mutex<ProxyState>) -> MutexGuard<'_, ProxyState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 /// Seconds since the Unix epoch, for event lines that can be set against the daemon's log.
 fn stamp() -> String {
     format!("{:.3}", unix_now())
