@@ -28,8 +28,7 @@ pub(super) struct Connection {
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Link>,
     /// Set by the feeder when the broker stops acknowledging: drop the link and reconnect.
-    /// The value says why, for the log.
-    pub reconnect: watch::Receiver<&'static str>,
+    pub reconnect: watch::Receiver<()>,
 }
 
 /// Runs until `stop` (cancelled once the feeder is done) or until the feeder is gone.
@@ -50,7 +49,10 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
             biased;
             _ = stop.cancelled() => break,
             changed = c.reconnect.changed(), if connected => match changed {
-                Ok(()) => Err((*c.reconnect.borrow_and_update()).to_owned()),
+                Ok(()) => {
+                    c.reconnect.borrow_and_update();
+                    Err("the broker stopped acknowledging publishes".to_owned())
+                }
                 Err(_) => break,
             },
             polled = eventloop.poll() => polled,
@@ -163,9 +165,10 @@ async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bo
 /// The events the feeder needs; CONNACKs are handled by the loop itself.
 fn translate(event: Event) -> Option<Link> {
     match event {
-        Event::Sent(pkid) => Some(Link::Sent(pkid)),
-        Event::Acked { pkid, code, reason } => Some(Link::Acked { pkid, code, reason }),
-        Event::Message { topic, payload } => Some(Link::Message { topic, payload }),
+        Event::Sent(_)
+        | Event::Acked { .. }
+        | Event::Message { .. }
+        | Event::SubscribeRefused { .. } => Some(Link::Wire(event)),
         Event::AwaitAck(pkid) => {
             debug!(pkid, "packet id still in use; rumqttc waits for its ack");
             None

@@ -9,17 +9,18 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
 use super::properties::{self, Fate, Properties, Stamp};
-use super::protocol::Client;
+use super::protocol::{Client, Event};
 use super::puback::{self, Verdict};
 use super::unsent::{EXPIRE_BATCH, Unsent};
 use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
 use crate::Stats;
 use crate::config::Availability;
 use crate::homeassistant::Discovery;
+use crate::logging::Throttle;
 use crate::outbox::Outbox;
 
 /// The first pause before a reading the broker could not take (MQTT 5 "retry" reason codes)
@@ -91,19 +92,21 @@ struct Feeder {
     retry_backoff: Backoff,
     /// The reading last refused with a "retry" code: its successful ack ends the backoff.
     retrying: Option<u64>,
-    reconnect: watch::Sender<&'static str>,
+    reconnect: watch::Sender<()>,
     reconnect_requested: bool,
     availability: Option<Availability>,
     discovery: watch::Receiver<Option<Discovery>>,
     /// Retained QoS 1 messages that are not readings (birth, discovery), sent before the
     /// backlog as the window allows.
     control: VecDeque<(String, Vec<u8>)>,
+    /// A refused subscription is logged once per cause, not at every reconnect.
+    subscribe_log: Throttle,
 }
 
 pub(super) struct Channels {
     pub link: mpsc::Receiver<Link>,
     pub live: mpsc::Receiver<LiveMessage>,
-    pub reconnect: watch::Sender<&'static str>,
+    pub reconnect: watch::Sender<()>,
     pub availability: Option<Availability>,
     pub discovery: watch::Receiver<Option<Discovery>>,
 }
@@ -146,6 +149,7 @@ pub(super) async fn run(
         availability,
         discovery,
         control: VecDeque::new(),
+        subscribe_log: Throttle::default(),
     };
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
@@ -187,7 +191,7 @@ pub(super) async fn run(
             _ = sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
                 warn!(waited = ?f.settings.ack_timeout, "no acknowledgement from the broker: reconnecting");
                 f.reconnect_requested = true;
-                f.reconnect.send_replace("the broker stopped acknowledging publishes");
+                f.reconnect.send_replace(());
             }
             _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
                 // Start over from the first key: the refused reading goes out again first
@@ -351,9 +355,9 @@ impl Feeder {
                     self.announce(&d);
                 }
             }
-            Link::Message { topic, payload } => self.message(&topic, &payload),
-            Link::Sent(0) => {} // QoS 0: nothing to track
-            Link::Sent(pkid) => match self.not_sent.pop_front() {
+            Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
+            Link::Wire(Event::Sent(0)) => {} // QoS 0: nothing to track
+            Link::Wire(Event::Sent(pkid)) => match self.not_sent.pop_front() {
                 Some(index) => {
                     if let Some(old) = self.inflight.insert(pkid, index) {
                         warn!(
@@ -367,7 +371,7 @@ impl Feeder {
                 }
                 None => warn!(pkid, "publish event with no reading queued"),
             },
-            Link::Acked { pkid, code, reason } => {
+            Link::Wire(Event::Acked { pkid, code, reason }) => {
                 let done = self
                     .inflight
                     .remove(&pkid)
@@ -377,6 +381,12 @@ impl Feeder {
                     None => debug!(pkid, "ack for a packet id not in flight"),
                 }
             }
+            Link::Wire(Event::SubscribeRefused { reasons }) => {
+                if self.subscribe_log.admit(&reasons).is_some() {
+                    error!(%reasons, "the broker refused the Home Assistant subscription: sensors are not announced again when Home Assistant restarts, and entities of removed sensors are not removed; check the broker's ACL");
+                }
+            }
+            Link::Wire(_) => {}
             Link::Down(done) => {
                 // Everything unacknowledged is still in the outbox and is read again, in key
                 // order, after the next CONNACK, whatever `session_present` says.

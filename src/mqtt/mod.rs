@@ -61,17 +61,9 @@ pub fn stall_limit(keep_alive: Duration) -> Duration {
 enum Link {
     /// Connected; rumqttc cycles through `slots` packet ids on this link.
     Connected { slots: usize },
-    /// A publish left with this packet id (0 for QoS 0).
-    Sent(u16),
-    /// The broker answered this packet id: `code` is the MQTT 5 reason code (0 on 3.1.1),
-    /// `reason` the broker's own words, if any.
-    Acked {
-        pkid: u16,
-        code: u8,
-        reason: Option<String>,
-    },
-    /// A message on one of our subscriptions (Home Assistant's status, discovery topics).
-    Message { topic: String, payload: Vec<u8> },
+    /// What the feeder needs of the wire: a publish sent, a PUBACK, a message on one of our
+    /// subscriptions (Home Assistant's status, discovery topics), a refused subscription.
+    Wire(protocol::Event),
     /// The connection is gone. The feeder forgets what was in flight and replies, after which
     /// nothing it queued earlier can still be sent.
     Down(oneshot::Sender<()>),
@@ -99,7 +91,7 @@ impl Publisher {
         // Room for a full window plus QoS 0 live readings; try_publish never waits.
         let (client, eventloop) = protocol::connect(cfg, WINDOW * 2 + 64);
         let (link_tx, link_rx) = mpsc::channel(1024);
-        let (reconnect_tx, reconnect_rx) = watch::channel("");
+        let (reconnect_tx, reconnect_rx) = watch::channel(());
         let stop = CancellationToken::new();
         let link_done = CancellationToken::new();
         // Longer than keep-alive takes to notice a dead link, so this only fires on a broker

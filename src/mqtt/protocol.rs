@@ -58,6 +58,12 @@ pub(super) enum Event {
         topic: String,
         payload: Vec<u8>,
     },
+    /// The broker refused (some of) our SUBSCRIBE's filters: `reasons`, as rumqttc names
+    /// them. rumqttc's own warning about it is silenced with the rest of its per-packet
+    /// warnings (logging.rs).
+    SubscribeRefused {
+        reasons: String,
+    },
     /// rumqttc waits for this packet id's ack before sending more ("collision").
     AwaitAck(u16),
     /// Our DISCONNECT left.
@@ -253,14 +259,26 @@ fn qos5(qos: QoS) -> r5::mqttbytes::QoS {
     }
 }
 
+/// What rumqttc reports of its own sends: the same type for both protocols.
+fn from_outgoing(outgoing: rumqttc::Outgoing) -> Event {
+    use rumqttc::Outgoing;
+    match outgoing {
+        Outgoing::Publish(pkid) => Event::Sent(pkid),
+        Outgoing::AwaitAck(pkid) => Event::AwaitAck(pkid),
+        Outgoing::Disconnect => Event::DisconnectSent,
+        _ => Event::Other,
+    }
+}
+
 fn from_v4(event: rumqttc::Event) -> Event {
-    use rumqttc::{Event as E, Outgoing, Packet};
+    use rumqttc::mqttbytes::v4::SubscribeReasonCode;
+    use rumqttc::{Event as E, Packet};
     match event {
         E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
             session_present: ack.session_present,
             slots: PKID_SLOTS,
         },
-        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Outgoing(o) => from_outgoing(o),
         E::Incoming(Packet::PubAck(ack)) => Event::Acked {
             pkid: ack.pkid,
             code: 0,
@@ -271,15 +289,17 @@ fn from_v4(event: rumqttc::Event) -> Event {
             topic: p.topic,
             payload: p.payload.to_vec(),
         },
-        E::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
-        E::Outgoing(Outgoing::Disconnect) => Event::DisconnectSent,
+        E::Incoming(Packet::SubAck(ack)) => refused_subscription(
+            ack.return_codes
+                .iter()
+                .filter(|c| !matches!(c, SubscribeReasonCode::Success(_))),
+        ),
         _ => Event::Other,
     }
 }
 
 fn from_v5(event: r5::Event) -> Event {
     use r5::{Event as E, Incoming};
-    use rumqttc::Outgoing;
     match event {
         E::Incoming(Incoming::ConnAck(ack)) => Event::ConnAck {
             session_present: ack.session_present,
@@ -290,7 +310,7 @@ fn from_v5(event: r5::Event) -> Event {
                 None => PKID_SLOTS,
             },
         },
-        E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
+        E::Outgoing(o) => from_outgoing(o),
         E::Incoming(Incoming::PubAck(ack)) => Event::Acked {
             pkid: ack.pkid,
             code: puback_code(ack.reason),
@@ -301,9 +321,25 @@ fn from_v5(event: r5::Event) -> Event {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
             payload: p.payload.to_vec(),
         },
-        E::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
-        E::Outgoing(Outgoing::Disconnect) => Event::DisconnectSent,
+        E::Incoming(Incoming::SubAck(ack)) => refused_subscription(
+            ack.return_codes
+                .iter()
+                .filter(|c| !matches!(c, p5::SubscribeReasonCode::Success(_))),
+        ),
         _ => Event::Other,
+    }
+}
+
+/// `SubscribeRefused` if any SUBACK code is a refusal.
+fn refused_subscription<C: std::fmt::Debug>(mut refused: impl Iterator<Item = C>) -> Event {
+    match refused.next() {
+        None => Event::Other,
+        Some(first) => {
+            let rest: String = refused.map(|c| format!(", {c:?}")).collect();
+            Event::SubscribeRefused {
+                reasons: format!("{first:?}{rest}"),
+            }
+        }
     }
 }
 
@@ -366,6 +402,28 @@ mod tests {
         assert_eq!(slots(connack(Some(1000))), PKID_SLOTS);
         assert_eq!(slots(connack(None)), PKID_SLOTS);
         assert_eq!(slots(connack(Some(0))), 1);
+    }
+
+    #[test]
+    fn a_refused_subscription_is_reported_on_both_protocols() {
+        use rumqttc::mqttbytes::v4;
+        let v4 = |codes| {
+            from_v4(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(
+                v4::SubAck::new(1, codes),
+            )))
+        };
+        let ok = v4::SubscribeReasonCode::Success(QoS::AtLeastOnce);
+        assert!(matches!(v4(vec![ok, ok]), Event::Other));
+        assert!(matches!(
+            v4(vec![ok, v4::SubscribeReasonCode::Failure]),
+            Event::SubscribeRefused { reasons } if reasons == "Failure"
+        ));
+        let v5 = from_v5(r5::Event::Incoming(r5::Incoming::SubAck(p5::SubAck {
+            pkid: 1,
+            return_codes: vec![p5::SubscribeReasonCode::NotAuthorized],
+            properties: None,
+        })));
+        assert!(matches!(v5, Event::SubscribeRefused { reasons } if reasons == "NotAuthorized"));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason, SubAck,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,8 @@ struct Script {
     ack_batch: Vec<usize>,
     /// The CONNACK's Server Keep Alive, on every connection.
     server_keep_alive: Option<u16>,
+    /// Every SUBSCRIBE is answered 0x87 Not authorized, filter by filter.
+    refuse_subscriptions: bool,
     /// The n-th PUBLISH over the broker's life (1-based) is answered with this reason code.
     refuse: HashMap<usize, PubAckReason>,
 }
@@ -51,6 +54,7 @@ struct State {
     /// Per connection: the most publishes that were unacknowledged at once.
     max_unacked: Vec<usize>,
     pings: usize,
+    subscribes: usize,
 }
 
 struct FakeBroker {
@@ -252,6 +256,20 @@ async fn serve(
                 lock(state).pings += 1;
                 write(&mut sock, Packet::PingResp(PingResp)).await
             }
+            Packet::Subscribe(sub) => {
+                lock(state).subscribes += 1;
+                let code = if script.refuse_subscriptions {
+                    SubscribeReasonCode::NotAuthorized
+                } else {
+                    SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                };
+                let ack = SubAck {
+                    pkid: sub.pkid,
+                    return_codes: vec![code; sub.filters.len()],
+                    properties: None,
+                };
+                write(&mut sock, Packet::SubAck(ack)).await
+            }
             Packet::Disconnect(_) => return "DISCONNECT from the client".into(),
             other => {
                 log.push(format!("conn {conn}: unexpected {other:?}"));
@@ -265,18 +283,23 @@ async fn serve(
 }
 
 /// The daemon on MQTT 5 with a 10 ms counter against `broker`.
-fn start_daemon(name: &str, broker: &FakeBroker) -> (Env, Counter) {
+/// `tables`: more config before the sensor (e.g. a `[homeassistant]` table).
+fn start_daemon(name: &str, broker: &FakeBroker, tables: &str) -> (Env, Counter) {
     let mut env = Env::new(name);
     let log = broker.log.clone();
     env.on_failure_dump("fake broker", move || log.text());
     let counter = Counter::new(env.dir(), "counter");
-    let cfg = env
-        .config_for_port(
+    let cfg = tweak(
+        env.config_for_port(
             broker.port,
             "",
-            &counter.sensor_toml("counter", TOPIC, "10ms", 1),
-        )
-        .replace("[mqtt]\n", "[mqtt]\nprotocol = 5\n");
+            &format!(
+                "{tables}\n{}",
+                counter.sensor_toml("counter", TOPIC, "10ms", 1)
+            ),
+        ),
+        &[("[mqtt]\n", "[mqtt]\nprotocol = 5\n")],
+    );
     env.write_config(&cfg);
     env.daemon.start();
     (env, counter)
@@ -298,7 +321,7 @@ fn fake_broker_v5_retry_codes_resend() {
         ..Script::default()
     };
     let broker = FakeBroker::start(script);
-    let (mut env, counter) = start_daemon("fake_broker_v5_retry_codes", &broker);
+    let (mut env, counter) = start_daemon("fake_broker_v5_retry_codes", &broker, "");
     let accepted = broker.accepted_fn();
     wait_until(DEADLINE * 2, "the three refusals are behind us", || {
         let s = broker.state();
@@ -349,7 +372,7 @@ fn fake_broker_v5_receive_maximum_lowered_on_reconnect() {
         ..Script::default()
     };
     let broker = FakeBroker::start(script);
-    let (mut env, counter) = start_daemon("fake_broker_v5_receive_maximum", &broker);
+    let (mut env, counter) = start_daemon("fake_broker_v5_receive_maximum", &broker, "");
     let accepted = broker.accepted_fn();
     wait_until(
         DEADLINE * 2,
@@ -394,7 +417,7 @@ fn fake_broker_v5_server_keep_alive_zero() {
         ..Script::default()
     };
     let broker = FakeBroker::start(script);
-    let (mut env, counter) = start_daemon("fake_broker_v5_server_keep_alive", &broker);
+    let (mut env, counter) = start_daemon("fake_broker_v5_server_keep_alive", &broker, "");
     let accepted = broker.accepted_fn();
     counter.wait_value_at_least(300, "3 s of readings");
     let buffer = env.buffer_path();
@@ -413,4 +436,44 @@ fn fake_broker_v5_server_keep_alive_zero() {
         "{} PINGREQs in a few seconds at a 5 s keep-alive",
         s.pings
     );
+}
+
+/// A broker that refuses the Home Assistant subscription (SUBACK 0x87; Mosquitto 2.0 grants
+/// an ACL-denied subscription and filters it instead). The daemon says so once, in its own
+/// words (rumqttc's per-packet warnings are silenced), and not again when it subscribes on
+/// the next link; the readings go on.
+#[test]
+fn fake_broker_v5_refused_subscription_is_logged_once() {
+    let script = Script {
+        refuse_subscriptions: true,
+        drop_after: vec![Some(50)],
+        ..Script::default()
+    };
+    let broker = FakeBroker::start(script);
+    let (mut env, counter) = start_daemon(
+        "fake_broker_v5_refused_subscription",
+        &broker,
+        "[homeassistant]\ndevice_name = \"Garden Pi\"\n",
+    );
+    let accepted = broker.accepted_fn();
+    wait_until(DEADLINE, "a subscription on the second link", || {
+        broker.state().subscribes >= 2
+    });
+    let buffer = env.buffer_path();
+    drain_and_stop_by(
+        &mut env.daemon,
+        &buffer,
+        &counter,
+        &accepted,
+        "the fake broker",
+        0,
+    );
+    let log = env.daemon.log();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused the Home Assistant subscription"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("ERROR") && refused[0].contains("NotAuthorized"));
+    assert!(!log.contains("SubAck"), "rumqttc's own warning got through");
 }
