@@ -90,7 +90,8 @@ struct Feeder {
     /// the first key, so the refused reading goes out again, first.
     hold_until: Option<Instant>,
     retry_backoff: Backoff,
-    /// The reading last refused with a "retry" code: its successful ack ends the backoff.
+    /// The reading last refused with a "retry" code: its successful ack ends the backoff (so
+    /// does its expiry; a generation change forgets it).
     retrying: Option<u64>,
     reconnect: watch::Sender<()>,
     reconnect_requested: bool,
@@ -253,6 +254,7 @@ impl Feeder {
             // reading starts over.
             self.generation = generation;
             self.cursor = None;
+            self.retrying = None;
             for o in self.outstanding.values_mut() {
                 o.key = None;
             }
@@ -284,6 +286,11 @@ impl Feeder {
                     Fate::Send(props) => props,
                     Fate::TooOld { age } => {
                         self.unsent.expired(key, age);
+                        if self.retrying == Some(key) {
+                            // Its ack will never come: the episode ends here.
+                            self.retrying = None;
+                            self.retry_backoff.reset();
+                        }
                         continue;
                     }
                 };

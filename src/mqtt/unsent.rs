@@ -24,11 +24,26 @@ pub(super) struct Unsent {
     /// Keys to delete unsent at the next [`Unsent::apply`], with the oldest one's age.
     expired: Vec<u64>,
     oldest_expired: Duration,
-    /// One throttle per (code, topic): an ACL that denies several topics must not turn into one
-    /// line per reading as the topics take turns.
-    refused_log: HashMap<(u8, String), Throttle>,
-    retry_log: HashMap<(u8, String), Throttle>,
+    refused_log: PerCause,
+    retry_log: PerCause,
     expired_log: Throttle,
+}
+
+/// One throttle per topic and code: an ACL that denies several topics must not turn into one
+/// line per reading as the topics take turns.
+#[derive(Default)]
+struct PerCause(HashMap<String, HashMap<u8, Throttle>>);
+
+impl PerCause {
+    /// `Some(held back)` when `code` on `topic` is to be logged now. A topic is copied only the
+    /// first time it is refused, not at every refusal.
+    fn admit(&mut self, code: u8, topic: &str) -> Option<u64> {
+        if !self.0.contains_key(topic) {
+            self.0.insert(topic.to_owned(), HashMap::new());
+        }
+        let codes = self.0.get_mut(topic).expect("just inserted");
+        codes.entry(code).or_default().admit("")
+    }
 }
 
 impl Unsent {
@@ -37,11 +52,7 @@ impl Unsent {
     pub fn refused(&mut self, key: Option<u64>, topic: &str, code: u8, reason: Option<&str>) {
         let what = puback::name(code);
         let reason = reason.unwrap_or("");
-        let throttle = self
-            .refused_log
-            .entry((code, topic.to_owned()))
-            .or_default();
-        if let Some(suppressed) = throttle.admit("") {
+        if let Some(suppressed) = self.refused_log.admit(code, topic) {
             match key {
                 Some(_) => {
                     error!(%topic, code = %format_args!("{code:#04x}"), what, reason, suppressed, "the broker refused a reading for good: moved to the store's quarantine (`telemetryd buffer` counts them); check the broker's ACL for this topic")
@@ -58,8 +69,7 @@ impl Unsent {
     pub fn retry(&mut self, topic: &str, code: u8, reason: Option<&str>, pause: Duration) {
         let what = puback::name(code);
         let reason = reason.unwrap_or("");
-        let throttle = self.retry_log.entry((code, topic.to_owned())).or_default();
-        match throttle.admit("") {
+        match self.retry_log.admit(code, topic) {
             Some(suppressed) => {
                 warn!(%topic, code = %format_args!("{code:#04x}"), what, reason, suppressed, ?pause, "the broker did not take a reading; sending it again after a pause")
             }

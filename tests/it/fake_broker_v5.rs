@@ -308,7 +308,8 @@ fn start_daemon(name: &str, broker: &FakeBroker, tables: &str) -> (Env, Counter)
 /// PUBACK 0x97 Quota exceeded for two publishes in a row and 0x80 Unspecified error for a
 /// later one: each refused reading stays in the store and goes out again after a pause, no
 /// new reading is sent meanwhile beyond those already in flight, every reading is accepted
-/// in the end, the warning names the code, and the store ends empty.
+/// in the end, the warning names the code, the store ends empty, and the pause is one
+/// backoff step per episode, reset once the retried reading is accepted.
 #[test]
 fn fake_broker_v5_retry_codes_resend() {
     use PubAckReason::{QuotaExceeded, UnspecifiedError};
@@ -356,6 +357,37 @@ fn fake_broker_v5_retry_codes_resend() {
         );
     }
     assert_eq!(s.connections, 1, "a retry code must not cost the link");
+    // The pause: 1 s for the first refusal; the second one, in the same episode (in flight
+    // together), waits out the same pause rather than a doubled one; after the retried reading
+    // was accepted the backoff starts again at 1 s for the third.
+    let pauses: Vec<f64> = env
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("the broker did not take a reading"))
+        .map(|l| duration_s(log_field(l, "pause").expect("a pause field")))
+        .collect();
+    assert_eq!(pauses.len(), 3, "{pauses:?}");
+    assert!(
+        pauses.iter().all(|&p| p <= 1.0),
+        "pauses {pauses:?}: the backoff grew"
+    );
+}
+
+/// A `Duration`'s Debug text ("999.8ms", "1s") in seconds.
+fn duration_s(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().unwrap_or_else(|_| panic!("duration {text:?}"));
+    n * match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" => 1e-6,
+        "ns" => 1e-9,
+        _ => panic!("duration {text:?}"),
+    }
 }
 
 /// Receive Maximum 100 on the first connection, dropped mid-stream; 4 on the second, dropped
