@@ -45,8 +45,9 @@ struct Outstanding {
     /// The store key it carries; `None` for control messages, and once the outbox generation
     /// changed under it (its ack must then delete nothing).
     key: Option<u64>,
-    /// For the log, should the broker refuse it.
-    topic: String,
+    /// A control message's topic, for the log should the broker refuse it. A reading's is
+    /// looked up in the store then (refusals are rare; a copy per publish is not).
+    control_topic: Option<String>,
     since: Instant,
 }
 
@@ -56,8 +57,6 @@ pub(super) struct Settings {
     pub ack_timeout: Duration,
     /// `[mqtt] max_age`: older readings are dropped unsent.
     pub max_age: Option<Duration>,
-    /// MQTT 5: publish properties and PUBACK reason codes apply.
-    pub v5: bool,
 }
 
 struct Feeder {
@@ -272,9 +271,13 @@ impl Feeder {
             if batch.is_empty() {
                 break;
             }
+            // Only after a rewind can a key read now still be in flight.
+            let in_flight_max = self.outstanding.values().filter_map(|o| o.key).max();
             for (key, record) in batch {
                 self.cursor = Some(key);
-                if self.outstanding.values().any(|o| o.key == Some(key)) {
+                if in_flight_max.is_some_and(|max| key <= max)
+                    && self.outstanding.values().any(|o| o.key == Some(key))
+                {
                     continue; // still in flight from before a rewind
                 }
                 let stamp = Stamp {
@@ -294,7 +297,6 @@ impl Feeder {
                         continue;
                     }
                 };
-                let topic = record.topic.clone();
                 if let Err(e) = self.client.try_publish(
                     record.topic,
                     QoS::AtLeastOnce,
@@ -307,7 +309,7 @@ impl Feeder {
                     debug!(error = %e, "publish request not accepted");
                     break;
                 }
-                self.track(Some(key), topic);
+                self.track(Some(key), None);
             }
         }
         self.apply_unsent();
@@ -315,14 +317,14 @@ impl Feeder {
     }
 
     /// Records a QoS 1 publish just handed to the client, before its event can arrive.
-    fn track(&mut self, key: Option<u64>, topic: String) {
+    fn track(&mut self, key: Option<u64>, control_topic: Option<String>) {
         let index = self.next_index;
         self.next_index += 1;
         self.outstanding.insert(
             index,
             Outstanding {
                 key,
-                topic,
+                control_topic,
                 since: Instant::now(),
             },
         );
@@ -427,7 +429,7 @@ impl Feeder {
             if accepted.is_err() {
                 return;
             }
-            self.track(None, topic);
+            self.track(None, Some(topic));
         }
     }
 
@@ -444,7 +446,10 @@ impl Feeder {
                     }
                 }
             }
-            Verdict::Quarantine => self.unsent.refused(o.key, &o.topic, code, reason),
+            Verdict::Quarantine => {
+                let topic = self.topic_of(&o);
+                self.unsent.refused(o.key, &topic, code, reason)
+            }
             Verdict::Retry => {
                 // One pause per episode: a whole window refused at once (quota exceeded) must
                 // not step the backoff once per publish.
@@ -453,7 +458,8 @@ impl Feeder {
                     None => Instant::now() + self.retry_backoff.next_delay(),
                 };
                 let pause = until.saturating_duration_since(Instant::now());
-                self.unsent.retry(&o.topic, code, reason, pause);
+                let topic = self.topic_of(&o);
+                self.unsent.retry(&topic, code, reason, pause);
                 // Stays in the store; the rewind after the pause sends it again. A control
                 // message is only retried on the next connect.
                 self.retrying = o.key.or(self.retrying);
@@ -463,7 +469,20 @@ impl Feeder {
     }
 
     fn fate(&self, stamp: Stamp, now_ms: u64) -> Fate {
-        properties::fate(stamp, self.settings.max_age, self.settings.v5, now_ms)
+        properties::fate(stamp, self.settings.max_age, self.client.is_v5(), now_ms)
+    }
+
+    /// The topic of a refused publish, for the log.
+    fn topic_of(&self, o: &Outstanding) -> String {
+        let stored = o.key.and_then(|key| {
+            let next = self.outbox.read_after(key.checked_sub(1), 1);
+            next.into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, r)| r.topic)
+        });
+        stored
+            .or_else(|| o.control_topic.clone())
+            .unwrap_or_else(|| "(no longer in the store)".into())
     }
 
     fn apply_unsent(&mut self) {

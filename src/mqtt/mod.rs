@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::Stats;
-use crate::config::{MqttConfig, Protocol};
+use crate::config::MqttConfig;
 use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
 
@@ -107,7 +107,7 @@ impl Publisher {
         let connection = tokio::spawn(connection::run(eventloop, conn, link_done.clone()));
         let feeder_stop = stop.clone();
         let availability = cfg.availability.clone();
-        let (cfg_max_age, cfg_v5) = (cfg.max_age, cfg.protocol == Protocol::V5);
+        let cfg_max_age = cfg.max_age;
         let feeder = tokio::spawn(async move {
             // Even if the feeder panics, the connection task must stop, or shutdown would hang.
             let _stop_connection = link_done.drop_guard();
@@ -121,7 +121,6 @@ impl Publisher {
             let settings = feeder::Settings {
                 ack_timeout,
                 max_age: cfg_max_age,
-                v5: cfg_v5,
             };
             feeder::run(client, outbox, channels, stats, settings, feeder_stop).await
         });

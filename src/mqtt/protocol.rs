@@ -134,6 +134,11 @@ pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
 }
 
 impl Client {
+    /// MQTT 5: publish properties and PUBACK reason codes apply.
+    pub fn is_v5(&self) -> bool {
+        matches!(self, Client::V5(_))
+    }
+
     /// Queues a publish without waiting. MQTT 3.1.1 has no properties: they are left out.
     pub fn try_publish(
         &self,
