@@ -2,7 +2,9 @@
 //! four counter sensors (20, 40, 70 and 100 ms), and a seeded random schedule of faults for a
 //! bounded time. At the end it prints ONE summary line and fails on any reading missing
 //! without a fault that explains it, any reorder of first deliveries (per sensor, and across
-//! sensors by `seq`), RSS growth over the last daemon run, or a store beyond its bound.
+//! sensors by `seq`), RSS growth over the last daemon run (when it lasts 30 s or more), a
+//! store on disk out of proportion to the backlog it held (space not reclaimed), or a store
+//! ever taken for damaged. The readings bound is not reached here (see [`MAX_MESSAGES`]).
 //!
 //! `cargo test` runs the short mode (120 s). A person runs the long mode:
 //!
@@ -643,11 +645,6 @@ fn soak() {
         .filter_map(|l| log_field(l, "buffered")?.parse::<u64>().ok())
         .max()
         .unwrap_or(0);
-    if peak_buffered > MAX_MESSAGES {
-        problems.push(format!(
-            "{peak_buffered} readings buffered, bound {MAX_MESSAGES}"
-        ));
-    }
     // Nothing here damages the store: a store taken for damaged (sled's own error, or the
     // durable mark above what sled recovered after a SIGKILL) would be a false alarm that moves
     // the backlog aside.
@@ -663,11 +660,13 @@ fn soak() {
     if damaged > 0 {
         problems.push(format!("the store was taken for damaged {damaged} times"));
     }
-    // About 280 bytes a reading plus sled's own space; 1 KiB a reading and 16 MiB is generous.
-    let store_limit = MAX_MESSAGES * 1024 + 16 * 1024 * 1024;
+    // About 280 bytes a reading plus sled's own space; 1 KiB a reading and 16 MiB is generous,
+    // and a store that does not reclaim what was delivered outgrows it.
+    let store_limit = peak_buffered * 1024 + 16 * 1024 * 1024;
     if soak.peak_store_bytes > store_limit {
         problems.push(format!(
-            "the store took {} bytes on disk (limit {store_limit} for {MAX_MESSAGES} readings)",
+            "the store took {} bytes on disk (limit {store_limit} for at most {peak_buffered} \
+             readings buffered)",
             soak.peak_store_bytes
         ));
     }
