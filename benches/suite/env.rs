@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::harness::{
-    Broker, Proc, cpu_time, io_write_bytes, log_file, mosquitto_bin, read_lossy, status_number,
-    wait_for,
+    Broker, Proc, cpu_time, io_write_bytes, log_field, log_file, log_systime, mosquitto_bin,
+    read_lossy, status_number, wait_for,
 };
 
 /// How long a stopping daemon may take: the shutdown grace for in-flight acks (5 s) and the
@@ -98,27 +98,18 @@ pub struct Summary {
     pub connected: bool,
 }
 
-fn log_time(line: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(line.split_whitespace().next()?).ok()
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
 fn parse_summary(line: &str) -> Option<Summary> {
     if !line.contains(" summary ") {
         return None;
     }
-    let num = |k| field(line, k)?.parse().ok();
+    let num = |k| log_field(line, k)?.parse().ok();
     Some(Summary {
-        at: log_time(line)?,
+        at: log_systime(line)?,
         readings: num("readings")?,
         published: num("published")?,
         buffered: num("buffered")?,
         dropped: num("dropped")?,
-        connected: field(line, "connected")? == "true",
+        connected: log_field(line, "connected")? == "true",
     })
 }
 
@@ -280,18 +271,6 @@ pub fn proc_stats(pid: u32) -> Option<ProcStats> {
         cpu: cpu_time(pid)?,
         write_bytes: io_write_bytes(pid).unwrap_or(0),
     })
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("create the copy");
-    for e in fs::read_dir(from).expect("read the template").flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).expect("copy a store file");
-        }
-    }
 }
 
 /// The size of `bin` once stripped (`strip` on a copy), or unstripped if `strip` is missing.

@@ -18,8 +18,10 @@
 //! logs) in place, for a look after a failure.
 //!
 //! A Markdown table goes to stdout (each figure the median of the runs), progress to stderr.
-//! Every run checks that it did what it claims: all readings delivered, none dropped, clean
-//! stops. No timing is ever checked: these machines are noisy.
+//! Every run checks what its figure rests on: the drain and the big backlog, every reading
+//! acknowledged and the store empty; footprint and wear, a clean stop without warnings with at
+//! most the readings taken as the stop came left in the store; ingest and latency (no
+//! broker), the readings committed. No timing is ever checked: these machines are noisy.
 
 // The integration tests' process harness (Proc, Broker, polling, /proc readings), shared rather
 // than copied, as tests/soak.rs does.

@@ -604,17 +604,6 @@ fn backlog_then_stop(env: &mut Env, counter: &Counter) -> u64 {
     n
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// The damaged-store log line and the directory it names.
 fn damaged_store_moved(env: &Env) -> Option<std::path::PathBuf> {
     let log = env.daemon.log();

@@ -1589,41 +1589,67 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
 /// broker away would have left it: `count` readings on `topic` with payloads `1..=count`,
 /// through the daemon's own outbox code. Returns how long it took.
 pub fn prefill_store(path: &Path, topic: &str, count: u64) -> Duration {
-    use telemetryd::outbox::{Outbox, Record};
     let t0 = Instant::now();
-    let outbox = Outbox::open(path, 10_000_000).expect("open the store to prefill it");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let mut value = 1;
-    while value <= count {
-        let end = (value + 10_000).min(count + 1);
-        let batch = (value..end)
-            .map(|v| {
-                let record = Record {
-                    topic: topic.to_string(),
-                    payload: v.to_string().into_bytes(),
-                    retain: false,
-                    taken_ms: now_ms,
-                    plain: true,
-                };
-                (outbox.next_seq(), record)
-            })
-            .collect();
-        outbox.commit(batch);
-        value = end;
-    }
-    assert_eq!(outbox.depth(), count, "prefilled store depth");
-    outbox.close();
-    drop(outbox);
+    let taken_ms = telemetryd::unix_ms(std::time::SystemTime::now());
+    prefill_store_with(path, count, |i, _seq| telemetryd::outbox::Record {
+        topic: topic.to_string(),
+        payload: (i + 1).to_string().into_bytes(),
+        retain: false,
+        taken_ms,
+        plain: true,
+    });
     t0.elapsed()
 }
 
-/// Unix seconds of a log line that starts with an RFC 3339 timestamp.
+/// Fills the store at `path` (daemon stopped) with `count` readings, the i-th (from 0, with
+/// its sequence number) made by `record`, in commits of 10,000, and closes it cleanly.
+pub fn prefill_store_with(
+    path: &Path,
+    count: u64,
+    mut record: impl FnMut(u64, u64) -> telemetryd::outbox::Record,
+) {
+    let outbox =
+        telemetryd::outbox::Outbox::open(path, count.max(1)).expect("open the store to fill it");
+    let mut i = 0;
+    while i < count {
+        let end = (i + 10_000).min(count);
+        let batch = (i..end)
+            .map(|j| {
+                let seq = outbox.next_seq();
+                (seq, record(j, seq))
+            })
+            .collect();
+        outbox.commit(batch);
+        i = end;
+    }
+    assert_eq!(outbox.depth(), count, "prefilled store depth");
+    outbox.close();
+}
+
+/// Copies the directory `from` (a stopped store, say) to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("create the copy");
+    for e in fs::read_dir(from)
+        .expect("read the directory to copy")
+        .flatten()
+    {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// When a log line that starts with an RFC 3339 timestamp was written.
+pub fn log_systime(line: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(line.split_whitespace().next()?).ok()
+}
+
+/// [`log_systime`] in Unix seconds.
 pub fn log_time(line: &str) -> Option<f64> {
-    let ts = line.split_whitespace().next()?;
-    let t = humantime::parse_rfc3339(ts).ok()?;
+    let t = log_systime(line)?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
 }
 
