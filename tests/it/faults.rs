@@ -586,10 +586,15 @@ fn outage_beyond_buffer_bound() {
     assert_eq!(store_depth(&env.buffer_path()), 0);
 }
 
-/// Builds a backlog with the broker down, stops the daemon (SIGTERM), returns the counter
-/// value at the stop.
-fn backlog_then_stop(env: &mut Env, counter: &Counter) -> u64 {
-    wait_first_values(env, TOPIC, 3);
+/// A daemon with a 50 ms counter that built a backlog with the broker down and was stopped
+/// (SIGTERM): the env, the counter (paused) and its value at the stop.
+fn stopped_with_backlog(name: &str) -> (Env, Counter, u64) {
+    let mut env = Env::with_broker(name);
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "50ms", 1));
+    env.write_config(&cfg);
+    env.daemon.start();
+    wait_first_values(&env, TOPIC, 3);
     env.broker().stop();
     let at = counter.value();
     counter.wait_value_at_least(at + 30, "readings buffered with the broker down");
@@ -601,7 +606,7 @@ fn backlog_then_stop(env: &mut Env, counter: &Counter) -> u64 {
     copy_dir(&env.buffer_path(), &copy);
     let depth = store_depth(&copy);
     assert!(depth >= 30, "{depth} readings stored");
-    n
+    (env, counter, n)
 }
 
 /// The damaged-store log line and the directory it names.
@@ -621,12 +626,7 @@ fn damaged_store_moved(env: &Env) -> Option<std::path::PathBuf> {
 fn corrupted_store_is_moved_aside() {
     let name = "corrupted_store_is_moved_aside";
     let mut rng = Rng::new(test_seed(name, 0x5eed_0008));
-    let mut env = Env::with_broker(name);
-    let counter = Counter::new(env.dir(), "counter");
-    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "50ms", 1));
-    env.write_config(&cfg);
-    env.daemon.start();
-    let n = backlog_then_stop(&mut env, &counter);
+    let (mut env, counter, n) = stopped_with_backlog(name);
 
     let mut garbled = Vec::new();
     for entry in fs::read_dir(env.buffer_path()).unwrap().flatten() {
@@ -687,12 +687,7 @@ fn corrupted_store_is_moved_aside() {
 fn corrupted_store_log_head_is_not_lost_silently() {
     let name = "corrupted_store_log_head_is_not_lost_silently";
     let mut rng = Rng::new(test_seed(name, 0x5eed_0009));
-    let mut env = Env::with_broker(name);
-    let counter = Counter::new(env.dir(), "counter");
-    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "50ms", 1));
-    env.write_config(&cfg);
-    env.daemon.start();
-    let n = backlog_then_stop(&mut env, &counter);
+    let (mut env, counter, n) = stopped_with_backlog(name);
     let depth = store_depth(&env.path("buffer-copy"));
     let db = env.buffer_path().join("db");
     let mut bytes = fs::read(&db).unwrap();
