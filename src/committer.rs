@@ -1,6 +1,7 @@
 //! Group commit: readings that arrive together are numbered, rendered and made durable at once.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -68,14 +69,18 @@ pub async fn run(
             let taken_ms = crate::unix_ms(r.taken);
             match r.sensor.qos {
                 Qos::AtMostOnce => {
-                    // Fire and forget: if the publisher is behind, the reading is gone.
-                    let _ = live.try_send(LiveMessage {
+                    // Fire and forget: if the publisher is behind, the reading is gone (and
+                    // counted: the summary's `qos0_dropped`).
+                    let sent = live.try_send(LiveMessage {
                         topic,
                         payload,
                         retain,
                         taken_ms,
                         plain,
                     });
+                    if sent.is_err() {
+                        stats.live_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Qos::AtLeastOnce => {
                     batch.push((

@@ -24,6 +24,9 @@ pub struct Snapshot {
     pub readings: u64,
     pub published: u64,
     pub dropped: u64,
+    /// QoS 0 readings not published: taken while not connected, or more at once than the
+    /// link could take (QoS 0 is fire and forget; they are never stored).
+    pub qos0_dropped: u64,
     /// Readings older than `max_age`, deleted unsent.
     pub expired: u64,
     /// Readings an MQTT 5 broker refused for good (quarantined).
@@ -45,6 +48,7 @@ impl Snapshot {
             readings: stats.readings.load(Ordering::Relaxed),
             published: stats.published.load(Ordering::Relaxed),
             dropped: outbox.dropped(),
+            qos0_dropped: stats.live_dropped.load(Ordering::Relaxed),
             expired: stats.expired.load(Ordering::Relaxed),
             refused: stats.refused.load(Ordering::Relaxed),
             read_errors: stats
@@ -80,6 +84,7 @@ pub async fn run(
             buffered = s.buffered,
             oldest_unsent_age_s = s.oldest_unsent_age_s,
             dropped = s.dropped,
+            qos0_dropped = s.qos0_dropped,
             expired = s.expired,
             refused = s.refused,
             read_errors = s.read_errors.values().sum::<u64>(),
