@@ -166,6 +166,7 @@ async fn link_down(eventloop: &mut EventLoop, events: &mpsc::Sender<Link>) -> bo
 fn translate(event: Event) -> Option<Link> {
     match event {
         Event::Sent(_)
+        | Event::SubscribeSent
         | Event::Acked { .. }
         | Event::Message { .. }
         | Event::SubscribeRefused { .. } => Some(Link::Wire(event)),

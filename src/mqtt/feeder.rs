@@ -1,6 +1,6 @@
 //! The task that feeds the outbox to MQTT in key order and deletes readings on PUBACK.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -16,12 +16,13 @@ use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
 use super::puback::{self, Verdict};
 use super::unsent::{EXPIRE_BATCH, Unsent};
-use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE, WINDOW};
+use super::window::{Backlog, Handed, Outstanding, Reused, Window, Wire};
+use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE};
 use crate::Stats;
 use crate::config::Availability;
 use crate::homeassistant::Discovery;
 use crate::logging::Throttle;
-use crate::outbox::Outbox;
+use crate::outbox::{Entry, Outbox, Record};
 
 /// The first pause before a reading the broker could not take (MQTT 5 "retry" reason codes)
 /// is sent again; it doubles while the broker keeps refusing, up to the max.
@@ -40,58 +41,29 @@ pub struct LiveMessage {
     pub plain: bool,
 }
 
-/// A QoS 1 publish handed to the client and not yet acknowledged.
-struct Outstanding {
-    /// The store key it carries; `None` for control messages, and once the outbox generation
-    /// changed under it (its ack must then delete nothing).
-    key: Option<u64>,
-    /// A control message's topic, for the log should the broker refuse it. A reading's is
-    /// looked up in the store then (refusals are rare; a copy per publish is not).
-    control_topic: Option<String>,
-    since: Instant,
-}
-
 /// What the feeder needs from the config besides the channels.
 pub(super) struct Settings {
     /// How long the oldest publish may wait for its ack before the link is presumed stuck.
     pub ack_timeout: Duration,
     /// `[mqtt] max_age`: older readings are dropped unsent.
     pub max_age: Option<Duration>,
+    /// How many requests the client's channel holds.
+    pub channel_capacity: usize,
 }
 
 struct Feeder {
     client: Client,
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
-    connected: bool,
-    /// Highest key handed to the client since the last (re)connect or rewind.
-    cursor: Option<u64>,
-    /// The outbox generation the cursor and keys belong to.
-    generation: u64,
-    /// Send index of the next QoS 1 publish on this connection.
-    next_index: u64,
-    /// Everything handed out and not acknowledged, by send index.
-    outstanding: BTreeMap<u64, Outstanding>,
-    /// Send indexes whose `Outgoing::Publish` event has not come yet. rumqttc writes requests
-    /// in channel order and this task is the only publisher, so the n-th QoS 1 publish event
-    /// belongs to the n-th index here.
-    not_sent: VecDeque<u64>,
-    /// Packet id -> send index, until its PUBACK.
-    inflight: HashMap<u16, u64>,
+    /// What is in flight, what goes next, what a packet id names: the decisions, without I/O.
+    window: Window,
+    /// Keys whose PUBACK came, deleted from the store in one go per batch of link events.
     acked: Vec<u64>,
-    /// Packet ids rumqttc cycles through on this link (an MQTT 5 broker's Receive Maximum can
-    /// make it fewer than `PKID_SLOTS`); the window is half of it.
-    slots: usize,
     settings: Settings,
     /// Refused and expired readings, until they are quarantined or deleted.
     unsent: Unsent,
-    /// After a "retry" refusal: nothing new goes out until then; then reading starts over from
-    /// the first key, so the refused reading goes out again, first.
-    hold_until: Option<Instant>,
+    /// The pause before a reading refused with a "retry" code goes out again.
     retry_backoff: Backoff,
-    /// The reading last refused with a "retry" code: its successful ack ends the backoff (so
-    /// does its expiry; a generation change forgets it).
-    retrying: Option<u64>,
     reconnect: watch::Sender<()>,
     reconnect_requested: bool,
     availability: Option<Availability>,
@@ -119,6 +91,7 @@ pub(super) async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<LiveMessage> {
+    let channel_capacity = settings.channel_capacity;
     let Channels {
         mut link,
         mut live,
@@ -128,22 +101,13 @@ pub(super) async fn run(
     } = channels;
     let mut f = Feeder {
         client,
-        generation: outbox.generation(),
+        window: Window::new(channel_capacity, outbox.generation(), PKID_SLOTS),
         outbox: outbox.clone(),
         stats,
-        connected: false,
-        cursor: None,
-        next_index: 0,
-        outstanding: BTreeMap::new(),
-        not_sent: VecDeque::new(),
-        inflight: HashMap::new(),
         acked: Vec::new(),
-        slots: PKID_SLOTS,
         settings,
         unsent: Unsent::default(),
-        hold_until: None,
         retry_backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
-        retrying: None,
         reconnect,
         reconnect_requested: false,
         availability,
@@ -160,12 +124,12 @@ pub(super) async fn run(
             // give the thread back (it is not part of tokio's cooperative budget).
             None if f.fill() => tokio::task::yield_now().await,
             None => {}
-            Some(_) if f.outstanding.is_empty() => break,
+            Some(_) if f.window.in_flight() == 0 => break,
             Some(_) => {}
         }
         let far = Instant::now() + Duration::from_secs(86_400);
         let ack_deadline = f.ack_deadline();
-        let hold_until = f.hold_until;
+        let hold_until = f.window.hold_until().map(Instant::from_std);
         tokio::select! {
             biased;
             event = link.recv() => {
@@ -180,12 +144,12 @@ pub(super) async fn run(
             }
             _ = shutdown.cancelled(), if grace_end.is_none() => {
                 grace_end = Some(Instant::now() + SHUTDOWN_GRACE);
-                if !f.outstanding.is_empty() {
-                    info!(in_flight = f.outstanding.len(), grace = ?SHUTDOWN_GRACE, "waiting for in-flight readings to be acknowledged");
+                if f.window.in_flight() > 0 {
+                    info!(in_flight = f.window.in_flight(), grace = ?SHUTDOWN_GRACE, "waiting for in-flight readings to be acknowledged");
                 }
             }
             _ = sleep_until(grace_end.unwrap_or(far)), if grace_end.is_some() => {
-                warn!(unacknowledged = f.outstanding.len(), "grace period over: unacknowledged readings stay in the store and go out first on the next start");
+                warn!(unacknowledged = f.window.in_flight(), "grace period over: unacknowledged readings stay in the store and go out first on the next start");
                 break;
             }
             _ = sleep_until(ack_deadline.unwrap_or(far)), if ack_deadline.is_some() => {
@@ -194,13 +158,14 @@ pub(super) async fn run(
                 f.reconnect.send_replace(());
             }
             _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
-                // Start over from the first key: the refused reading goes out again first
-                // (readings still in flight are skipped, see fill()).
-                f.hold_until = None;
-                f.cursor = None;
+                // Start over from the first key: the refused reading goes out again first.
+                f.window.hold_over();
             }
             Ok(()) = f.discovery.changed() => f.discovery_changed(),
-            msg = live.recv(), if live_open => match msg {
+            // While connected, QoS 0 readings wait in `live` when the client's channel has no
+            // share left for them (the committer counts what does not fit there); while not,
+            // they are taken and dropped, so none goes out late after a reconnect.
+            msg = live.recv(), if live_open && (!f.window.is_connected() || f.window.live_room()) => match msg {
                 Some(msg) => f.publish_live(msg),
                 None => live_open = false,
             },
@@ -209,7 +174,7 @@ pub(super) async fn run(
     }
     // A clean stop sends no Last Will: say `offline` ourselves, before the DISCONNECT (the
     // client writes requests in order). Best effort: the connection task waits briefly.
-    if let (true, Some(a)) = (f.connected, &f.availability) {
+    if let (true, Some(a)) = (f.window.is_connected(), &f.availability) {
         let _ = f.client.try_publish(
             a.topic.clone(),
             QoS::AtLeastOnce,
@@ -223,135 +188,50 @@ pub(super) async fn run(
 }
 
 impl Feeder {
-    /// True when another QoS 1 publish may go out. Besides the window, the distance from the
-    /// oldest unacknowledged publish is bounded: rumqttc hands out packet ids round-robin over
-    /// `PKID_SLOTS`, and reaching the slot of a still-unacked publish would stall its event
-    /// loop in "collision" mode until that ack comes.
     fn has_room(&self) -> bool {
-        self.connected && self.hold_until.is_none() && self.room() > 0
+        self.window.room() > 0
     }
 
     /// When the oldest publish must have been acknowledged, unless a reconnect is underway.
     fn ack_deadline(&self) -> Option<Instant> {
-        if !self.connected || self.reconnect_requested {
+        if self.reconnect_requested {
             return None;
         }
-        self.outstanding
-            .values()
-            .next()
-            .map(|o| o.since + self.settings.ack_timeout)
+        self.window
+            .ack_deadline(self.settings.ack_timeout)
+            .map(Instant::from_std)
     }
 
     /// Hands readings to the client while there is room and the outbox has more. True when it
     /// stopped after a batch of stale readings, with more to look at.
     fn fill(&mut self) -> bool {
-        let mut more = false;
-        let generation = self.outbox.generation();
-        if generation != self.generation {
-            // The store failed or was reopened: keys in flight may now name other readings.
-            // Their acks must delete nothing (they are resent: a duplicate, never a loss), and
-            // reading starts over.
-            self.generation = generation;
-            self.cursor = None;
-            self.retrying = None;
-            for o in self.outstanding.values_mut() {
-                o.key = None;
-            }
-        }
+        self.window.sync_generation(self.outbox.generation());
         self.send_control();
-        let now_ms = now_ms();
-        while self.has_room() {
-            if self.unsent.expired_pending() >= EXPIRE_BATCH {
-                // Come back for the rest once the link events had their turn.
-                self.outbox.new_data.notify_one();
-                more = true;
-                break;
-            }
-            let batch = self.outbox.read_after(self.cursor, self.room());
-            if batch.is_empty() {
-                break;
-            }
-            // Only after a rewind can a key read now still be in flight.
-            let in_flight_max = self.outstanding.values().filter_map(|o| o.key).max();
-            for (key, record) in batch {
-                self.cursor = Some(key);
-                if in_flight_max.is_some_and(|max| key <= max)
-                    && self.outstanding.values().any(|o| o.key == Some(key))
-                {
-                    continue; // still in flight from before a rewind
-                }
-                let stamp = Stamp {
-                    taken_ms: record.taken_ms,
-                    plain: record.plain,
-                    retain: record.retain,
-                };
-                let props = match self.fate(stamp, now_ms) {
-                    Fate::Send(props) => props,
-                    Fate::TooOld { age } => {
-                        self.unsent.expired(key, age);
-                        if self.retrying == Some(key) {
-                            // Its ack will never come: the episode ends here.
-                            self.retrying = None;
-                            self.retry_backoff.reset();
-                        }
-                        continue;
-                    }
-                };
-                if let Err(e) = self.client.try_publish(
-                    record.topic,
-                    QoS::AtLeastOnce,
-                    record.retain,
-                    record.payload,
-                    props,
-                ) {
-                    // The request channel has room for everything we allow out, so this means
-                    // the connection task is gone; the reading stays in the store.
-                    debug!(error = %e, "publish request not accepted");
-                    break;
-                }
-                self.track(Some(key), None);
-            }
+        let mut wire = ToClient {
+            client: &self.client,
+            unsent: &mut self.unsent,
+            max_age: self.settings.max_age,
+            now_ms: now_ms(),
+        };
+        let now = Instant::now().into_std();
+        let fill = self
+            .window
+            .fill(&*self.outbox, &mut wire, now, EXPIRE_BATCH);
+        if fill.retry_over {
+            self.retry_backoff.reset();
+        }
+        if fill.more {
+            // Come back for the rest once the link events had their turn.
+            self.outbox.new_data.notify_one();
         }
         self.apply_unsent();
-        more
-    }
-
-    /// Records a QoS 1 publish just handed to the client, before its event can arrive.
-    fn track(&mut self, key: Option<u64>, control_topic: Option<String>) {
-        let index = self.next_index;
-        self.next_index += 1;
-        self.outstanding.insert(
-            index,
-            Outstanding {
-                key,
-                control_topic,
-                since: Instant::now(),
-            },
-        );
-        self.not_sent.push_back(index);
-    }
-
-    /// How many more publishes fit, by count and by packet-id distance.
-    fn room(&self) -> usize {
-        let oldest = self
-            .outstanding
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_index);
-        let by_distance = (self.slots as u64).saturating_sub(self.next_index - oldest);
-        let window = (self.slots / 2).clamp(1, WINDOW);
-        window
-            .saturating_sub(self.outstanding.len())
-            .min(by_distance as usize)
+        fill.more
     }
 
     fn handle(&mut self, event: Link) {
         match event {
             Link::Connected { slots } => {
-                self.connected = true;
-                self.slots = slots;
-                self.cursor = None;
+                self.window.connected(slots);
                 self.control.clear();
                 // First on the new link, ahead of the backlog.
                 if let Some(a) = &self.availability {
@@ -365,31 +245,19 @@ impl Feeder {
                 }
             }
             Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
-            Link::Wire(Event::Sent(0)) => {} // QoS 0: nothing to track
-            Link::Wire(Event::Sent(pkid)) => match self.not_sent.pop_front() {
-                Some(index) => {
-                    if let Some(old) = self.inflight.insert(pkid, index) {
-                        warn!(
-                            pkid,
-                            old,
-                            index,
-                            "packet id reused before its ack; the older reading will be resent"
-                        );
-                        self.outstanding.remove(&old);
-                    }
-                }
-                None => warn!(pkid, "publish event with no reading queued"),
+            Link::Wire(Event::Sent(pkid)) => match self.window.sent(pkid) {
+                Ok(()) => {}
+                Err(Reused::Busy { old, index }) => warn!(
+                    pkid,
+                    old, index, "packet id reused before its ack; the older reading will be resent"
+                ),
+                Err(Reused::Unexpected) => warn!(pkid, "publish event with no reading queued"),
             },
-            Link::Wire(Event::Acked { pkid, code, reason }) => {
-                let done = self
-                    .inflight
-                    .remove(&pkid)
-                    .and_then(|index| self.outstanding.remove(&index));
-                match done {
-                    Some(o) => self.answered(o, code, reason.as_deref()),
-                    None => debug!(pkid, "ack for a packet id not in flight"),
-                }
-            }
+            Link::Wire(Event::SubscribeSent) => self.window.subscribe_sent(),
+            Link::Wire(Event::Acked { pkid, code, reason }) => match self.window.acked(pkid) {
+                Some(o) => self.answered(o, code, reason.as_deref()),
+                None => debug!(pkid, "ack for a packet id not in flight"),
+            },
             Link::Wire(Event::SubscribeRefused { reasons }) => {
                 if self.subscribe_log.admit(&reasons).is_some() {
                     error!(%reasons, "the broker refused the Home Assistant subscription: sensors are not announced again when Home Assistant restarts, and entities of removed sensors are not removed; check the broker's ACL");
@@ -399,13 +267,8 @@ impl Feeder {
             Link::Down(done) => {
                 // Everything unacknowledged is still in the outbox and is read again, in key
                 // order, after the next CONNACK, whatever `session_present` says.
-                self.connected = false;
+                self.window.down();
                 self.reconnect_requested = false;
-                self.outstanding.clear();
-                self.not_sent.clear();
-                self.inflight.clear();
-                self.next_index = 0;
-                self.cursor = None;
                 let _ = done.send(());
             }
         }
@@ -429,7 +292,8 @@ impl Feeder {
             if accepted.is_err() {
                 return;
             }
-            self.track(None, Some(topic));
+            self.window
+                .track(None, Some(topic), Instant::now().into_std());
         }
     }
 
@@ -440,8 +304,7 @@ impl Feeder {
             Verdict::Delivered => {
                 if let Some(key) = o.key {
                     self.acked.push(key);
-                    if self.retrying == Some(key) {
-                        self.retrying = None;
+                    if self.window.delivered(key) {
                         self.retry_backoff.reset();
                     }
                 }
@@ -453,17 +316,17 @@ impl Feeder {
             Verdict::Retry => {
                 // One pause per episode: a whole window refused at once (quota exceeded) must
                 // not step the backoff once per publish.
-                let until = match self.hold_until {
+                let now = Instant::now().into_std();
+                let until = match self.window.hold_until() {
                     Some(until) => until,
-                    None => Instant::now() + self.retry_backoff.next_delay(),
+                    None => now + self.retry_backoff.next_delay(),
                 };
-                let pause = until.saturating_duration_since(Instant::now());
-                let topic = self.topic_of(&o);
-                self.unsent.retry(&topic, code, reason, pause);
                 // Stays in the store; the rewind after the pause sends it again. A control
                 // message is only retried on the next connect.
-                self.retrying = o.key.or(self.retrying);
-                self.hold_until = Some(until);
+                let until = self.window.retry(o.key, until);
+                let pause = until.saturating_duration_since(now);
+                let topic = self.topic_of(&o);
+                self.unsent.retry(&topic, code, reason, pause);
             }
         }
     }
@@ -488,7 +351,7 @@ impl Feeder {
     fn apply_unsent(&mut self) {
         let max_age = self.settings.max_age.unwrap_or_default();
         self.unsent
-            .apply(&self.outbox, self.generation, &self.stats, max_age);
+            .apply(&self.outbox, self.window.generation(), &self.stats, max_age);
     }
 
     fn subscribe(&mut self, d: &Discovery) {
@@ -496,9 +359,7 @@ impl Feeder {
             .client
             .try_subscribe(&[&d.status_topic, &d.config_filter])
         {
-            // A SUBSCRIBE takes the next packet id too: count it, or the distance check on
-            // publishes behind it would be one short.
-            self.next_index += 1;
+            self.window.subscribed();
         }
     }
 
@@ -535,7 +396,7 @@ impl Feeder {
     /// its retained config comes back on our subscription, as after a restart.
     fn discovery_changed(&mut self) {
         let new = self.discovery.borrow_and_update().clone();
-        if !self.connected {
+        if !self.window.is_connected() {
             return; // everything is announced on the next CONNACK
         }
         if let Some(d) = &new {
@@ -548,7 +409,7 @@ impl Feeder {
         if self.acked.is_empty() {
             return;
         }
-        self.outbox.remove(&self.acked, self.generation);
+        self.outbox.remove(&self.acked, self.window.generation());
         self.stats
             .published
             .fetch_add(self.acked.len() as u64, Ordering::Relaxed);
@@ -556,7 +417,7 @@ impl Feeder {
     }
 
     fn publish_live(&mut self, msg: LiveMessage) {
-        if !self.connected {
+        if !self.window.is_connected() {
             self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -576,9 +437,69 @@ impl Feeder {
             .client
             .try_publish(msg.topic, QoS::AtMostOnce, msg.retain, msg.payload, props)
         {
-            Ok(()) => self.stats.published.fetch_add(1, Ordering::Relaxed),
-            Err(_) => self.stats.live_dropped.fetch_add(1, Ordering::Relaxed),
+            Ok(()) => {
+                self.window.live_handed();
+                self.stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The outbox as the window reads it.
+impl Backlog for Outbox {
+    type Item = Record;
+
+    fn generation(&self) -> u64 {
+        Outbox::generation(self)
+    }
+
+    fn read_after(&self, after: Option<u64>, max: usize) -> Vec<Entry> {
+        Outbox::read_after(self, after, max)
+    }
+}
+
+/// The client as the window hands readings to it: a reading older than `max_age` is dropped
+/// here (collected in `unsent`), the rest get their properties and go to the request channel.
+struct ToClient<'a> {
+    client: &'a Client,
+    unsent: &'a mut Unsent,
+    max_age: Option<Duration>,
+    now_ms: u64,
+}
+
+impl Wire<Record> for ToClient<'_> {
+    fn publish(&mut self, key: u64, record: Record) -> Handed {
+        let stamp = Stamp {
+            taken_ms: record.taken_ms,
+            plain: record.plain,
+            retain: record.retain,
         };
+        let props = match properties::fate(stamp, self.max_age, self.client.is_v5(), self.now_ms) {
+            Fate::Send(props) => props,
+            Fate::TooOld { age } => {
+                self.unsent.expired(key, age);
+                return Handed::Expired;
+            }
+        };
+        match self.client.try_publish(
+            record.topic,
+            QoS::AtLeastOnce,
+            record.retain,
+            record.payload,
+            props,
+        ) {
+            Ok(()) => Handed::Sent,
+            Err(e) => {
+                // Full (the window's accounting leaves room for it, so this should not
+                // happen) or closed (the connection task is gone). Either way the reading
+                // stays in the store and is offered again.
+                debug!(error = %e, "publish request not accepted");
+                Handed::Refused
+            }
+        }
     }
 }
 

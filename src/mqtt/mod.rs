@@ -19,6 +19,7 @@ mod protocol;
 mod puback;
 pub mod tls;
 mod unsent;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,10 @@ pub const WINDOW: usize = 50;
 /// feeder also keeps every new publish fewer than this many sends after the oldest unacked
 /// one: reaching a busy slot would stall rumqttc in "collision" mode (rumqttc #1056).
 pub const PKID_SLOTS: usize = 2 * WINDOW;
+
+/// Requests rumqttc's channel holds: a full window, a few subscriptions, and QoS 0 readings
+/// in what is left (about a hundred: a burst of more waits in the committer's QoS 0 channel).
+const REQUEST_CHANNEL: usize = WINDOW * 2 + 64;
 
 /// How long in-flight publishes get to be acknowledged once a stop is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -88,8 +93,9 @@ impl Publisher {
         stats: Arc<Stats>,
     ) -> Publisher {
         let (discovery_tx, discovery_rx) = watch::channel(discovery);
-        // Room for a full window plus QoS 0 live readings; try_publish never waits.
-        let (client, eventloop) = protocol::connect(cfg, WINDOW * 2 + 64);
+        // Room for a full window, subscriptions and QoS 0 readings; the feeder's window keeps
+        // QoS 0 readings to their share, so a QoS 1 publish always finds room.
+        let (client, eventloop) = protocol::connect(cfg, REQUEST_CHANNEL);
         let (link_tx, link_rx) = mpsc::channel(1024);
         let (reconnect_tx, reconnect_rx) = watch::channel(());
         let stop = CancellationToken::new();
@@ -121,6 +127,7 @@ impl Publisher {
             let settings = feeder::Settings {
                 ack_timeout,
                 max_age: cfg_max_age,
+                channel_capacity: REQUEST_CHANNEL,
             };
             feeder::run(client, outbox, channels, stats, settings, feeder_stop).await
         });

@@ -46,6 +46,8 @@ pub(super) enum Event {
     },
     /// A publish left with this packet id (0 for QoS 0).
     Sent(u16),
+    /// A SUBSCRIBE left (the feeder counts what is queued in the client's channel).
+    SubscribeSent,
     /// A PUBACK with its reason code (always 0 on MQTT 3.1.1) and the broker's reason string.
     Acked {
         pkid: u16,
@@ -269,6 +271,7 @@ fn from_outgoing(outgoing: rumqttc::Outgoing) -> Event {
     use rumqttc::Outgoing;
     match outgoing {
         Outgoing::Publish(pkid) => Event::Sent(pkid),
+        Outgoing::Subscribe(_) => Event::SubscribeSent,
         Outgoing::AwaitAck(pkid) => Event::AwaitAck(pkid),
         Outgoing::Disconnect => Event::DisconnectSent,
         _ => Event::Other,

@@ -85,10 +85,6 @@ impl Unsent {
         self.oldest_expired = self.oldest_expired.max(age);
     }
 
-    pub fn expired_pending(&self) -> usize {
-        self.expired.len()
-    }
-
     /// Quarantines and deletes what was collected, and counts it.
     pub fn apply(&mut self, outbox: &Outbox, generation: u64, stats: &Stats, max_age: Duration) {
         if !self.refused.is_empty() {

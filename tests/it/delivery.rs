@@ -201,3 +201,57 @@ fn qos0_not_stored() {
         describe(&values)
     );
 }
+
+/// Hundreds of QoS 0 sensors beside dozens of QoS 1 ones, all read at the same moments, on a
+/// healthy link: the QoS 0 flood fills rumqttc's request channel, which QoS 1 publishes share.
+/// Every QoS 1 reading must still go out, in order, without waiting for a reconnect. (The
+/// feeder used to move its cursor past readings a full channel had refused: they stayed in the
+/// store, unsent, until the next reconnect or restart, and then went out late and out of
+/// order.)
+#[test]
+fn qos0_flood_does_not_hold_back_qos1() {
+    const FLOOD: usize = 1500;
+    const COUNTERS: usize = 40;
+    let mut env = Env::with_broker("qos0_flood_does_not_hold_back_qos1");
+    let value_file = env.path("value");
+    std::fs::write(&value_file, "21.5\n").unwrap();
+    let counters: Vec<Counter> = (0..COUNTERS)
+        .map(|i| Counter::new(env.dir(), &format!("counter{i}")))
+        .collect();
+    let mut sensors = String::new();
+    for (i, c) in counters.iter().enumerate() {
+        sensors.push_str(&c.sensor_toml(&format!("counter{i}"), &format!("test/c{i}"), "500ms", 1));
+    }
+    for i in 0..FLOOD {
+        sensors.push_str(&format!(
+            "[[sensor]]\nname = \"flood{i}\"\nkind = \"file\"\npath = {path}\n\
+             interval = \"500ms\"\ntopic = \"flood/{i}\"\nqos = 0\n",
+            path = toml_str(&value_file.display().to_string()),
+        ));
+    }
+    // Quieter than debug: thousands of QoS 0 publishes a second would be as many log lines.
+    let cfg = tweak(
+        env.config("", &sensors),
+        &[("log_level = \"debug\"", "log_level = \"info\"")],
+    );
+    env.write_config(&cfg);
+    env.daemon.start();
+    counters[0].wait_value_at_least(30, "30 rounds of readings taken during the flood");
+    for c in &counters {
+        c.pause();
+    }
+    // Everything taken must arrive on this link: no reconnect, no restart.
+    for (i, c) in counters.iter().enumerate() {
+        env.wait_delivered(&format!("test/c{i}"), c.value(), 0);
+    }
+    assert!(
+        !env.daemon.log().contains("disconnected from the broker"),
+        "the link dropped during the test, which would hide readings held back"
+    );
+    env.daemon.stop_expect_success();
+    assert_eq!(
+        store_depth(&env.buffer_path()),
+        0,
+        "readings left in the store"
+    );
+}
