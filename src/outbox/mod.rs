@@ -311,7 +311,23 @@ impl Outbox {
         match opened {
             Ok(opened) => {
                 let last = opened.last;
+                let store = opened.store.clone();
                 inner.install(opened);
+                // A batch whose flush failed (or panicked) is kept in memory, but sled may
+                // still have written it (when its handle was dropped): those are the same
+                // readings, already in the store. Renumbering them below would send them
+                // twice and count them twice.
+                let before = inner.memory.len();
+                inner
+                    .memory
+                    .retain(|(k, r)| *k > last || !store.holds(*k, r).unwrap_or(false));
+                let on_disk = before - inner.memory.len();
+                if on_disk > 0 {
+                    debug!(
+                        count = on_disk,
+                        "readings kept in memory were in the store already"
+                    );
+                }
                 // Readings taken while the store was away must sort after it and must not
                 // overwrite it. The sequence starts above the clock in microseconds, so this
                 // only happens if the clock went back; renumber them then.
@@ -472,7 +488,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<BufferReport> {
     Ok(BufferReport {
         depth: opened.stored,
         oldest: opened.store.first()?,
-        quarantined: opened.store.quarantined(),
+        quarantined: opened.store.quarantined()?,
         bytes_on_disk: dir_size(path),
     })
 }
@@ -510,7 +526,7 @@ mod tests {
             topic: "t".into(),
             payload: n.to_string().into_bytes(),
             retain: false,
-            taken_ms: n,
+            taken_ms: n / 1000, // keys are near the clock in µs
             plain: true,
         }
     }
@@ -831,8 +847,129 @@ mod tests {
         store.corrupt(k[1]);
         assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[0], k[2], k[3]]);
         assert_eq!(outbox.depth(), 3);
-        assert_eq!(store.quarantined(), 1);
+        assert_eq!(store.quarantined().unwrap(), 1);
         assert!(!outbox.is_degraded());
+    }
+
+    /// sled panics on some damaged or failing stores, and not only in `open`. A panic in
+    /// any call (insert, flush, remove, iteration) must take the store-failed path: the
+    /// readings stay readable (memory tier or the store once reopened), nothing is lost, and
+    /// the caller (the committer or the feeder) goes on.
+    #[test]
+    fn a_sled_panic_outside_open_fails_the_store_and_loses_nothing() {
+        for what in ["insert", "flush", "remove", "iter"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("buf");
+            let outbox = Outbox::open(&path, 100).unwrap();
+            let mut k = commit_n(&outbox, 3);
+            let generation = outbox.generation();
+            store::test_faults::panic_next(what);
+            match what {
+                "insert" | "flush" => k.extend(commit_n(&outbox, 2)),
+                "remove" => outbox.remove(&k[..1], generation),
+                _ => {
+                    outbox.read_after(None, 10);
+                }
+            }
+            assert!(outbox.is_degraded(), "{what}: the store is given up");
+            assert!(outbox.generation() > generation, "{what}");
+            outbox.lock().reopen_at = Instant::now();
+            outbox.maintain();
+            assert!(!outbox.is_degraded(), "{what}: reopened");
+            assert_eq!(keys(&outbox.read_after(None, 10)), k, "{what}");
+            assert_eq!(outbox.depth(), k.len() as u64, "{what}");
+            outbox.close();
+            drop(outbox);
+            assert_eq!(depth_at(&path).unwrap(), k.len() as u64, "{what}");
+        }
+    }
+
+    /// Stored records are outside input: whatever decodes must be publishable (a time RFC
+    /// 3339 can write, a topic a client and a broker accept, a size rumqttc sends); anything
+    /// else is quarantined, never a panic and never a record that stalls the feeder.
+    #[test]
+    fn records_that_cannot_be_published_are_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 100).unwrap();
+        let good = |n: u64| record(n);
+        let bad = [
+            Record {
+                taken_ms: u64::MAX,
+                ..good(1)
+            },
+            Record {
+                taken_ms: crate::mqtt::properties::LAST_TS_MS + 1,
+                ..good(1)
+            },
+            Record {
+                topic: String::new(),
+                ..good(1)
+            },
+            Record {
+                topic: "a/#".into(),
+                ..good(1)
+            },
+            Record {
+                topic: "a/+/b".into(),
+                ..good(1)
+            },
+            Record {
+                topic: "a\0b".into(),
+                ..good(1)
+            },
+            Record {
+                payload: vec![b'x'; 10 * 1024],
+                ..good(1)
+            },
+        ];
+        let edge = Record {
+            taken_ms: crate::mqtt::properties::LAST_TS_MS,
+            payload: vec![b'x'; 10 * 1024 - 9 - 1],
+            ..good(2)
+        };
+        let mut batch: Vec<Entry> = bad.iter().map(|r| (outbox.next_seq(), r.clone())).collect();
+        let edge_key = outbox.next_seq();
+        batch.push((edge_key, edge.clone()));
+        outbox.commit(batch);
+        let read = outbox.read_after(None, 100);
+        assert_eq!(read, vec![(edge_key, edge)]);
+        assert_eq!(outbox.depth(), 1);
+        let store = outbox.lock().store.clone().unwrap();
+        assert_eq!(store.quarantined().unwrap(), bad.len());
+        // And what did decode goes out without a panic.
+        for (_, r) in read {
+            let stamp = crate::mqtt::properties::Stamp {
+                taken_ms: r.taken_ms,
+                plain: r.plain,
+                retain: r.retain,
+            };
+            let _ = crate::mqtt::properties::fate(stamp, None, true, 0);
+        }
+    }
+
+    /// Garbage of every length as a record's value: a record or an error, never a panic.
+    #[test]
+    fn decoding_garbage_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..400 {
+            for _ in 0..20 {
+                let v: Vec<u8> = (0..len)
+                    .map(|i| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Mostly a valid version byte, so the rest is exercised.
+                        if i == 0 && !x.is_multiple_of(4) {
+                            1
+                        } else {
+                            x as u8
+                        }
+                    })
+                    .collect();
+                let _ = store::decode_for_test(&x.to_be_bytes(), &v);
+                let _ = store::decode_for_test(&v, &v);
+            }
+        }
     }
 
     #[test]

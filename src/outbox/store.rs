@@ -84,8 +84,10 @@ impl Store {
     /// After the fsync, the durable mark is updated (written, not fsynced: after a power cut
     /// it may be older than the store, never newer, and an older mark flags nothing).
     pub fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
-        self.db.flush()?;
-        self.log_file.sync_data().context("fsync of the store")?;
+        guarded("flush", || {
+            self.db.flush()?;
+            self.log_file.sync_data().context("fsync of the store")
+        })?;
         if let Some(mark) = &self.mark {
             mark.write(saved_seq);
         }
@@ -96,6 +98,17 @@ impl Store {
     /// many keys are new; with `check_existing`, keys already present (written before a failed
     /// flush) don't count.
     pub fn write(
+        &self,
+        entries: &[Entry],
+        next_seq: u64,
+        check_existing: bool,
+    ) -> anyhow::Result<u64> {
+        guarded("insert", || {
+            self.write_unguarded(entries, next_seq, check_existing)
+        })
+    }
+
+    fn write_unguarded(
         &self,
         entries: &[Entry],
         next_seq: u64,
@@ -136,25 +149,29 @@ impl Store {
     /// Saves how many readings there are, for a quick next open. Only when nothing is
     /// written afterwards (a clean close).
     pub fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
-        let (first, last) = ends(&self.data)?;
-        let mut v = Vec::with_capacity(32);
-        for n in [stored, first, last, next_seq] {
-            v.extend_from_slice(&n.to_be_bytes());
-        }
-        self.meta.insert(COUNT_KEY, v)?;
-        Ok(())
+        guarded("insert", || {
+            let (first, last) = ends(&self.data)?;
+            let mut v = Vec::with_capacity(32);
+            for n in [stored, first, last, next_seq] {
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+            self.meta.insert(COUNT_KEY, v)?;
+            Ok(())
+        })
     }
 
     /// Removes the count saved at close, durably, before the first change: after a crash, the
     /// next open counts.
     fn forget_count(&self, saved_seq: u64) -> anyhow::Result<()> {
-        self.meta.remove(COUNT_KEY)?;
+        guarded("remove", || Ok(self.meta.remove(COUNT_KEY)?))?;
         self.sync(saved_seq)
     }
 
     pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
-        self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
-        Ok(())
+        guarded("insert", || {
+            self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
+            Ok(())
+        })
     }
 
     /// Appends up to `max` entries with keys in `start..end` to `out`. A record that cannot be
@@ -167,10 +184,20 @@ impl Store {
         max: usize,
         out: &mut Vec<Entry>,
     ) -> anyhow::Result<u64> {
-        let mut quarantined = 0;
         if start >= end {
             return Ok(0);
         }
+        guarded("iter", || self.read_unguarded(start, end, max, out))
+    }
+
+    fn read_unguarded(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        out: &mut Vec<Entry>,
+    ) -> anyhow::Result<u64> {
+        let mut quarantined = 0;
         for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
             if out.len() >= max {
                 break;
@@ -190,21 +217,25 @@ impl Store {
 
     /// The oldest reading, if any.
     pub fn first(&self) -> anyhow::Result<Option<Entry>> {
-        self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+        guarded("iter", || {
+            self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+        })
     }
 
-    pub fn quarantined(&self) -> usize {
-        self.quarantine.len()
+    pub fn quarantined(&self) -> anyhow::Result<usize> {
+        guarded("iter", || Ok(self.quarantine.len()))
     }
 
     /// Moves a reading to the quarantine tree; true if the key was there.
     pub fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
-        let k = key.to_be_bytes();
-        let Some(v) = self.data.get(k)? else {
-            return Ok(false);
-        };
-        self.move_to_quarantine(&k, v)?;
-        Ok(true)
+        guarded("insert", || {
+            let k = key.to_be_bytes();
+            let Some(v) = self.data.get(k)? else {
+                return Ok(false);
+            };
+            self.move_to_quarantine(&k, v)?;
+            Ok(true)
+        })
     }
 
     fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
@@ -214,14 +245,24 @@ impl Store {
         Ok(())
     }
 
+    /// True if `key` holds exactly `record`.
+    pub fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
+        guarded("iter", || {
+            let stored = self.data.get(key.to_be_bytes())?;
+            Ok(stored.is_some_and(|v| v.as_ref() == encode(record).as_slice()))
+        })
+    }
+
     /// True if the key was there.
     pub fn remove(&self, key: u64) -> anyhow::Result<bool> {
-        Ok(self.data.remove(key.to_be_bytes())?.is_some())
+        guarded("remove", || {
+            Ok(self.data.remove(key.to_be_bytes())?.is_some())
+        })
     }
 
     /// Drops the oldest reading; false if there was none.
     pub fn pop_oldest(&self) -> anyhow::Result<bool> {
-        Ok(self.data.pop_min()?.is_some())
+        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
     }
 }
 
@@ -471,6 +512,23 @@ impl Mark {
     }
 }
 
+/// Runs a sled call, turning a panic into an error. sled 0.34 panics on some states of a
+/// damaged or failing store (its own asserts), and outside input must not kill the committer
+/// or the feeder: the error takes the store-failed path (memory tier, reopen with backoff).
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let run = AssertUnwindSafe(|| {
+        #[cfg(test)]
+        test_faults::panic_if_armed(what);
+        f()
+    });
+    catch_unwind(run).unwrap_or_else(|p| {
+        Err(anyhow::anyhow!(
+            "sled panicked in {what}: {}",
+            panic_message(&p)
+        ))
+    })
+}
+
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -496,17 +554,37 @@ fn encode(r: &Record) -> Vec<u8> {
     v
 }
 
+/// The most topic + payload bytes a record may hold. rumqttc's MQTT 3.1.1 client refuses a
+/// packet over 10 KiB (its default `max_outgoing_packet_size`) by dropping the connection, so
+/// such a record would be resent, and the link dropped, forever. 9 bytes of the packet go to
+/// its fixed header, the topic length and the packet id. Our sensors' payloads are far smaller.
+const MAX_TOPIC_AND_PAYLOAD: usize = 10 * 1024 - 9;
+
+/// A stored record is outside input (a damaged or foreign store): whatever decodes must be
+/// publishable as it is, so a record the client or the broker would refuse, or whose time
+/// cannot be written, is undecodable (quarantined) instead of stopping the feeder.
 fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
     let key = key_of(key)?;
     if v.len() < 12 || v[0] != RECORD_VERSION {
         bail!(BadRecord("unknown version or truncated header"));
     }
+    if v.len() - 12 > MAX_TOPIC_AND_PAYLOAD {
+        bail!(BadRecord("too large to publish"));
+    }
     let taken_ms = u64::from_be_bytes(v[2..10].try_into().expect("8 bytes"));
+    if taken_ms > crate::mqtt::properties::LAST_TS_MS {
+        bail!(BadRecord("taken after year 9999"));
+    }
     let topic_len = u16::from_be_bytes([v[10], v[11]]) as usize;
     let topic = v
         .get(12..12 + topic_len)
         .ok_or(BadRecord("truncated topic"))?;
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| BadRecord("topic is not UTF-8"))?;
+    // The checks config.rs makes on a sensor's topic: rumqttc refuses wildcards, a broker
+    // drops the link over an empty topic or a NUL.
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        bail!(BadRecord("not a topic one can publish to"));
+    }
     let payload = v[12 + topic_len..].to_vec();
     Ok((
         key,
@@ -527,11 +605,38 @@ fn key_of(k: &[u8]) -> anyhow::Result<u64> {
 }
 
 #[cfg(test)]
+pub(super) fn decode_for_test(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
+    decode(key, v)
+}
+
+#[cfg(test)]
 impl Store {
     /// Overwrites a stored record with bytes that do not decode.
     pub fn corrupt(&self, key: u64) {
         self.data
             .insert(key.to_be_bytes(), b"junk".as_slice())
             .unwrap();
+    }
+}
+
+/// Test-only: makes the next sled call of a kind panic on this thread, as sled itself can.
+#[cfg(test)]
+pub(super) mod test_faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ARMED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    /// The next guarded call named `what` ("insert", "flush", "remove", "iter") panics.
+    pub fn panic_next(what: &'static str) {
+        ARMED.with(|a| a.set(Some(what)));
+    }
+
+    pub(super) fn panic_if_armed(what: &str) {
+        if ARMED.with(|a| a.get()) == Some(what) {
+            ARMED.with(|a| a.set(None));
+            panic!("injected sled panic in {what}");
+        }
     }
 }
