@@ -16,8 +16,10 @@ mod store;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+
+use parking_lot::MutexGuard;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -35,6 +37,15 @@ const REOPEN_MAX: Duration = Duration::from_secs(60);
 /// At the bound every commit drops readings; one warn line per this long (with the count since
 /// the last line and the running total) rather than one per reading.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
+/// At the bound, the oldest readings are popped from the store this many at a time, with the
+/// lock let go in between: the feeder (acks), the status line and so the watchdog take that
+/// lock on the runtime thread, and a reload that lowered `max_messages` under a backlog of
+/// 500,000 held it for the whole cut (20 s here for 300,000, in a debug build).
+const DROP_BATCH: u64 = 1000;
+/// At most this many are popped per commit, so that one commit stays short and the committer
+/// keeps beating (and readings keep flowing) while a big excess is cut: the rest goes with the
+/// next commits.
+const DROP_PER_COMMIT: u64 = 50_000;
 
 /// One stored reading, ready to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +80,10 @@ struct Inner {
 pub struct Outbox {
     path: PathBuf,
     max_messages: AtomicU64,
-    inner: Mutex<Inner>,
+    /// parking_lot's, for [`MutexGuard::bump`]: a fair hand-over to whoever waits (std's
+    /// mutex let the thread that just unlocked take it straight back, so the runtime thread
+    /// waited seconds behind a long cut at the bound).
+    inner: parking_lot::Mutex<Inner>,
     dropped: AtomicU64,
     /// Drops not yet logged, and when the last drop line was written ([`DROP_LOG_EVERY`]).
     drop_log: Mutex<(u64, Option<Instant>)>,
@@ -111,7 +125,7 @@ impl Outbox {
         Ok(Outbox {
             path: path.to_owned(),
             max_messages: AtomicU64::new(max_messages),
-            inner: Mutex::new(inner),
+            inner: parking_lot::Mutex::new(inner),
             dropped: AtomicU64::new(0),
             drop_log: Mutex::new((0, None)),
             generation: AtomicU64::new(0),
@@ -136,13 +150,41 @@ impl Outbox {
         if batch.is_empty() && inner.memory.is_empty() {
             return;
         }
+        // The store's oldest first, in batches; the new batch is kept out of `memory` until
+        // then, since readers see the memory tier and it is not durable yet.
+        let mut dropped = 0;
+        while dropped < DROP_PER_COMMIT {
+            let bound = self.max_messages.load(Ordering::Relaxed);
+            let total = inner.stored + (inner.memory.len() + batch.len()) as u64;
+            let n = total
+                .saturating_sub(bound)
+                .min(inner.stored)
+                .min(DROP_BATCH)
+                .min(DROP_PER_COMMIT - dropped);
+            if n == 0 {
+                break;
+            }
+            let popped = self.drop_from_store(&mut inner, n);
+            dropped += popped;
+            if popped < n {
+                break; // the store failed, or holds fewer than counted
+            }
+            // Let whoever waits (the feeder, the status line) have the lock between batches.
+            MutexGuard::bump(&mut inner);
+        }
         // Readings from the memory tier may be on disk already (written before a flush
         // failed): they must not be counted twice.
         let recovering = !inner.memory.is_empty();
         inner.memory.extend(batch);
-        let bound = self.max_messages.load(Ordering::Relaxed);
-        let excess = (inner.stored + inner.memory.len() as u64).saturating_sub(bound);
-        let mut dropped = self.drop_oldest(&mut inner, excess);
+        // What is still over the bound and not in the store: the oldest of the memory tier
+        // (and of the batch). Quick: no sled call.
+        if inner.stored == 0 || dropped < DROP_PER_COMMIT {
+            let bound = self.max_messages.load(Ordering::Relaxed);
+            let over = (inner.stored + inner.memory.len() as u64).saturating_sub(bound);
+            let from_memory = (over as usize).min(inner.memory.len());
+            inner.memory.drain(..from_memory);
+            dropped += from_memory as u64;
+        }
         match inner.store.clone() {
             Some(store) => {
                 let pending: Vec<Entry> = inner.memory.drain(..).collect();
@@ -396,8 +438,9 @@ impl Outbox {
         }
     }
 
-    /// Drops the `n` oldest readings (store first: it holds the older ones); returns how many.
-    fn drop_oldest(&self, inner: &mut Inner, n: u64) -> u64 {
+    /// Drops up to `n` of the store's oldest readings (the store holds the oldest); returns
+    /// how many.
+    fn drop_from_store(&self, inner: &mut Inner, n: u64) -> u64 {
         let mut from_store = 0;
         if let Some(store) = inner.store.clone() {
             while from_store < n && inner.stored > 0 {
@@ -414,9 +457,7 @@ impl Outbox {
                 }
             }
         }
-        let from_memory = ((n - from_store) as usize).min(inner.memory.len());
-        inner.memory.drain(..from_memory);
-        from_store + from_memory as u64
+        from_store
     }
 
     fn fail_store(&self, inner: &mut Inner, e: &anyhow::Error) {
@@ -435,9 +476,9 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves counters that are at worst approximate; the
-        // entries themselves are in sled. Carry on rather than poison the whole daemon.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        // parking_lot's mutex is not poisoned by a panic: the counters are then at worst
+        // approximate, the entries themselves are in sled. Carry on.
+        self.inner.lock()
     }
 }
 
@@ -970,6 +1011,28 @@ mod tests {
                 let _ = store::decode_for_test(&v, &v);
             }
         }
+    }
+
+    /// A bound lowered far under the backlog: each commit cuts at most DROP_PER_COMMIT (one
+    /// commit stays short), the next commits cut the rest, and the counts stay exact.
+    #[test]
+    fn a_big_excess_is_cut_over_several_commits_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 1_000_000).unwrap();
+        let backlog = DROP_PER_COMMIT + 10_000;
+        let mut k = Vec::new();
+        while (k.len() as u64) < backlog {
+            k.extend(commit_n(&outbox, 10_000));
+        }
+        assert_eq!(k.len() as u64, backlog);
+        outbox.set_max_messages(10);
+        k.extend(commit_n(&outbox, 1));
+        assert_eq!(outbox.dropped(), DROP_PER_COMMIT);
+        assert_eq!(outbox.depth(), backlog + 1 - DROP_PER_COMMIT);
+        k.extend(commit_n(&outbox, 1));
+        assert_eq!(outbox.depth(), 10);
+        assert_eq!(outbox.dropped(), backlog + 2 - 10);
+        assert_eq!(keys(&outbox.read_after(None, 100)), k[k.len() - 10..]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -15,7 +15,8 @@ const TOPIC: &str = "test/counter";
 /// Collects what the daemon sends to a fake `NOTIFY_SOCKET`.
 struct NotifySocket {
     path: std::path::PathBuf,
-    got: Arc<Mutex<Vec<String>>>,
+    /// Each line with when it arrived.
+    got: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl NotifySocket {
@@ -33,7 +34,10 @@ impl NotifySocket {
             for _ in 0..600 {
                 if let Ok(n) = sock.recv(&mut buf) {
                     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    sink.lock().unwrap().extend(msg.lines().map(str::to_owned));
+                    let now = Instant::now();
+                    sink.lock()
+                        .unwrap()
+                        .extend(msg.lines().map(|l| (now, l.to_owned())));
                 }
             }
         });
@@ -41,7 +45,21 @@ impl NotifySocket {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.got.lock().unwrap().clone()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// When each `line` arrived.
+    fn times_of(&self, line: &str) -> Vec<Instant> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|(_, l)| l == line)
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     fn count(&self, line: &str) -> usize {
@@ -81,6 +99,80 @@ fn systemd_notifications() {
     let ready = lines.iter().position(|l| l == "READY=1").unwrap();
     let first_ping = lines.iter().position(|l| l == "WATCHDOG=1").unwrap();
     assert!(ready < first_ping, "READY=1 must come first: {lines:?}");
+}
+
+/// A reload that lowers `max_messages` far below a big backlog (the broker away): the excess
+/// is dropped in bounded batches, so the runtime thread, which takes the outbox lock for the
+/// status line, keeps feeding the watchdog all along (it froze for the whole drop when the
+/// excess was popped under one lock), and the final depth and the dropped total are exact.
+#[test]
+fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
+    const PREFILL: u64 = 150_000;
+    const BOUND: u64 = 1000;
+    let name = "lowering_the_bound_over_a_big_backlog";
+    let mut env = Env::new(name);
+    let took = prefill_store(&env.buffer_path(), "test/backlog", PREFILL);
+    eprintln!("{name}: prefilled {PREFILL} readings in {took:?}");
+    let counter = Counter::new(env.dir(), "counter");
+    // No broker: nothing is acknowledged, so every reading stays in the store.
+    let cfg = env.config_for_port(
+        free_port(),
+        "",
+        &counter.sensor_toml("counter", TOPIC, "100ms", 1),
+    );
+    env.write_config(&cfg);
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    env.daemon
+        .start_with_env(&[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")]);
+    wait_until(DEADLINE, "READY=1 and a watchdog ping", || {
+        notify.lines().contains(&"READY=1".to_owned()) && notify.count("WATCHDOG=1") >= 1
+    });
+    counter.wait_value_at_least(3, "readings committed over the backlog");
+
+    env.write_config(&tweak(
+        cfg,
+        &[("max_messages = 500000", &format!("max_messages = {BOUND}"))],
+    ));
+    let reloaded = Instant::now();
+    env.daemon.signal(libc::SIGHUP);
+    let settled = format!(" {BOUND} buffered");
+    wait_until(DEADLINE, "the backlog is cut to the new bound", || {
+        env.daemon.assert_running();
+        notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with("STATUS=") && l.contains(&settled))
+    });
+    let done = Instant::now();
+    eprintln!("{name}: cut {PREFILL} to {BOUND} in {:?}", done - reloaded);
+    // The watchdog pings every 0.5 s (half of WATCHDOG_USEC); over the whole drop none may be
+    // missing for long. A frozen runtime thread misses them for the length of the drop.
+    let mut pings: Vec<Instant> = notify
+        .times_of("WATCHDOG=1")
+        .into_iter()
+        .filter(|t| *t >= reloaded && *t <= done)
+        .collect();
+    pings.insert(0, reloaded);
+    pings.push(done);
+    let longest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("{name}: longest time without a watchdog ping: {longest:?}");
+    assert!(
+        longest < Duration::from_millis(1500),
+        "no watchdog ping for {longest:?} while the backlog was cut"
+    );
+
+    let n = counter.pause();
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), BOUND);
+    // The last drop line (written at the stop) has the exact total.
+    let log = env.daemon.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("buffer full: dropped the oldest readings"))
+        .unwrap_or_else(|| panic!("no drop line:\n{log}"));
+    let total: u64 = log_field(line, "total").unwrap().parse().unwrap();
+    assert_eq!(total, PREFILL + n - BOUND, "{line}");
 }
 
 /// SIGHUP with a valid config applies it: a changed topic, an added sensor and new MQTT
