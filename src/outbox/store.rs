@@ -12,6 +12,8 @@ use tracing::error;
 
 use super::{Entry, Record};
 
+mod recover;
+
 /// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
 /// whose hot part (both ends) is small.
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
@@ -269,13 +271,14 @@ impl Store {
 /// Opens the store for the daemon; a damaged one is renamed `<path>.damaged-<unix time>` and
 /// replaced.
 pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
+    recover::finish_interrupted(path)?;
     let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
         Ok(Ok(opened)) => {
             let (mark, marked) = Mark::open(path);
             return match marked {
                 Some(seq) if seq > opened.saved_seq => {
                     drop(mark);
-                    carry_over(path, opened, seq)
+                    recover::carry_over(path, opened, seq)
                 }
                 _ => for_writing(opened, mark),
             };
@@ -302,6 +305,12 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
             err.context(format!("and it could not be moved aside: {e}")),
         ));
     }
+    // The move must be on disk before the new store is: after a power cut, the old name
+    // could otherwise come back holding the damaged store, next to a new one. Once per
+    // damaged store.
+    if let Some(parent) = path.parent() {
+        let _ = sync_dir(parent);
+    }
     error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
     open(path)
         .map_err(OpenError::Unusable)
@@ -314,68 +323,29 @@ fn is_locked(err: &anyhow::Error) -> bool {
         Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }
 
+/// `<path>.damaged-<unix time>`, with `-2`, `-3`... if that is taken (a second damage within
+/// the same second must not fail to move, nor merge with the first).
 fn aside_path(path: &Path) -> PathBuf {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    PathBuf::from(format!("{}.damaged-{secs}", path.display()))
+    let base = format!("{}.damaged-{secs}", path.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{base}-{n}"));
+    }
+    aside
 }
 
-/// A store that opened below its durable mark lost part of its log: sled stopped at a damaged
-/// record and dropped everything after it. Move it aside (for a person to look at) and carry
-/// what survived into a new store, so that those readings are still published and the damaged
-/// log is never written to again; say loudly what is lost.
-fn carry_over(path: &Path, opened: Opened, mark: u64) -> Result<Opened, OpenError> {
-    let recovered_to = opened.saved_seq;
-    // sled lets go of the directory (its lock, its threads) once every handle is dropped.
-    drop(opened);
-    let aside = aside_path(path);
-    std::fs::rename(path, &aside)
-        .with_context(|| format!("moving the damaged store to {}", aside.display()))
-        .map_err(OpenError::Unusable)?;
-    let copy = || -> anyhow::Result<Opened> {
-        let old = open(&aside)?;
-        let new = open(path)?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for kv in old.store.data.iter() {
-            let (k, v) = kv?;
-            batch.insert(k, v);
-            in_batch += 1;
-            if in_batch == 10_000 {
-                new.store.data.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        new.store.data.apply_batch(batch)?;
-        for kv in old.store.quarantine.iter() {
-            let (k, v) = kv?;
-            new.store.quarantine.insert(k, v)?;
-        }
-        // Sequence numbers go on above everything handed out before the damage.
-        let saved_seq = mark.max(old.saved_seq);
-        new.store.save_seq(saved_seq)?;
-        new.store.sync(saved_seq)?;
-        Ok(Opened {
-            stored: old.stored,
-            from_close: false,
-            last: old.last,
-            saved_seq,
-            ..new
-        })
-    };
-    let opened = copy()
-        .map_err(OpenError::Unusable)
-        .and_then(|opened| for_writing(opened, Mark::open(path).0))?;
-    error!(
-        path = %path.display(),
-        moved_to = %aside.display(),
-        kept = opened.stored,
-        lost_seq = %format!("{recovered_to}..{mark}"),
-        "the store's log was damaged: readings committed with seq {recovered_to}..{mark} are lost (those not yet published); moved it aside and carried the readings that survived into a new store"
-    );
-    Ok(opened)
+/// fsync of a directory: makes the names created, renamed or removed in it survive a power
+/// cut (an fsync of a file covers its data, not its entry in the directory).
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync of the directory {}", dir.display()))
 }
 
 /// The daemon's store: it gets its durable mark, and the count saved at close, which holds
@@ -397,6 +367,7 @@ fn for_writing(mut opened: Opened, mark: Option<Mark>) -> Result<Opened, OpenErr
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
+    let created = !path.exists();
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
@@ -422,6 +393,15 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         .read(true)
         .open(path.join("db"))
         .with_context(|| format!("opening {} for fsync", path.join("db").display()))?;
+    if created {
+        // A new store's directory and its entry in the parent: without them a power cut can
+        // take the whole store, fsynced readings included, with it (the fsync of `db` covers
+        // its data only). Once per store, so no wear to speak of.
+        sync_dir(path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let (first, last) = ends(&data)?;
     let saved_seq = match meta.get(NEXT_SEQ_KEY)? {
         Some(v) => key_of(&v)?,
@@ -438,10 +418,14 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     let stored = match saved {
         Some(n) => n,
         None => {
-            let mut n = 0;
+            let mut n = 0u64;
             for key in data.iter().keys() {
                 key?;
                 n += 1;
+                if n.is_multiple_of(100_000) {
+                    // Seconds on a big store on a Pi: systemd must not take it for a hang.
+                    crate::service::still_starting();
+                }
             }
             n
         }
@@ -479,6 +463,7 @@ impl Mark {
     /// Opens (creating) the mark of the store at `path`, with the `next_seq` it holds if it is
     /// a valid mark.
     fn open(path: &Path) -> (Option<Mark>, Option<u64>) {
+        let created = !path.join(MARK_FILE).exists();
         let file = File::options()
             .read(true)
             .write(true)
@@ -492,6 +477,12 @@ impl Mark {
                 return (None, None);
             }
         };
+        if created {
+            // The mark's name in the store's directory: without it a power cut can take the
+            // mark, and with it the check, just when sled may have lost the log's tail. Once
+            // per store; the mark's later writes are not fsynced (see Store::sync).
+            let _ = sync_dir(path);
+        }
         let mut bytes = [0u8; 16];
         let seq = file.read_exact_at(&mut bytes, 0).ok().and_then(|()| {
             let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
@@ -626,11 +617,25 @@ pub(super) mod test_faults {
 
     thread_local! {
         static ARMED: Cell<Option<&'static str>> = const { Cell::new(None) };
+        static CRASH: Cell<Option<&'static str>> = const { Cell::new(None) };
     }
 
     /// The next guarded call named `what` ("insert", "flush", "remove", "iter") panics.
     pub fn panic_next(what: &'static str) {
         ARMED.with(|a| a.set(Some(what)));
+    }
+
+    /// A simulated crash at the recovery step `name` (see `recover`).
+    pub fn crash_at(name: &'static str) {
+        CRASH.with(|a| a.set(Some(name)));
+    }
+
+    pub(super) fn crash_if_armed(name: &str) -> anyhow::Result<()> {
+        if CRASH.with(|a| a.get()) == Some(name) {
+            CRASH.with(|a| a.set(None));
+            anyhow::bail!("simulated crash at {name}");
+        }
+        Ok(())
     }
 
     pub(super) fn panic_if_armed(what: &str) {

@@ -175,6 +175,85 @@ fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
     assert_eq!(total, PREFILL + n - BOUND, "{line}");
 }
 
+/// A store that opens below its durable mark (sled lost its log's tail) holding 150,000
+/// readings: carrying them into a new store takes seconds, during which the daemon tells
+/// systemd it is still starting (`EXTEND_TIMEOUT_USEC=`, before `READY=1`). A SIGKILL in the
+/// middle of that copy loses nothing: the next start throws the partial copy away (or finishes
+/// a complete one) and every reading is in the store, with one damaged store kept aside.
+#[test]
+fn a_slow_recovery_extends_the_start_timeout_and_survives_a_kill() {
+    const PREFILL: u64 = 150_000;
+    let name = "a_slow_recovery_extends_the_start_timeout";
+    let mut env = Env::new(name);
+    let buffer = env.buffer_path();
+    prefill_store(&buffer, "test/backlog", PREFILL);
+    // A durable mark far above what the store saved: as if sled had dropped its last commits.
+    let mark = (unix_now() * 2e6) as u64;
+    let mut bytes = mark.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&(mark ^ 0x7465_6c65_6d65_7472).to_be_bytes());
+    fs::write(buffer.join("telemetryd-durable-mark"), bytes).unwrap();
+    let file = env.path("level");
+    fs::write(&file, "1\n").unwrap();
+    // QoS 0 and no broker: nothing is added to the store or taken from it.
+    let sensor = format!(
+        "[[sensor]]\nname = \"level\"\nkind = \"file\"\npath = {}\ninterval = \"1s\"\ntopic = \"test/level\"\nqos = 0\n",
+        toml_str(&file.display().to_string())
+    );
+    env.write_config(&env.config_for_port(free_port(), "", &sensor));
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    let staging = env.path("buffer.recovering");
+
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+    wait_until(DEADLINE, "the copy of the survivors has begun", || {
+        env.daemon.assert_running();
+        staging.exists()
+    });
+    env.daemon.sigkill();
+    let complete = env.path("buffer.recovering.done").exists();
+    eprintln!(
+        "{name}: killed with the copy {}",
+        if complete { "complete" } else { "partial" }
+    );
+
+    let before = notify.lines().len();
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+    wait_until(DEADLINE, "READY=1 after the recovery", || {
+        env.daemon.assert_running();
+        notify.lines()[before..].contains(&"READY=1".to_owned())
+    });
+    let lines = notify.lines()[before..].to_vec();
+    let ready = lines.iter().position(|l| l == "READY=1").unwrap();
+    assert!(
+        lines[..ready].contains(&"EXTEND_TIMEOUT_USEC=30000000".to_owned()),
+        "no EXTEND_TIMEOUT_USEC before READY=1 during a long recovery: {lines:?}"
+    );
+    let log = env.daemon.log();
+    assert!(
+        log.contains(
+            "a recovery of the damaged store was interrupted before its copy was complete"
+        ) || log.contains("finished a recovery of the damaged store that was interrupted"),
+        "the interrupted recovery is not logged:\n{log}"
+    );
+    env.daemon.stop_expect_success();
+    assert_eq!(
+        store_depth(&buffer),
+        PREFILL,
+        "every survivor is in the store"
+    );
+    let names: Vec<String> = fs::read_dir(env.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("buffer."))
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "one damaged store aside, no staging: {names:?}"
+    );
+    assert!(names[0].starts_with("buffer.damaged-"), "{names:?}");
+}
+
 /// SIGHUP with a valid config applies it: a changed topic, an added sensor and new MQTT
 /// settings (a reconnect), without losing or reordering a reading; an invalid config is
 /// logged with its place and the daemon goes on with the old one.
