@@ -867,6 +867,46 @@ mod tests {
         }
     }
 
+    /// The directory fsyncs a power cut needs: a new store's directory and its parent, the
+    /// store's directory again once the durable mark's file exists, the parent after a
+    /// damaged store is moved aside (before the new one is made). A reopen syncs nothing
+    /// (an SD card wears).
+    #[test]
+    fn new_names_are_made_durable_with_directory_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        store::test_faults::take_dir_syncs();
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let synced = store::test_faults::take_dir_syncs();
+        let at = |p: &Path| synced.iter().filter(|s| *s == p).count();
+        assert_eq!(at(dir.path()), 1, "the new store's entry: {synced:?}");
+        assert_eq!(
+            at(&path),
+            2,
+            "the store's files, then the mark's: {synced:?}"
+        );
+        commit_n(&outbox, 3);
+        outbox.close();
+        drop(outbox);
+        drop(Outbox::open(&path, 100).unwrap());
+        assert_eq!(store::test_faults::take_dir_syncs(), Vec::<PathBuf>::new());
+
+        std::fs::write(path.join("db"), vec![0x5a; 64 * 1024]).unwrap();
+        std::fs::write(path.join("conf"), vec![0x5a; 512]).unwrap();
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert!(!outbox.is_degraded());
+        let synced = store::test_faults::take_dir_syncs();
+        assert_eq!(
+            synced.first().map(PathBuf::as_path),
+            Some(dir.path()),
+            "the move aside is durable before the new store is made: {synced:?}"
+        );
+        assert!(
+            synced.iter().filter(|s| *s == dir.path()).count() >= 2,
+            "{synced:?}"
+        );
+    }
+
     #[test]
     fn an_unwritable_store_keeps_readings_in_memory() {
         let dir = tempfile::tempdir().unwrap();

@@ -343,6 +343,8 @@ fn aside_path(path: &Path) -> PathBuf {
 /// fsync of a directory: makes the names created, renamed or removed in it survive a power
 /// cut (an fsync of a file covers its data, not its entry in the directory).
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(test)]
+    test_faults::note_dir_sync(dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("fsync of the directory {}", dir.display()))
@@ -618,11 +620,21 @@ pub(super) mod test_faults {
     thread_local! {
         static ARMED: Cell<Option<&'static str>> = const { Cell::new(None) };
         static CRASH: Cell<Option<&'static str>> = const { Cell::new(None) };
+        static DIR_SYNCS: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// The next guarded call named `what` ("insert", "flush", "remove", "iter") panics.
     pub fn panic_next(what: &'static str) {
         ARMED.with(|a| a.set(Some(what)));
+    }
+
+    pub(super) fn note_dir_sync(dir: &std::path::Path) {
+        DIR_SYNCS.with(|d| d.borrow_mut().push(dir.to_owned()));
+    }
+
+    /// The directories fsynced on this thread since the last call.
+    pub fn take_dir_syncs() -> Vec<std::path::PathBuf> {
+        DIR_SYNCS.with(|d| std::mem::take(&mut *d.borrow_mut()))
     }
 
     /// A simulated crash at the recovery step `name` (see `recover`).
