@@ -12,6 +12,7 @@
 //! `Outbox`, whose mutex guards the counters and the memory tier. Only quick sled calls run
 //! under it; flushes, fsyncs and reopening run outside it.
 
+mod backend;
 mod store;
 
 use std::collections::VecDeque;
@@ -26,6 +27,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
+use backend::Backend;
 use store::{OpenError, Opened, Store};
 
 /// How many readings the memory tier holds while the store is unwritable. Beyond it the oldest
@@ -64,8 +66,8 @@ pub struct Record {
 /// A record and its key: the sequence number that orders it.
 pub type Entry = (u64, Record);
 
-struct Inner {
-    store: Option<Store>,
+struct Inner<B> {
+    store: Option<B>,
     /// Readings in the store (exact: maintained on every insert and remove).
     stored: u64,
     /// Keys below this are durable in the store; readers never see newer, uncommitted ones.
@@ -77,13 +79,16 @@ struct Inner {
     reopen_delay: Duration,
 }
 
-pub struct Outbox {
+/// The outbox over a store tier `B`: sled's [`Store`] in the daemon.
+pub struct Outbox<B: Backend = Store> {
+    /// Where the store is (re)opened from, and its path for the log.
+    source: B::Source,
     path: PathBuf,
     max_messages: AtomicU64,
     /// parking_lot's, for [`MutexGuard::bump`]: a fair hand-over to whoever waits (std's
     /// mutex let the thread that just unlocked take it straight back, so the runtime thread
     /// waited seconds behind a long cut at the bound).
-    inner: parking_lot::Mutex<Inner>,
+    inner: parking_lot::Mutex<Inner<B>>,
     dropped: AtomicU64,
     /// Drops not yet logged, and when the last drop line was written ([`DROP_LOG_EVERY`]).
     drop_log: Mutex<(u64, Option<Instant>)>,
@@ -100,6 +105,13 @@ impl Outbox {
     /// be opened for I/O reasons leaves the outbox in memory mode, retried later. Only a store
     /// locked by another process is an error: two daemons must not share one outbox.
     pub fn open(path: &Path, max_messages: u64) -> anyhow::Result<Outbox> {
+        Outbox::open_from(path.to_owned(), path, max_messages)
+    }
+}
+
+impl<B: Backend> Outbox<B> {
+    /// [`Outbox::open`] for any store tier; `path` names it in the log.
+    fn open_from(source: B::Source, path: &Path, max_messages: u64) -> anyhow::Result<Self> {
         let mut inner = Inner {
             store: None,
             stored: 0,
@@ -109,7 +121,7 @@ impl Outbox {
             reopen_at: Instant::now(),
             reopen_delay: REOPEN_MIN,
         };
-        match store::open_or_replace(path) {
+        match B::open(&source) {
             Ok(opened) => inner.install(opened),
             Err(OpenError::Locked(e)) => {
                 return Err(e).context(format!(
@@ -123,6 +135,7 @@ impl Outbox {
             }
         }
         Ok(Outbox {
+            source,
             path: path.to_owned(),
             max_messages: AtomicU64::new(max_messages),
             inner: parking_lot::Mutex::new(inner),
@@ -247,7 +260,7 @@ impl Outbox {
 
     /// Forgets acknowledged readings, unless `generation` (when they were read) is stale.
     pub fn remove(&self, keys: &[u64], generation: u64) {
-        if self.take(keys, generation, true, Store::remove).is_none() {
+        if self.take(keys, generation, true, B::remove).is_none() {
             debug!(
                 count = keys.len(),
                 "acks from before the store was reopened: those readings will be sent again"
@@ -260,7 +273,7 @@ impl Outbox {
     /// memory tier (the store cannot be written) stay where they are and are sent again later.
     /// Returns how many were moved.
     pub fn quarantine(&self, keys: &[u64], generation: u64) -> u64 {
-        self.take(keys, generation, false, Store::quarantine)
+        self.take(keys, generation, false, B::quarantine)
             .unwrap_or(0)
     }
 
@@ -272,7 +285,7 @@ impl Outbox {
         keys: &[u64],
         generation: u64,
         from_memory: bool,
-        op: impl Fn(&Store, u64) -> anyhow::Result<bool>,
+        op: impl Fn(&B, u64) -> anyhow::Result<bool>,
     ) -> Option<u64> {
         let mut inner = self.lock();
         if generation != self.generation() {
@@ -348,7 +361,7 @@ impl Outbox {
         }
         // Opening counts every key (seconds on a big store on a Pi): not under the lock, which
         // the feeder takes on the runtime thread.
-        let opened = store::open_or_replace(&self.path);
+        let opened = B::open(&self.source);
         let mut inner = self.lock();
         match opened {
             Ok(opened) => {
@@ -440,7 +453,7 @@ impl Outbox {
 
     /// Drops up to `n` of the store's oldest readings (the store holds the oldest); returns
     /// how many.
-    fn drop_from_store(&self, inner: &mut Inner, n: u64) -> u64 {
+    fn drop_from_store(&self, inner: &mut Inner<B>, n: u64) -> u64 {
         let mut from_store = 0;
         if let Some(store) = inner.store.clone() {
             while from_store < n && inner.stored > 0 {
@@ -460,7 +473,7 @@ impl Outbox {
         from_store
     }
 
-    fn fail_store(&self, inner: &mut Inner, e: &anyhow::Error) {
+    fn fail_store(&self, inner: &mut Inner<B>, e: &anyhow::Error) {
         let Some(store) = inner.store.take() else {
             return;
         };
@@ -475,15 +488,15 @@ impl Outbox {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<B>> {
         // parking_lot's mutex is not poisoned by a panic: the counters are then at worst
         // approximate, the entries themselves are in sled. Carry on.
         self.inner.lock()
     }
 }
 
-impl Inner {
-    fn install(&mut self, opened: Opened) {
+impl<B> Inner<B> {
+    fn install(&mut self, opened: Opened<B>) {
         self.stored = opened.stored;
         self.durable_end = opened.last + 1;
         self.next_seq = self.next_seq.max(opened.saved_seq).max(opened.last + 1);

@@ -45,7 +45,7 @@ const MARK_CHECK: u64 = 0x7465_6c65_6d65_7472;
 
 /// The sled database and the file whose `sync_data` makes a flush survive a power cut.
 #[derive(Clone)]
-pub(super) struct Store {
+pub struct Store {
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
@@ -58,8 +58,8 @@ pub(super) struct Store {
 }
 
 /// A store just opened, with what was learnt from it.
-pub(super) struct Opened {
-    pub store: Store,
+pub struct Opened<S = Store> {
+    pub store: S,
     /// How many readings it holds: saved by a clean close, else one pass over the keys (about
     /// 1 s per million on a PC, more on a Pi).
     pub stored: u64,
@@ -70,7 +70,7 @@ pub(super) struct Opened {
     pub saved_seq: u64,
 }
 
-pub(super) enum OpenError {
+pub enum OpenError {
     /// Another process holds it.
     Locked(anyhow::Error),
     /// It cannot be opened for I/O reasons (permissions, a full or read-only disk) and was
@@ -265,6 +265,44 @@ impl Store {
     /// Drops the oldest reading; false if there was none.
     pub fn pop_oldest(&self) -> anyhow::Result<bool> {
         guarded("remove", || Ok(self.data.pop_min()?.is_some()))
+    }
+}
+
+impl super::backend::Backend for Store {
+    type Source = PathBuf;
+
+    fn open(path: &PathBuf) -> Result<Opened, OpenError> {
+        open_or_replace(path)
+    }
+    fn write(&self, entries: &[Entry], next_seq: u64, check: bool) -> anyhow::Result<u64> {
+        Store::write(self, entries, next_seq, check)
+    }
+    fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
+        Store::sync(self, saved_seq)
+    }
+    fn read(&self, start: u64, end: u64, max: usize, out: &mut Vec<Entry>) -> anyhow::Result<u64> {
+        Store::read(self, start, end, max, out)
+    }
+    fn first(&self) -> anyhow::Result<Option<Entry>> {
+        Store::first(self)
+    }
+    fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
+        Store::holds(self, key, record)
+    }
+    fn remove(&self, key: u64) -> anyhow::Result<bool> {
+        Store::remove(self, key)
+    }
+    fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
+        Store::quarantine(self, key)
+    }
+    fn pop_oldest(&self) -> anyhow::Result<bool> {
+        Store::pop_oldest(self)
+    }
+    fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
+        Store::save_seq(self, next_seq)
+    }
+    fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
+        Store::save_count(self, stored, next_seq)
     }
 }
 
