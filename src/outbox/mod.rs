@@ -13,6 +13,8 @@
 //! under it; flushes, fsyncs and reopening run outside it.
 
 mod backend;
+#[cfg(test)]
+mod model;
 mod store;
 
 use std::collections::VecDeque;
