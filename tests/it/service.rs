@@ -137,17 +137,22 @@ fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
     let reloaded = Instant::now();
     env.daemon.signal(libc::SIGHUP);
     let settled = format!(" {BOUND} buffered");
-    wait_until(DEADLINE, "the backlog is cut to the new bound", || {
-        env.daemon.assert_running();
-        notify
-            .lines()
-            .iter()
-            .any(|l| l.starts_with("STATUS=") && l.contains(&settled))
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "the backlog is cut to the new bound",
+        || {
+            env.daemon.assert_running();
+            notify
+                .lines()
+                .iter()
+                .any(|l| l.starts_with("STATUS=") && l.contains(&settled))
+        },
+    );
     let done = Instant::now();
     eprintln!("{name}: cut {PREFILL} to {BOUND} in {:?}", done - reloaded);
     // The watchdog pings every 0.5 s (half of WATCHDOG_USEC); over the whole drop none may be
-    // missing for long. A frozen runtime thread misses them for the length of the drop.
+    // missing for long (3 s leaves room for a loaded machine; 0.57 s measured). A frozen
+    // runtime thread misses them for the length of the drop (6.5 s here).
     let mut pings: Vec<Instant> = notify
         .times_of("WATCHDOG=1")
         .into_iter()
@@ -158,7 +163,7 @@ fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
     let longest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     eprintln!("{name}: longest time without a watchdog ping: {longest:?}");
     assert!(
-        longest < Duration::from_millis(1500),
+        longest < Duration::from_secs(3),
         "no watchdog ping for {longest:?} while the backlog was cut"
     );
 
@@ -205,7 +210,9 @@ fn a_slow_recovery_extends_the_start_timeout_and_survives_a_kill() {
     let staging = env.path("buffer.recovering");
 
     env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
-    wait_until(DEADLINE, "the copy of the survivors has begun", || {
+    // Copying 150,000 readings takes seconds in a debug build, more on a loaded machine.
+    let slow = Duration::from_secs(120);
+    wait_until(slow, "the copy of the survivors has begun", || {
         env.daemon.assert_running();
         staging.exists()
     });
@@ -218,7 +225,7 @@ fn a_slow_recovery_extends_the_start_timeout_and_survives_a_kill() {
 
     let before = notify.lines().len();
     env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
-    wait_until(DEADLINE, "READY=1 after the recovery", || {
+    wait_until(slow, "READY=1 after the recovery", || {
         env.daemon.assert_running();
         notify.lines()[before..].contains(&"READY=1".to_owned())
     });
