@@ -21,11 +21,10 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::MutexGuard;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use parking_lot::MutexGuard;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
