@@ -1,17 +1,17 @@
 //! Carrying a damaged store's surviving readings into a new one, crash-safely.
-//!
-//! The steps, each durable before the next, so that a stop or a power cut at any point leaves
-//! a state the next start finishes or redoes (see [`finish_interrupted`]):
-//! 1. copy the survivors into `<path>.recovering` (a fresh sled store) with the sequence
-//!    counter, the count and the durable mark; fsync every file and the directory;
-//! 2. write `<path>.recovering.done` naming where the damaged store goes; fsync it and the
-//!    parent. From here on the copy is the store;
-//! 3. rename the damaged store to `<path>.damaged-<unix time>`; fsync the parent;
-//! 4. rename `<path>.recovering` to `<path>`; fsync the parent;
-//! 5. remove `<path>.recovering.done`; fsync the parent.
-//!
-//! Before step 2 the damaged store is untouched at `<path>`: an interrupted copy is thrown
-//! away and made again. After it, the next start completes steps 3 to 5.
+
+// The steps, each durable before the next, so that a stop or a power cut at any point leaves
+// a state the next start finishes or redoes (see `finish_interrupted`):
+// 1. copy the survivors into `<path>.recovering` (a fresh sled store) with the sequence
+//    counter, the count and the durable mark; fsync every file and the directory;
+// 2. write `<path>.recovering.done` naming where the damaged store goes; fsync it and the
+//    parent. From here on the copy is the store;
+// 3. rename the damaged store to `<path>.damaged-<unix time>`; fsync the parent;
+// 4. rename `<path>.recovering` to `<path>`; fsync the parent;
+// 5. remove `<path>.recovering.done`; fsync the parent.
+//
+// Before step 2 the damaged store is untouched at `<path>`: an interrupted copy is thrown
+// away and made again. After it, the next start completes steps 3 to 5.
 
 use std::fs::File;
 use std::io::Write;
