@@ -120,7 +120,12 @@ impl fmt::Display for BufferView {
                 writeln!(
                     f,
                     "oldest:        {} ({age} ago), seq {seq}, topic {}",
-                    humantime::format_rfc3339_seconds(taken),
+                    // A stored time is outside input: humantime panics past year 9999.
+                    if record.taken_ms <= crate::mqtt::properties::LAST_TS_MS {
+                        humantime::format_rfc3339_seconds(taken).to_string()
+                    } else {
+                        format!("an impossible time ({} ms)", record.taken_ms)
+                    },
                     record.topic
                 )?;
             }

@@ -49,6 +49,30 @@ pub fn notify(states: &[NotifyState]) {
     }
 }
 
+/// How long systemd is asked to wait for the next sign of life while a long start goes on,
+/// and how often at most one is sent.
+const EXTEND_BY: Duration = Duration::from_secs(30);
+const EXTEND_EVERY: Duration = Duration::from_secs(1);
+
+/// A long part of starting (counting a big store, recovering a damaged one) is still going:
+/// `EXTEND_TIMEOUT_USEC=`, so that systemd's start timeout (90 s by default; a Pi with a slow
+/// SD card can count a big store for longer) does not kill a start that is progressing. Cheap
+/// to call often: sends at most once per [`EXTEND_EVERY`], and nothing in the first one.
+pub fn still_starting() {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = since_start().as_millis() as u64;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < EXTEND_EVERY.as_millis() as u64 {
+        return;
+    }
+    if LAST_MS
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
+        notify(&[NotifyState::ExtendTimeoutUsec(EXTEND_BY.as_micros() as u32)]);
+    }
+}
+
 pub fn ready() {
     notify(&[NotifyState::Ready]);
 }

@@ -14,7 +14,7 @@ mod backoff;
 mod connection;
 mod describe;
 mod feeder;
-mod properties;
+pub(crate) mod properties;
 mod protocol;
 mod puback;
 pub mod tls;

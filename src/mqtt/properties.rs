@@ -8,6 +8,20 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 /// The user property that carries a plain reading's time on MQTT 5.
 pub const TS_PROPERTY: &str = "ts";
 
+/// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z): humantime panics on a
+/// later time, and a stored record's time is outside input (a damaged or foreign store), so
+/// every formatting of it goes through [`rfc3339_millis`]. The store also refuses to decode a
+/// record stamped later (it is quarantined), since no clock of ours produced it.
+pub const LAST_TS_MS: u64 = 253_402_300_799_999;
+
+/// `taken_ms` as RFC 3339 UTC with milliseconds; `None` past [`LAST_TS_MS`] instead of a panic.
+pub fn rfc3339_millis(taken_ms: u64) -> Option<String> {
+    (taken_ms <= LAST_TS_MS).then(|| {
+        let taken = UNIX_EPOCH + Duration::from_millis(taken_ms);
+        humantime::format_rfc3339_millis(taken).to_string()
+    })
+}
+
 /// MQTT 5 publish properties we set; MQTT 3.1.1 has no room for them.
 #[derive(Debug, Default, PartialEq)]
 pub struct Properties {
@@ -75,8 +89,8 @@ pub fn fate(r: Stamp, max_age: Option<Duration>, v5: bool, now_ms: u64) -> Fate 
         }
     }
     if v5 && r.plain {
-        let taken = UNIX_EPOCH + Duration::from_millis(r.taken_ms);
-        props.ts = Some(humantime::format_rfc3339_millis(taken).to_string());
+        // A time RFC 3339 cannot write goes without `ts` rather than stopping the feeder.
+        props.ts = rfc3339_millis(r.taken_ms);
     }
     Fate::Send(props)
 }
@@ -167,5 +181,40 @@ mod tests {
             panic!("sent")
         };
         assert_eq!(p.expiry_s, Some(3600));
+    }
+
+    /// A stored time past year 9999 (a damaged store) panicked humantime's formatter, and with
+    /// it the feeder. Every time must give a fate, with or without max_age.
+    #[test]
+    fn any_stored_time_gives_a_fate_without_panicking() {
+        assert_eq!(
+            rfc3339_millis(LAST_TS_MS).as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+        assert_eq!(rfc3339_millis(LAST_TS_MS + 1), None);
+        let hour = Some(Duration::from_secs(3600));
+        for taken_ms in [0, 1, LAST_TS_MS, LAST_TS_MS + 1, u64::MAX / 2, u64::MAX] {
+            for (max_age, v5, retain) in
+                [(None, true, false), (hour, true, false), (hour, true, true)]
+            {
+                let stamp = Stamp {
+                    taken_ms,
+                    plain: true,
+                    retain,
+                };
+                for now_ms in [0, TAKEN, u64::MAX] {
+                    let _ = fate(stamp, max_age, v5, now_ms);
+                }
+            }
+        }
+        let far = Stamp {
+            taken_ms: u64::MAX,
+            plain: true,
+            retain: false,
+        };
+        let Fate::Send(p) = fate(far, None, true, TAKEN) else {
+            panic!("sent")
+        };
+        assert_eq!(p.ts, None);
     }
 }

@@ -12,18 +12,23 @@
 //! `Outbox`, whose mutex guards the counters and the memory tier. Only quick sled calls run
 //! under it; flushes, fsyncs and reopening run outside it.
 
+mod backend;
+#[cfg(test)]
+mod model;
 mod store;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use parking_lot::MutexGuard;
 use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
+use backend::Backend;
 use store::{OpenError, Opened, Store};
 
 /// How many readings the memory tier holds while the store is unwritable. Beyond it the oldest
@@ -35,6 +40,15 @@ const REOPEN_MAX: Duration = Duration::from_secs(60);
 /// At the bound every commit drops readings; one warn line per this long (with the count since
 /// the last line and the running total) rather than one per reading.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
+/// At the bound, the oldest readings are popped from the store this many at a time, with the
+/// lock let go in between: the feeder (acks), the status line and so the watchdog take that
+/// lock on the runtime thread, and a reload that lowered `max_messages` under a backlog of
+/// 500,000 held it for the whole cut (20 s here for 300,000, in a debug build).
+const DROP_BATCH: u64 = 1000;
+/// At most this many are popped per commit, so that one commit stays short and the committer
+/// keeps beating (and readings keep flowing) while a big excess is cut: the rest goes with the
+/// next commits.
+const DROP_PER_COMMIT: u64 = 50_000;
 
 /// One stored reading, ready to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +67,8 @@ pub struct Record {
 /// A record and its key: the sequence number that orders it.
 pub type Entry = (u64, Record);
 
-struct Inner {
-    store: Option<Store>,
+struct Inner<B> {
+    store: Option<B>,
     /// Readings in the store (exact: maintained on every insert and remove).
     stored: u64,
     /// Keys below this are durable in the store; readers never see newer, uncommitted ones.
@@ -66,10 +80,16 @@ struct Inner {
     reopen_delay: Duration,
 }
 
-pub struct Outbox {
+/// The outbox over a store tier `B`: sled's [`Store`] in the daemon.
+pub struct Outbox<B: Backend = Store> {
+    /// Where the store is (re)opened from, and its path for the log.
+    source: B::Source,
     path: PathBuf,
     max_messages: AtomicU64,
-    inner: Mutex<Inner>,
+    /// parking_lot's, for [`MutexGuard::bump`]: a fair hand-over to whoever waits (std's
+    /// mutex let the thread that just unlocked take it straight back, so the runtime thread
+    /// waited seconds behind a long cut at the bound).
+    inner: parking_lot::Mutex<Inner<B>>,
     dropped: AtomicU64,
     /// Drops not yet logged, and when the last drop line was written ([`DROP_LOG_EVERY`]).
     drop_log: Mutex<(u64, Option<Instant>)>,
@@ -86,6 +106,13 @@ impl Outbox {
     /// be opened for I/O reasons leaves the outbox in memory mode, retried later. Only a store
     /// locked by another process is an error: two daemons must not share one outbox.
     pub fn open(path: &Path, max_messages: u64) -> anyhow::Result<Outbox> {
+        Outbox::open_from(path.to_owned(), path, max_messages)
+    }
+}
+
+impl<B: Backend> Outbox<B> {
+    /// [`Outbox::open`] for any store tier; `path` names it in the log.
+    fn open_from(source: B::Source, path: &Path, max_messages: u64) -> anyhow::Result<Self> {
         let mut inner = Inner {
             store: None,
             stored: 0,
@@ -95,7 +122,7 @@ impl Outbox {
             reopen_at: Instant::now(),
             reopen_delay: REOPEN_MIN,
         };
-        match store::open_or_replace(path) {
+        match B::open(&source) {
             Ok(opened) => inner.install(opened),
             Err(OpenError::Locked(e)) => {
                 return Err(e).context(format!(
@@ -109,9 +136,10 @@ impl Outbox {
             }
         }
         Ok(Outbox {
+            source,
             path: path.to_owned(),
             max_messages: AtomicU64::new(max_messages),
-            inner: Mutex::new(inner),
+            inner: parking_lot::Mutex::new(inner),
             dropped: AtomicU64::new(0),
             drop_log: Mutex::new((0, None)),
             generation: AtomicU64::new(0),
@@ -136,13 +164,41 @@ impl Outbox {
         if batch.is_empty() && inner.memory.is_empty() {
             return;
         }
+        // The store's oldest first, in batches; the new batch is kept out of `memory` until
+        // then, since readers see the memory tier and it is not durable yet.
+        let mut dropped = 0;
+        while dropped < DROP_PER_COMMIT {
+            let bound = self.max_messages.load(Ordering::Relaxed);
+            let total = inner.stored + (inner.memory.len() + batch.len()) as u64;
+            let n = total
+                .saturating_sub(bound)
+                .min(inner.stored)
+                .min(DROP_BATCH)
+                .min(DROP_PER_COMMIT - dropped);
+            if n == 0 {
+                break;
+            }
+            let popped = self.drop_from_store(&mut inner, n);
+            dropped += popped;
+            if popped < n {
+                break; // the store failed, or holds fewer than counted
+            }
+            // Let whoever waits (the feeder, the status line) have the lock between batches.
+            MutexGuard::bump(&mut inner);
+        }
         // Readings from the memory tier may be on disk already (written before a flush
         // failed): they must not be counted twice.
         let recovering = !inner.memory.is_empty();
         inner.memory.extend(batch);
-        let bound = self.max_messages.load(Ordering::Relaxed);
-        let excess = (inner.stored + inner.memory.len() as u64).saturating_sub(bound);
-        let mut dropped = self.drop_oldest(&mut inner, excess);
+        // What is still over the bound and not in the store: the oldest of the memory tier
+        // (and of the batch). Quick: no sled call.
+        if inner.stored == 0 || dropped < DROP_PER_COMMIT {
+            let bound = self.max_messages.load(Ordering::Relaxed);
+            let over = (inner.stored + inner.memory.len() as u64).saturating_sub(bound);
+            let from_memory = (over as usize).min(inner.memory.len());
+            inner.memory.drain(..from_memory);
+            dropped += from_memory as u64;
+        }
         match inner.store.clone() {
             Some(store) => {
                 let pending: Vec<Entry> = inner.memory.drain(..).collect();
@@ -205,7 +261,7 @@ impl Outbox {
 
     /// Forgets acknowledged readings, unless `generation` (when they were read) is stale.
     pub fn remove(&self, keys: &[u64], generation: u64) {
-        if self.take(keys, generation, true, Store::remove).is_none() {
+        if self.take(keys, generation, true, B::remove).is_none() {
             debug!(
                 count = keys.len(),
                 "acks from before the store was reopened: those readings will be sent again"
@@ -218,7 +274,7 @@ impl Outbox {
     /// memory tier (the store cannot be written) stay where they are and are sent again later.
     /// Returns how many were moved.
     pub fn quarantine(&self, keys: &[u64], generation: u64) -> u64 {
-        self.take(keys, generation, false, Store::quarantine)
+        self.take(keys, generation, false, B::quarantine)
             .unwrap_or(0)
     }
 
@@ -230,7 +286,7 @@ impl Outbox {
         keys: &[u64],
         generation: u64,
         from_memory: bool,
-        op: impl Fn(&Store, u64) -> anyhow::Result<bool>,
+        op: impl Fn(&B, u64) -> anyhow::Result<bool>,
     ) -> Option<u64> {
         let mut inner = self.lock();
         if generation != self.generation() {
@@ -306,12 +362,28 @@ impl Outbox {
         }
         // Opening counts every key (seconds on a big store on a Pi): not under the lock, which
         // the feeder takes on the runtime thread.
-        let opened = store::open_or_replace(&self.path);
+        let opened = B::open(&self.source);
         let mut inner = self.lock();
         match opened {
             Ok(opened) => {
                 let last = opened.last;
+                let store = opened.store.clone();
                 inner.install(opened);
+                // A batch whose flush failed (or panicked) is kept in memory, but sled may
+                // still have written it (when its handle was dropped): those are the same
+                // readings, already in the store. Renumbering them below would send them
+                // twice and count them twice.
+                let before = inner.memory.len();
+                inner
+                    .memory
+                    .retain(|(k, r)| *k > last || !store.holds(*k, r).unwrap_or(false));
+                let on_disk = before - inner.memory.len();
+                if on_disk > 0 {
+                    debug!(
+                        count = on_disk,
+                        "readings kept in memory were in the store already"
+                    );
+                }
                 // Readings taken while the store was away must sort after it and must not
                 // overwrite it. The sequence starts above the clock in microseconds, so this
                 // only happens if the clock went back; renumber them then.
@@ -380,8 +452,9 @@ impl Outbox {
         }
     }
 
-    /// Drops the `n` oldest readings (store first: it holds the older ones); returns how many.
-    fn drop_oldest(&self, inner: &mut Inner, n: u64) -> u64 {
+    /// Drops up to `n` of the store's oldest readings (the store holds the oldest); returns
+    /// how many.
+    fn drop_from_store(&self, inner: &mut Inner<B>, n: u64) -> u64 {
         let mut from_store = 0;
         if let Some(store) = inner.store.clone() {
             while from_store < n && inner.stored > 0 {
@@ -398,12 +471,10 @@ impl Outbox {
                 }
             }
         }
-        let from_memory = ((n - from_store) as usize).min(inner.memory.len());
-        inner.memory.drain(..from_memory);
-        from_store + from_memory as u64
+        from_store
     }
 
-    fn fail_store(&self, inner: &mut Inner, e: &anyhow::Error) {
+    fn fail_store(&self, inner: &mut Inner<B>, e: &anyhow::Error) {
         let Some(store) = inner.store.take() else {
             return;
         };
@@ -418,15 +489,15 @@ impl Outbox {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves counters that are at worst approximate; the
-        // entries themselves are in sled. Carry on rather than poison the whole daemon.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner<B>> {
+        // parking_lot's mutex is not poisoned by a panic: the counters are then at worst
+        // approximate, the entries themselves are in sled. Carry on.
+        self.inner.lock()
     }
 }
 
-impl Inner {
-    fn install(&mut self, opened: Opened) {
+impl<B> Inner<B> {
+    fn install(&mut self, opened: Opened<B>) {
         self.stored = opened.stored;
         self.durable_end = opened.last + 1;
         self.next_seq = self.next_seq.max(opened.saved_seq).max(opened.last + 1);
@@ -472,7 +543,7 @@ pub fn inspect(path: &Path) -> anyhow::Result<BufferReport> {
     Ok(BufferReport {
         depth: opened.stored,
         oldest: opened.store.first()?,
-        quarantined: opened.store.quarantined(),
+        quarantined: opened.store.quarantined()?,
         bytes_on_disk: dir_size(path),
     })
 }
@@ -510,7 +581,7 @@ mod tests {
             topic: "t".into(),
             payload: n.to_string().into_bytes(),
             retain: false,
-            taken_ms: n,
+            taken_ms: n / 1000, // keys are near the clock in µs
             plain: true,
         }
     }
@@ -704,12 +775,7 @@ mod tests {
         assert_eq!(outbox.depth(), 5);
         outbox.close();
         drop(outbox);
-        let saved = store::open(&path).unwrap().saved_seq;
-        // As if sled had lost the commits that brought the counter to saved + 1000.
-        let mark = saved + 1000;
-        let mut bytes = mark.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&(mark ^ 0x7465_6c65_6d65_7472).to_be_bytes());
-        std::fs::write(path.join("telemetryd-durable-mark"), bytes).unwrap();
+        let mark = raise_the_mark(&path);
 
         let outbox = Outbox::open(&path, 100).unwrap();
         assert_eq!(outbox.depth(), 5);
@@ -728,6 +794,131 @@ mod tests {
         outbox.close();
         drop(outbox);
         assert_eq!(Outbox::open(&path, 100).unwrap().depth(), 6);
+    }
+
+    /// Makes the store at `path` look as if sled had lost the commits that brought its
+    /// counter from what it saved up to `saved + 1000`; returns that durable mark.
+    fn raise_the_mark(path: &Path) -> u64 {
+        let saved = store::open(path).unwrap().saved_seq;
+        let mark = saved + 1000;
+        let mut bytes = mark.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&(mark ^ 0x7465_6c65_6d65_7472).to_be_bytes());
+        std::fs::write(path.join("telemetryd-durable-mark"), bytes).unwrap();
+        mark
+    }
+
+    /// Names in `dir` beside the store `buf`: its `.damaged-*` and `.recovering*` ones.
+    fn beside(dir: &Path) -> (usize, Vec<String>) {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let damaged = names
+            .iter()
+            .filter(|n| n.starts_with("buf.damaged-"))
+            .count();
+        let recovering = names
+            .into_iter()
+            .filter(|n| n.starts_with("buf.recovering"))
+            .collect();
+        (damaged, recovering)
+    }
+
+    /// A stop or a power cut at each step of carrying a damaged store's survivors over: the
+    /// next start finishes the recovery (its copy was complete and durable) or redoes it (it
+    /// was not), and never accepts a partial copy: every survivor is there, exactly once, in
+    /// order, sequence numbers go on above the mark, one damaged store is kept aside, no
+    /// staging is left, and the result opens clean. The store holds more than one copy batch
+    /// (10,000), so the crash while copying leaves a partial copy behind.
+    #[test]
+    fn a_recovery_interrupted_at_any_step_is_finished_or_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("template");
+        let outbox = Outbox::open(&template, 100_000).unwrap();
+        let mut k = commit_n(&outbox, 10_000);
+        k.extend(commit_n(&outbox, 50));
+        outbox.close();
+        drop(outbox);
+        for step in ["copying", "copied", "marked done", "moved aside", "renamed"] {
+            let run = dir.path().join(step.replace(' ', "-"));
+            std::fs::create_dir(&run).unwrap();
+            let path = run.join("buf");
+            copy_tree(&template, &path);
+            let mark = raise_the_mark(&path);
+
+            store::test_faults::crash_at(step);
+            let crashed = Outbox::open(&path, 100_000).unwrap();
+            assert!(
+                crashed.is_degraded(),
+                "{step}: the simulated crash happened"
+            );
+            drop(crashed);
+
+            let outbox = Outbox::open(&path, 100_000).unwrap();
+            assert!(!outbox.is_degraded(), "{step}");
+            assert_eq!(outbox.depth(), k.len() as u64, "{step}");
+            assert_eq!(keys(&outbox.read_after(None, 20_000)), k, "{step}");
+            assert!(outbox.next_seq() >= mark, "{step}");
+            assert_eq!(beside(&run), (1, vec![]), "{step}");
+            outbox.close();
+            drop(outbox);
+            // Sound: it is not flagged again, and the damaged store is kept whole.
+            let outbox = Outbox::open(&path, 100_000).unwrap();
+            assert_eq!(outbox.depth(), k.len() as u64, "{step}");
+            assert_eq!(beside(&run).0, 1, "{step}");
+        }
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// The directory fsyncs a power cut needs: a new store's directory and its parent, the
+    /// store's directory again once the durable mark's file exists, the parent after a
+    /// damaged store is moved aside (before the new one is made). A reopen syncs nothing
+    /// (an SD card wears).
+    #[test]
+    fn new_names_are_made_durable_with_directory_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("buf");
+        store::test_faults::take_dir_syncs();
+        let outbox = Outbox::open(&path, 100).unwrap();
+        let synced = store::test_faults::take_dir_syncs();
+        let at = |p: &Path| synced.iter().filter(|s| *s == p).count();
+        assert_eq!(at(dir.path()), 1, "the new store's entry: {synced:?}");
+        assert_eq!(
+            at(&path),
+            2,
+            "the store's files, then the mark's: {synced:?}"
+        );
+        commit_n(&outbox, 3);
+        outbox.close();
+        drop(outbox);
+        drop(Outbox::open(&path, 100).unwrap());
+        assert_eq!(store::test_faults::take_dir_syncs(), Vec::<PathBuf>::new());
+
+        std::fs::write(path.join("db"), vec![0x5a; 64 * 1024]).unwrap();
+        std::fs::write(path.join("conf"), vec![0x5a; 512]).unwrap();
+        let outbox = Outbox::open(&path, 100).unwrap();
+        assert!(!outbox.is_degraded());
+        let synced = store::test_faults::take_dir_syncs();
+        assert_eq!(
+            synced.first().map(PathBuf::as_path),
+            Some(dir.path()),
+            "the move aside is durable before the new store is made: {synced:?}"
+        );
+        assert!(
+            synced.iter().filter(|s| *s == dir.path()).count() >= 2,
+            "{synced:?}"
+        );
     }
 
     #[test]
@@ -831,8 +1022,151 @@ mod tests {
         store.corrupt(k[1]);
         assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[0], k[2], k[3]]);
         assert_eq!(outbox.depth(), 3);
-        assert_eq!(store.quarantined(), 1);
+        assert_eq!(store.quarantined().unwrap(), 1);
         assert!(!outbox.is_degraded());
+    }
+
+    /// sled panics on some damaged or failing stores, and not only in `open`. A panic in
+    /// any call (insert, flush, remove, iteration) must take the store-failed path: the
+    /// readings stay readable (memory tier or the store once reopened), nothing is lost, and
+    /// the caller (the committer or the feeder) goes on.
+    #[test]
+    fn a_sled_panic_outside_open_fails_the_store_and_loses_nothing() {
+        for what in ["insert", "flush", "remove", "iter"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("buf");
+            let outbox = Outbox::open(&path, 100).unwrap();
+            let mut k = commit_n(&outbox, 3);
+            let generation = outbox.generation();
+            store::test_faults::panic_next(what);
+            match what {
+                "insert" | "flush" => k.extend(commit_n(&outbox, 2)),
+                "remove" => outbox.remove(&k[..1], generation),
+                _ => {
+                    outbox.read_after(None, 10);
+                }
+            }
+            assert!(outbox.is_degraded(), "{what}: the store is given up");
+            assert!(outbox.generation() > generation, "{what}");
+            outbox.lock().reopen_at = Instant::now();
+            outbox.maintain();
+            assert!(!outbox.is_degraded(), "{what}: reopened");
+            assert_eq!(keys(&outbox.read_after(None, 10)), k, "{what}");
+            assert_eq!(outbox.depth(), k.len() as u64, "{what}");
+            outbox.close();
+            drop(outbox);
+            assert_eq!(depth_at(&path).unwrap(), k.len() as u64, "{what}");
+        }
+    }
+
+    /// Stored records are outside input: whatever decodes must be publishable (a time RFC
+    /// 3339 can write, a topic a client and a broker accept, a size rumqttc sends); anything
+    /// else is quarantined, never a panic and never a record that stalls the feeder.
+    #[test]
+    fn records_that_cannot_be_published_are_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 100).unwrap();
+        let good = |n: u64| record(n);
+        let bad = [
+            Record {
+                taken_ms: u64::MAX,
+                ..good(1)
+            },
+            Record {
+                taken_ms: crate::mqtt::properties::LAST_TS_MS + 1,
+                ..good(1)
+            },
+            Record {
+                topic: String::new(),
+                ..good(1)
+            },
+            Record {
+                topic: "a/#".into(),
+                ..good(1)
+            },
+            Record {
+                topic: "a/+/b".into(),
+                ..good(1)
+            },
+            Record {
+                topic: "a\0b".into(),
+                ..good(1)
+            },
+            Record {
+                payload: vec![b'x'; 10 * 1024],
+                ..good(1)
+            },
+        ];
+        let edge = Record {
+            taken_ms: crate::mqtt::properties::LAST_TS_MS,
+            payload: vec![b'x'; 10 * 1024 - 9 - 1],
+            ..good(2)
+        };
+        let mut batch: Vec<Entry> = bad.iter().map(|r| (outbox.next_seq(), r.clone())).collect();
+        let edge_key = outbox.next_seq();
+        batch.push((edge_key, edge.clone()));
+        outbox.commit(batch);
+        let read = outbox.read_after(None, 100);
+        assert_eq!(read, vec![(edge_key, edge)]);
+        assert_eq!(outbox.depth(), 1);
+        let store = outbox.lock().store.clone().unwrap();
+        assert_eq!(store.quarantined().unwrap(), bad.len());
+        // And what did decode goes out without a panic.
+        for (_, r) in read {
+            let stamp = crate::mqtt::properties::Stamp {
+                taken_ms: r.taken_ms,
+                plain: r.plain,
+                retain: r.retain,
+            };
+            let _ = crate::mqtt::properties::fate(stamp, None, true, 0);
+        }
+    }
+
+    /// Garbage of every length as a record's value: a record or an error, never a panic.
+    #[test]
+    fn decoding_garbage_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..400 {
+            for _ in 0..20 {
+                let v: Vec<u8> = (0..len)
+                    .map(|i| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Mostly a valid version byte, so the rest is exercised.
+                        if i == 0 && !x.is_multiple_of(4) {
+                            1
+                        } else {
+                            x as u8
+                        }
+                    })
+                    .collect();
+                let _ = store::decode_for_test(&x.to_be_bytes(), &v);
+                let _ = store::decode_for_test(&v, &v);
+            }
+        }
+    }
+
+    /// A bound lowered far under the backlog: each commit cuts at most DROP_PER_COMMIT (one
+    /// commit stays short), the next commits cut the rest, and the counts stay exact.
+    #[test]
+    fn a_big_excess_is_cut_over_several_commits_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("buf"), 1_000_000).unwrap();
+        let backlog = DROP_PER_COMMIT + 10_000;
+        let mut k = Vec::new();
+        while (k.len() as u64) < backlog {
+            k.extend(commit_n(&outbox, 10_000));
+        }
+        assert_eq!(k.len() as u64, backlog);
+        outbox.set_max_messages(10);
+        k.extend(commit_n(&outbox, 1));
+        assert_eq!(outbox.dropped(), DROP_PER_COMMIT);
+        assert_eq!(outbox.depth(), backlog + 1 - DROP_PER_COMMIT);
+        k.extend(commit_n(&outbox, 1));
+        assert_eq!(outbox.depth(), 10);
+        assert_eq!(outbox.dropped(), backlog + 2 - 10);
+        assert_eq!(keys(&outbox.read_after(None, 100)), k[k.len() - 10..]);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use tracing::error;
 
 use super::{Entry, Record};
 
+mod recover;
+
 /// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
 /// whose hot part (both ends) is small.
 const CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
@@ -43,7 +45,7 @@ const MARK_CHECK: u64 = 0x7465_6c65_6d65_7472;
 
 /// The sled database and the file whose `sync_data` makes a flush survive a power cut.
 #[derive(Clone)]
-pub(super) struct Store {
+pub struct Store {
     db: sled::Db,
     data: sled::Tree,
     meta: sled::Tree,
@@ -56,8 +58,8 @@ pub(super) struct Store {
 }
 
 /// A store just opened, with what was learnt from it.
-pub(super) struct Opened {
-    pub store: Store,
+pub struct Opened<S = Store> {
+    pub store: S,
     /// How many readings it holds: saved by a clean close, else one pass over the keys (about
     /// 1 s per million on a PC, more on a Pi).
     pub stored: u64,
@@ -68,7 +70,7 @@ pub(super) struct Opened {
     pub saved_seq: u64,
 }
 
-pub(super) enum OpenError {
+pub enum OpenError {
     /// Another process holds it.
     Locked(anyhow::Error),
     /// It cannot be opened for I/O reasons (permissions, a full or read-only disk) and was
@@ -84,8 +86,10 @@ impl Store {
     /// After the fsync, the durable mark is updated (written, not fsynced: after a power cut
     /// it may be older than the store, never newer, and an older mark flags nothing).
     pub fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
-        self.db.flush()?;
-        self.log_file.sync_data().context("fsync of the store")?;
+        guarded("flush", || {
+            self.db.flush()?;
+            self.log_file.sync_data().context("fsync of the store")
+        })?;
         if let Some(mark) = &self.mark {
             mark.write(saved_seq);
         }
@@ -96,6 +100,17 @@ impl Store {
     /// many keys are new; with `check_existing`, keys already present (written before a failed
     /// flush) don't count.
     pub fn write(
+        &self,
+        entries: &[Entry],
+        next_seq: u64,
+        check_existing: bool,
+    ) -> anyhow::Result<u64> {
+        guarded("insert", || {
+            self.write_unguarded(entries, next_seq, check_existing)
+        })
+    }
+
+    fn write_unguarded(
         &self,
         entries: &[Entry],
         next_seq: u64,
@@ -136,25 +151,29 @@ impl Store {
     /// Saves how many readings there are, for a quick next open. Only when nothing is
     /// written afterwards (a clean close).
     pub fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
-        let (first, last) = ends(&self.data)?;
-        let mut v = Vec::with_capacity(32);
-        for n in [stored, first, last, next_seq] {
-            v.extend_from_slice(&n.to_be_bytes());
-        }
-        self.meta.insert(COUNT_KEY, v)?;
-        Ok(())
+        guarded("insert", || {
+            let (first, last) = ends(&self.data)?;
+            let mut v = Vec::with_capacity(32);
+            for n in [stored, first, last, next_seq] {
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+            self.meta.insert(COUNT_KEY, v)?;
+            Ok(())
+        })
     }
 
     /// Removes the count saved at close, durably, before the first change: after a crash, the
     /// next open counts.
     fn forget_count(&self, saved_seq: u64) -> anyhow::Result<()> {
-        self.meta.remove(COUNT_KEY)?;
+        guarded("remove", || Ok(self.meta.remove(COUNT_KEY)?))?;
         self.sync(saved_seq)
     }
 
     pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
-        self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
-        Ok(())
+        guarded("insert", || {
+            self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
+            Ok(())
+        })
     }
 
     /// Appends up to `max` entries with keys in `start..end` to `out`. A record that cannot be
@@ -167,10 +186,20 @@ impl Store {
         max: usize,
         out: &mut Vec<Entry>,
     ) -> anyhow::Result<u64> {
-        let mut quarantined = 0;
         if start >= end {
             return Ok(0);
         }
+        guarded("iter", || self.read_unguarded(start, end, max, out))
+    }
+
+    fn read_unguarded(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        out: &mut Vec<Entry>,
+    ) -> anyhow::Result<u64> {
+        let mut quarantined = 0;
         for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
             if out.len() >= max {
                 break;
@@ -190,21 +219,25 @@ impl Store {
 
     /// The oldest reading, if any.
     pub fn first(&self) -> anyhow::Result<Option<Entry>> {
-        self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+        guarded("iter", || {
+            self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+        })
     }
 
-    pub fn quarantined(&self) -> usize {
-        self.quarantine.len()
+    pub fn quarantined(&self) -> anyhow::Result<usize> {
+        guarded("iter", || Ok(self.quarantine.len()))
     }
 
     /// Moves a reading to the quarantine tree; true if the key was there.
     pub fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
-        let k = key.to_be_bytes();
-        let Some(v) = self.data.get(k)? else {
-            return Ok(false);
-        };
-        self.move_to_quarantine(&k, v)?;
-        Ok(true)
+        guarded("insert", || {
+            let k = key.to_be_bytes();
+            let Some(v) = self.data.get(k)? else {
+                return Ok(false);
+            };
+            self.move_to_quarantine(&k, v)?;
+            Ok(true)
+        })
     }
 
     fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
@@ -214,27 +247,76 @@ impl Store {
         Ok(())
     }
 
+    /// True if `key` holds exactly `record`.
+    pub fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
+        guarded("iter", || {
+            let stored = self.data.get(key.to_be_bytes())?;
+            Ok(stored.is_some_and(|v| v.as_ref() == encode(record).as_slice()))
+        })
+    }
+
     /// True if the key was there.
     pub fn remove(&self, key: u64) -> anyhow::Result<bool> {
-        Ok(self.data.remove(key.to_be_bytes())?.is_some())
+        guarded("remove", || {
+            Ok(self.data.remove(key.to_be_bytes())?.is_some())
+        })
     }
 
     /// Drops the oldest reading; false if there was none.
     pub fn pop_oldest(&self) -> anyhow::Result<bool> {
-        Ok(self.data.pop_min()?.is_some())
+        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
+    }
+}
+
+impl super::backend::Backend for Store {
+    type Source = PathBuf;
+
+    fn open(path: &PathBuf) -> Result<Opened, OpenError> {
+        open_or_replace(path)
+    }
+    fn write(&self, entries: &[Entry], next_seq: u64, check: bool) -> anyhow::Result<u64> {
+        Store::write(self, entries, next_seq, check)
+    }
+    fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
+        Store::sync(self, saved_seq)
+    }
+    fn read(&self, start: u64, end: u64, max: usize, out: &mut Vec<Entry>) -> anyhow::Result<u64> {
+        Store::read(self, start, end, max, out)
+    }
+    fn first(&self) -> anyhow::Result<Option<Entry>> {
+        Store::first(self)
+    }
+    fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
+        Store::holds(self, key, record)
+    }
+    fn remove(&self, key: u64) -> anyhow::Result<bool> {
+        Store::remove(self, key)
+    }
+    fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
+        Store::quarantine(self, key)
+    }
+    fn pop_oldest(&self) -> anyhow::Result<bool> {
+        Store::pop_oldest(self)
+    }
+    fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
+        Store::save_seq(self, next_seq)
+    }
+    fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
+        Store::save_count(self, stored, next_seq)
     }
 }
 
 /// Opens the store for the daemon; a damaged one is renamed `<path>.damaged-<unix time>` and
 /// replaced.
 pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
+    recover::finish_interrupted(path)?;
     let err = match catch_unwind(AssertUnwindSafe(|| open(path))) {
         Ok(Ok(opened)) => {
             let (mark, marked) = Mark::open(path);
             return match marked {
                 Some(seq) if seq > opened.saved_seq => {
                     drop(mark);
-                    carry_over(path, opened, seq)
+                    recover::carry_over(path, opened, seq)
                 }
                 _ => for_writing(opened, mark),
             };
@@ -261,6 +343,12 @@ pub(super) fn open_or_replace(path: &Path) -> Result<Opened, OpenError> {
             err.context(format!("and it could not be moved aside: {e}")),
         ));
     }
+    // The move must be on disk before the new store is: after a power cut, the old name
+    // could otherwise come back holding the damaged store, next to a new one. Once per
+    // damaged store.
+    if let Some(parent) = path.parent() {
+        let _ = sync_dir(parent);
+    }
     error!(path = %path.display(), moved_to = %aside.display(), error = %format!("{err:#}"), "the store was damaged: moved it aside and started an empty one");
     open(path)
         .map_err(OpenError::Unusable)
@@ -273,68 +361,31 @@ fn is_locked(err: &anyhow::Error) -> bool {
         Some(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }
 
+/// `<path>.damaged-<unix time>`, with `-2`, `-3`... if that is taken (a second damage within
+/// the same second must not fail to move, nor merge with the first).
 fn aside_path(path: &Path) -> PathBuf {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    PathBuf::from(format!("{}.damaged-{secs}", path.display()))
+    let base = format!("{}.damaged-{secs}", path.display());
+    let mut aside = PathBuf::from(&base);
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        aside = PathBuf::from(format!("{base}-{n}"));
+    }
+    aside
 }
 
-/// A store that opened below its durable mark lost part of its log: sled stopped at a damaged
-/// record and dropped everything after it. Move it aside (for a person to look at) and carry
-/// what survived into a new store, so that those readings are still published and the damaged
-/// log is never written to again; say loudly what is lost.
-fn carry_over(path: &Path, opened: Opened, mark: u64) -> Result<Opened, OpenError> {
-    let recovered_to = opened.saved_seq;
-    // sled lets go of the directory (its lock, its threads) once every handle is dropped.
-    drop(opened);
-    let aside = aside_path(path);
-    std::fs::rename(path, &aside)
-        .with_context(|| format!("moving the damaged store to {}", aside.display()))
-        .map_err(OpenError::Unusable)?;
-    let copy = || -> anyhow::Result<Opened> {
-        let old = open(&aside)?;
-        let new = open(path)?;
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for kv in old.store.data.iter() {
-            let (k, v) = kv?;
-            batch.insert(k, v);
-            in_batch += 1;
-            if in_batch == 10_000 {
-                new.store.data.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        new.store.data.apply_batch(batch)?;
-        for kv in old.store.quarantine.iter() {
-            let (k, v) = kv?;
-            new.store.quarantine.insert(k, v)?;
-        }
-        // Sequence numbers go on above everything handed out before the damage.
-        let saved_seq = mark.max(old.saved_seq);
-        new.store.save_seq(saved_seq)?;
-        new.store.sync(saved_seq)?;
-        Ok(Opened {
-            stored: old.stored,
-            from_close: false,
-            last: old.last,
-            saved_seq,
-            ..new
-        })
-    };
-    let opened = copy()
-        .map_err(OpenError::Unusable)
-        .and_then(|opened| for_writing(opened, Mark::open(path).0))?;
-    error!(
-        path = %path.display(),
-        moved_to = %aside.display(),
-        kept = opened.stored,
-        lost_seq = %format!("{recovered_to}..{mark}"),
-        "the store's log was damaged: readings committed with seq {recovered_to}..{mark} are lost (those not yet published); moved it aside and carried the readings that survived into a new store"
-    );
-    Ok(opened)
+/// fsync of a directory: makes the names created, renamed or removed in it survive a power
+/// cut (an fsync of a file covers its data, not its entry in the directory).
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(test)]
+    test_faults::note_dir_sync(dir);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync of the directory {}", dir.display()))
 }
 
 /// The daemon's store: it gets its durable mark, and the count saved at close, which holds
@@ -356,6 +407,7 @@ fn for_writing(mut opened: Opened, mark: Option<Mark>) -> Result<Opened, OpenErr
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
+    let created = !path.exists();
     let config = sled::Config::new()
         .path(path)
         .cache_capacity(CACHE_CAPACITY)
@@ -381,6 +433,15 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
         .read(true)
         .open(path.join("db"))
         .with_context(|| format!("opening {} for fsync", path.join("db").display()))?;
+    if created {
+        // A new store's directory and its entry in the parent: without them a power cut can
+        // take the whole store, fsynced readings included, with it (the fsync of `db` covers
+        // its data only). Once per store, so no wear to speak of.
+        sync_dir(path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     let (first, last) = ends(&data)?;
     let saved_seq = match meta.get(NEXT_SEQ_KEY)? {
         Some(v) => key_of(&v)?,
@@ -397,10 +458,14 @@ pub(super) fn open(path: &Path) -> anyhow::Result<Opened> {
     let stored = match saved {
         Some(n) => n,
         None => {
-            let mut n = 0;
+            let mut n = 0u64;
             for key in data.iter().keys() {
                 key?;
                 n += 1;
+                if n.is_multiple_of(100_000) {
+                    // Seconds on a big store on a Pi: systemd must not take it for a hang.
+                    crate::service::still_starting();
+                }
             }
             n
         }
@@ -438,6 +503,7 @@ impl Mark {
     /// Opens (creating) the mark of the store at `path`, with the `next_seq` it holds if it is
     /// a valid mark.
     fn open(path: &Path) -> (Option<Mark>, Option<u64>) {
+        let created = !path.join(MARK_FILE).exists();
         let file = File::options()
             .read(true)
             .write(true)
@@ -451,6 +517,12 @@ impl Mark {
                 return (None, None);
             }
         };
+        if created {
+            // The mark's name in the store's directory: without it a power cut can take the
+            // mark, and with it the check, just when sled may have lost the log's tail. Once
+            // per store; the mark's later writes are not fsynced (see Store::sync).
+            let _ = sync_dir(path);
+        }
         let mut bytes = [0u8; 16];
         let seq = file.read_exact_at(&mut bytes, 0).ok().and_then(|()| {
             let seq = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
@@ -469,6 +541,23 @@ impl Mark {
             tracing::debug!(error = %e, "could not update the durable mark");
         }
     }
+}
+
+/// Runs a sled call, turning a panic into an error. sled 0.34 panics on some states of a
+/// damaged or failing store (its own asserts), and outside input must not kill the committer
+/// or the feeder: the error takes the store-failed path (memory tier, reopen with backoff).
+fn guarded<T>(what: &'static str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let run = AssertUnwindSafe(|| {
+        #[cfg(test)]
+        test_faults::panic_if_armed(what);
+        f()
+    });
+    catch_unwind(run).unwrap_or_else(|p| {
+        Err(anyhow::anyhow!(
+            "sled panicked in {what}: {}",
+            panic_message(&p)
+        ))
+    })
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -496,17 +585,37 @@ fn encode(r: &Record) -> Vec<u8> {
     v
 }
 
+/// The most topic + payload bytes a record may hold. rumqttc's MQTT 3.1.1 client refuses a
+/// packet over 10 KiB (its default `max_outgoing_packet_size`) by dropping the connection, so
+/// such a record would be resent, and the link dropped, forever. 9 bytes of the packet go to
+/// its fixed header, the topic length and the packet id. Our sensors' payloads are far smaller.
+const MAX_TOPIC_AND_PAYLOAD: usize = 10 * 1024 - 9;
+
+/// A stored record is outside input (a damaged or foreign store): whatever decodes must be
+/// publishable as it is, so a record the client or the broker would refuse, or whose time
+/// cannot be written, is undecodable (quarantined) instead of stopping the feeder.
 fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
     let key = key_of(key)?;
     if v.len() < 12 || v[0] != RECORD_VERSION {
         bail!(BadRecord("unknown version or truncated header"));
     }
+    if v.len() - 12 > MAX_TOPIC_AND_PAYLOAD {
+        bail!(BadRecord("too large to publish"));
+    }
     let taken_ms = u64::from_be_bytes(v[2..10].try_into().expect("8 bytes"));
+    if taken_ms > crate::mqtt::properties::LAST_TS_MS {
+        bail!(BadRecord("taken after year 9999"));
+    }
     let topic_len = u16::from_be_bytes([v[10], v[11]]) as usize;
     let topic = v
         .get(12..12 + topic_len)
         .ok_or(BadRecord("truncated topic"))?;
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| BadRecord("topic is not UTF-8"))?;
+    // The checks config.rs makes on a sensor's topic: rumqttc refuses wildcards, a broker
+    // drops the link over an empty topic or a NUL.
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        bail!(BadRecord("not a topic one can publish to"));
+    }
     let payload = v[12 + topic_len..].to_vec();
     Ok((
         key,
@@ -527,11 +636,62 @@ fn key_of(k: &[u8]) -> anyhow::Result<u64> {
 }
 
 #[cfg(test)]
+pub(super) fn decode_for_test(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
+    decode(key, v)
+}
+
+#[cfg(test)]
 impl Store {
     /// Overwrites a stored record with bytes that do not decode.
     pub fn corrupt(&self, key: u64) {
         self.data
             .insert(key.to_be_bytes(), b"junk".as_slice())
             .unwrap();
+    }
+}
+
+/// Test-only: makes the next sled call of a kind panic on this thread, as sled itself can.
+#[cfg(test)]
+pub(super) mod test_faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ARMED: Cell<Option<&'static str>> = const { Cell::new(None) };
+        static CRASH: Cell<Option<&'static str>> = const { Cell::new(None) };
+        static DIR_SYNCS: std::cell::RefCell<Vec<std::path::PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// The next guarded call named `what` ("insert", "flush", "remove", "iter") panics.
+    pub fn panic_next(what: &'static str) {
+        ARMED.with(|a| a.set(Some(what)));
+    }
+
+    pub(super) fn note_dir_sync(dir: &std::path::Path) {
+        DIR_SYNCS.with(|d| d.borrow_mut().push(dir.to_owned()));
+    }
+
+    /// The directories fsynced on this thread since the last call.
+    pub fn take_dir_syncs() -> Vec<std::path::PathBuf> {
+        DIR_SYNCS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+    }
+
+    /// A simulated crash at the recovery step `name` (see `recover`).
+    pub fn crash_at(name: &'static str) {
+        CRASH.with(|a| a.set(Some(name)));
+    }
+
+    pub(super) fn crash_if_armed(name: &str) -> anyhow::Result<()> {
+        if CRASH.with(|a| a.get()) == Some(name) {
+            CRASH.with(|a| a.set(None));
+            anyhow::bail!("simulated crash at {name}");
+        }
+        Ok(())
+    }
+
+    pub(super) fn panic_if_armed(what: &str) {
+        if ARMED.with(|a| a.get()) == Some(what) {
+            ARMED.with(|a| a.set(None));
+            panic!("injected sled panic in {what}");
+        }
     }
 }

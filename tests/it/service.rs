@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
@@ -15,7 +15,8 @@ const TOPIC: &str = "test/counter";
 /// Collects what the daemon sends to a fake `NOTIFY_SOCKET`.
 struct NotifySocket {
     path: std::path::PathBuf,
-    got: Arc<Mutex<Vec<String>>>,
+    /// Each line with when it arrived.
+    got: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl NotifySocket {
@@ -33,7 +34,10 @@ impl NotifySocket {
             for _ in 0..600 {
                 if let Ok(n) = sock.recv(&mut buf) {
                     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    sink.lock().unwrap().extend(msg.lines().map(str::to_owned));
+                    let now = Instant::now();
+                    sink.lock()
+                        .unwrap()
+                        .extend(msg.lines().map(|l| (now, l.to_owned())));
                 }
             }
         });
@@ -41,7 +45,21 @@ impl NotifySocket {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.got.lock().unwrap().clone()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// When each `line` arrived.
+    fn times_of(&self, line: &str) -> Vec<Instant> {
+        let got = self.got.lock().unwrap();
+        got.iter()
+            .filter(|(_, l)| l == line)
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     fn count(&self, line: &str) -> usize {
@@ -81,6 +99,166 @@ fn systemd_notifications() {
     let ready = lines.iter().position(|l| l == "READY=1").unwrap();
     let first_ping = lines.iter().position(|l| l == "WATCHDOG=1").unwrap();
     assert!(ready < first_ping, "READY=1 must come first: {lines:?}");
+}
+
+/// A reload that lowers `max_messages` far below a big backlog (the broker away): the excess
+/// is dropped in bounded batches, so the runtime thread, which takes the outbox lock for the
+/// status line, keeps feeding the watchdog all along (it froze for the whole drop when the
+/// excess was popped under one lock), and the final depth and the dropped total are exact.
+#[test]
+fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
+    const PREFILL: u64 = 150_000;
+    const BOUND: u64 = 1000;
+    let name = "lowering_the_bound_over_a_big_backlog";
+    let mut env = Env::new(name);
+    let took = prefill_store(&env.buffer_path(), "test/backlog", PREFILL);
+    eprintln!("{name}: prefilled {PREFILL} readings in {took:?}");
+    let counter = Counter::new(env.dir(), "counter");
+    // No broker: nothing is acknowledged, so every reading stays in the store.
+    let cfg = env.config_for_port(
+        free_port(),
+        "",
+        &counter.sensor_toml("counter", TOPIC, "100ms", 1),
+    );
+    env.write_config(&cfg);
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    env.daemon
+        .start_with_env(&[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")]);
+    wait_until(DEADLINE, "READY=1 and a watchdog ping", || {
+        notify.lines().contains(&"READY=1".to_owned()) && notify.count("WATCHDOG=1") >= 1
+    });
+    counter.wait_value_at_least(3, "readings committed over the backlog");
+
+    env.write_config(&tweak(
+        cfg,
+        &[("max_messages = 500000", &format!("max_messages = {BOUND}"))],
+    ));
+    let reloaded = Instant::now();
+    env.daemon.signal(libc::SIGHUP);
+    let settled = format!(" {BOUND} buffered");
+    wait_until(
+        Duration::from_secs(120),
+        "the backlog is cut to the new bound",
+        || {
+            env.daemon.assert_running();
+            notify
+                .lines()
+                .iter()
+                .any(|l| l.starts_with("STATUS=") && l.contains(&settled))
+        },
+    );
+    let done = Instant::now();
+    eprintln!("{name}: cut {PREFILL} to {BOUND} in {:?}", done - reloaded);
+    // The watchdog pings every 0.5 s (half of WATCHDOG_USEC); over the whole drop none may be
+    // missing for long (3 s leaves room for a loaded machine; 0.57 s measured). A frozen
+    // runtime thread misses them for the length of the drop (6.5 s here).
+    let mut pings: Vec<Instant> = notify
+        .times_of("WATCHDOG=1")
+        .into_iter()
+        .filter(|t| *t >= reloaded && *t <= done)
+        .collect();
+    pings.insert(0, reloaded);
+    pings.push(done);
+    let longest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("{name}: longest time without a watchdog ping: {longest:?}");
+    assert!(
+        longest < Duration::from_secs(3),
+        "no watchdog ping for {longest:?} while the backlog was cut"
+    );
+
+    let n = counter.pause();
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), BOUND);
+    // The last drop line (written at the stop) has the exact total.
+    let log = env.daemon.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("buffer full: dropped the oldest readings"))
+        .unwrap_or_else(|| panic!("no drop line:\n{log}"));
+    let total: u64 = log_field(line, "total").unwrap().parse().unwrap();
+    assert_eq!(total, PREFILL + n - BOUND, "{line}");
+}
+
+/// A store that opens below its durable mark (sled lost its log's tail) holding 150,000
+/// readings: carrying them into a new store takes seconds, during which the daemon tells
+/// systemd it is still starting (`EXTEND_TIMEOUT_USEC=`, before `READY=1`). A SIGKILL in the
+/// middle of that copy loses nothing: the next start throws the partial copy away (or finishes
+/// a complete one) and every reading is in the store, with one damaged store kept aside.
+#[test]
+fn a_slow_recovery_extends_the_start_timeout_and_survives_a_kill() {
+    const PREFILL: u64 = 150_000;
+    let name = "a_slow_recovery_extends_the_start_timeout";
+    let mut env = Env::new(name);
+    let buffer = env.buffer_path();
+    prefill_store(&buffer, "test/backlog", PREFILL);
+    // A durable mark far above what the store saved: as if sled had dropped its last commits.
+    let mark = (unix_now() * 2e6) as u64;
+    let mut bytes = mark.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&(mark ^ 0x7465_6c65_6d65_7472).to_be_bytes());
+    fs::write(buffer.join("telemetryd-durable-mark"), bytes).unwrap();
+    let file = env.path("level");
+    fs::write(&file, "1\n").unwrap();
+    // QoS 0 and no broker: nothing is added to the store or taken from it.
+    let sensor = format!(
+        "[[sensor]]\nname = \"level\"\nkind = \"file\"\npath = {}\ninterval = \"1s\"\ntopic = \"test/level\"\nqos = 0\n",
+        toml_str(&file.display().to_string())
+    );
+    env.write_config(&env.config_for_port(free_port(), "", &sensor));
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    let staging = env.path("buffer.recovering");
+
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+    // Copying 150,000 readings takes seconds in a debug build, more on a loaded machine.
+    let slow = Duration::from_secs(120);
+    wait_until(slow, "the copy of the survivors has begun", || {
+        env.daemon.assert_running();
+        staging.exists()
+    });
+    env.daemon.sigkill();
+    let complete = env.path("buffer.recovering.done").exists();
+    eprintln!(
+        "{name}: killed with the copy {}",
+        if complete { "complete" } else { "partial" }
+    );
+
+    let before = notify.lines().len();
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+    wait_until(slow, "READY=1 after the recovery", || {
+        env.daemon.assert_running();
+        notify.lines()[before..].contains(&"READY=1".to_owned())
+    });
+    let lines = notify.lines()[before..].to_vec();
+    let ready = lines.iter().position(|l| l == "READY=1").unwrap();
+    assert!(
+        lines[..ready].contains(&"EXTEND_TIMEOUT_USEC=30000000".to_owned()),
+        "no EXTEND_TIMEOUT_USEC before READY=1 during a long recovery: {lines:?}"
+    );
+    let log = env.daemon.log();
+    assert!(
+        log.contains(
+            "a recovery of the damaged store was interrupted before its copy was complete"
+        ) || log.contains("finished a recovery of the damaged store that was interrupted"),
+        "the interrupted recovery is not logged:\n{log}"
+    );
+    env.daemon.stop_expect_success();
+    assert_eq!(
+        store_depth(&buffer),
+        PREFILL,
+        "every survivor is in the store"
+    );
+    let names: Vec<String> = fs::read_dir(env.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("buffer."))
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "one damaged store aside, no staging: {names:?}"
+    );
+    assert!(names[0].starts_with("buffer.damaged-"), "{names:?}");
 }
 
 /// SIGHUP with a valid config applies it: a changed topic, an added sensor and new MQTT
