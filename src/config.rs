@@ -646,7 +646,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
             return Err(fail(format!("{key} is longer than {max} bytes")));
         }
     }
-    if raw.topic.is_empty() || raw.topic.contains(['+', '#', '\0']) {
+    if !is_publish_topic(&raw.topic) {
         return Err(fail(format!(
             "topic {:?} is not a publish topic: it must be non-empty without + or # wildcards",
             raw.topic
@@ -845,10 +845,17 @@ fn expand(template: &str, client_id: &str, sensor: Option<&str>) -> Result<Strin
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
-    if out.contains(['+', '#']) || out.is_empty() || out.len() > 1024 {
+    if !is_publish_topic(&out) || out.len() > 1024 {
         return Err(format!("topic {out:?} is not a valid publish topic"));
     }
     Ok(out)
+}
+
+/// What MQTT allows as the topic of a PUBLISH: not empty, no wildcard, no U+0000. A NUL makes
+/// Mosquitto drop the link, and rumqttc does not check for it: the reading would go out first
+/// again on every reconnect, holding up everything behind it.
+fn is_publish_topic(topic: &str) -> bool {
+    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
 /// A setting outside the sensor tables that validation rejected: its key and why.
@@ -1127,6 +1134,19 @@ decimals = 1
         );
         let err = tls("unknown = 1").unwrap_err();
         assert!(err.contains("unknown field `unknown`"), "{err}");
+    }
+
+    /// A NUL in `topic_prefix` (or `status_topic`/`stats_topic`) reached the topic: only the
+    /// sensor's own `topic` was checked for it. MQTT forbids U+0000 in topic names, and
+    /// rumqttc lets it through, so such a reading would lead every link and hold the backlog.
+    #[test]
+    fn rejects_a_nul_in_any_topic() {
+        let text = format!("topic_prefix = \"home\\u0000x\"\n{SEED}");
+        let err = parse(&text).map(|c| c.sensors[0].topic.clone());
+        assert!(err.is_err(), "accepted topic {err:?}");
+        let text = SEED.replace("[mqtt]", "[mqtt]\nstatus_topic = \"s\\u0000\"");
+        let err = parse(&text).map(|c| c.mqtt.availability.map(|a| a.topic));
+        assert!(err.is_err(), "accepted status topic {err:?}");
     }
 
     #[test]
