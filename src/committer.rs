@@ -156,6 +156,7 @@ mod tests {
         live: mpsc::Receiver<LiveMessage>,
         task: JoinHandle<()>,
         interval: watch::Sender<Duration>,
+        stats: Arc<Stats>,
         _dir: tempfile::TempDir,
     }
 
@@ -166,13 +167,14 @@ mod tests {
         let (live_tx, live) = mpsc::channel(16);
         let (interval, interval_rx) = watch::channel(interval);
         let stats = Arc::new(Stats::default());
-        let task = tokio::spawn(run(rx, outbox.clone(), live_tx, stats, interval_rx));
+        let task = tokio::spawn(run(rx, outbox.clone(), live_tx, stats.clone(), interval_rx));
         Rig {
             outbox,
             tx,
             live,
             task,
             interval,
+            stats,
             _dir: dir,
         }
     }
@@ -288,5 +290,26 @@ mod tests {
             1,
             "the second QoS 1 reading waits for the interval"
         );
+    }
+
+    /// QoS 0 readings the publisher cannot take (its channel, 16 here, is full) are dropped,
+    /// and counted: they used to vanish without a trace.
+    #[tokio::test]
+    async fn qos0_readings_that_do_not_fit_are_counted() {
+        let mut rig = start(Duration::ZERO);
+        for _ in 0..20 {
+            rig.tx.send(reading(&sensor(0))).await.unwrap();
+        }
+        drop(rig.tx);
+        tokio::time::timeout(DEADLINE, rig.task)
+            .await
+            .expect("the committer ends")
+            .unwrap();
+        let mut queued = 0;
+        while rig.live.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 16);
+        assert_eq!(rig.stats.live_dropped.load(Ordering::Relaxed), 4);
     }
 }

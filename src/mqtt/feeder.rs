@@ -205,7 +205,6 @@ impl Feeder {
     /// Hands readings to the client while there is room and the outbox has more. True when it
     /// stopped after a batch of stale readings, with more to look at.
     fn fill(&mut self) -> bool {
-        self.window.sync_generation(self.outbox.generation());
         self.send_control();
         let mut wire = ToClient {
             client: &self.client,
@@ -279,19 +278,21 @@ impl Feeder {
     /// deletes nothing.
     fn send_control(&mut self) {
         while self.has_room() {
-            let Some((topic, payload)) = self.control.pop_front() else {
+            let Some((topic, payload)) = self.control.front() else {
                 return;
             };
+            // Taken off the queue only once the client has it: a refused one is offered again.
             let accepted = self.client.try_publish(
                 topic.clone(),
                 QoS::AtLeastOnce,
                 true,
-                payload,
+                payload.clone(),
                 Properties::default(),
             );
             if accepted.is_err() {
                 return;
             }
+            let (topic, _) = self.control.pop_front().expect("just looked at it");
             self.window
                 .track(None, Some(topic), Instant::now().into_std());
         }

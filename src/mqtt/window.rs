@@ -217,7 +217,7 @@ impl Window {
     /// The store's generation is now `generation`. If it changed, keys in flight may name
     /// other readings: their acks must delete nothing (they are resent: a duplicate, never a
     /// loss), and reading starts over.
-    pub fn sync_generation(&mut self, generation: u64) {
+    fn sync_generation(&mut self, generation: u64) {
         if generation == self.generation {
             return;
         }
@@ -328,7 +328,6 @@ impl Window {
                     Handed::Sent => {
                         self.cursor = Some(key);
                         self.track(Some(key), None, now);
-                        fill.sent += 1;
                     }
                     Handed::Expired => {
                         self.cursor = Some(key);
@@ -343,10 +342,7 @@ impl Window {
                             return fill;
                         }
                     }
-                    Handed::Refused => {
-                        fill.refused = true;
-                        return fill;
-                    }
+                    Handed::Refused => return fill,
                 }
             }
         }
@@ -357,12 +353,9 @@ impl Window {
 /// What one [`Window::fill`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Fill {
-    pub sent: usize,
     pub expired: usize,
     /// Stopped after a batch of expired readings: call again once the link had its turn.
     pub more: bool,
-    /// The wire refused a reading (it stays, unsent, before the cursor).
-    pub refused: bool,
     /// A reading being retried expired: the retry backoff starts over.
     pub retry_over: bool,
 }

@@ -547,6 +547,7 @@ fn availability_and_self_metrics() {
         "readings",
         "published",
         "dropped",
+        "qos0_dropped",
         "read_errors",
         "reconnects",
         "uptime_s",
