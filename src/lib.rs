@@ -72,6 +72,19 @@ pub struct Reloads {
     pub requests: mpsc::Receiver<()>,
 }
 
+/// The settings of every property test: failing cases are saved beside the test's source
+/// file (`<file>.proptest-regressions`, replayed first next time), not in a folder at the top.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, FileFailurePersistence};
+    Config {
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    }
+}
+
 /// `t` in milliseconds since the Unix epoch, as readings and stats carry it (0 before 1970).
 pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)

@@ -494,11 +494,7 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
 }
 
 proptest! {
-    // Failing cases are saved beside this file (`model.proptest-regressions`), not at the top.
-    #![proptest_config(ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::proptest_config())]
 
     /// Random interleavings of commits, store failures (each call, a flush that did or did not
     /// reach the disk), failed and successful reopens, paged reads, acks (current or stale

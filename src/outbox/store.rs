@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use tracing::error;
 
+use super::backend::Backend;
 use super::{Entry, Record};
 
 mod recover;
@@ -79,13 +80,39 @@ pub enum OpenError {
 }
 
 impl Store {
+    /// Removes the count saved at close, durably, before the first change: after a crash, the
+    /// next open counts.
+    fn forget_count(&self, saved_seq: u64) -> anyhow::Result<()> {
+        guarded("remove", || Ok(self.meta.remove(COUNT_KEY)?))?;
+        self.sync(saved_seq)
+    }
+
+    pub fn quarantined(&self) -> anyhow::Result<usize> {
+        guarded("iter", || Ok(self.quarantine.len()))
+    }
+
+    fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
+        // Copy first: a crash in between leaves a copy in both trees, never in neither.
+        self.quarantine.insert(k, v)?;
+        self.data.remove(k)?;
+        Ok(())
+    }
+}
+
+impl Backend for Store {
+    type Source = PathBuf;
+
+    fn open(path: &PathBuf) -> Result<Opened, OpenError> {
+        open_or_replace(path)
+    }
+
     /// `flush()` alone is sync_file_range on Linux, not a durable fsync. `saved_seq`: the
     /// `next_seq` the caller saved (with [`Store::write`] or [`Store::save_seq`]) before this
     /// sync, which makes it durable.
     ///
     /// After the fsync, the durable mark is updated (written, not fsynced: after a power cut
     /// it may be older than the store, never newer, and an older mark flags nothing).
-    pub fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
+    fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
         guarded("flush", || {
             self.db.flush()?;
             self.log_file.sync_data().context("fsync of the store")
@@ -99,58 +126,44 @@ impl Store {
     /// Writes `entries` and the sequence counter (made durable by the next `sync`). Returns how
     /// many keys are new; with `check_existing`, keys already present (written before a failed
     /// flush) don't count.
-    pub fn write(
-        &self,
-        entries: &[Entry],
-        next_seq: u64,
-        check_existing: bool,
-    ) -> anyhow::Result<u64> {
+    fn write(&self, entries: &[Entry], next_seq: u64, check_existing: bool) -> anyhow::Result<u64> {
         guarded("insert", || {
-            self.write_unguarded(entries, next_seq, check_existing)
+            let mut fresh = entries.len() as u64;
+            if check_existing {
+                for (key, _) in entries {
+                    if self.data.contains_key(key.to_be_bytes())? {
+                        fresh -= 1;
+                    }
+                }
+            }
+            // The counter first: the readings are then the last record(s) of the commit, so a
+            // flush that fails part-way cannot have written them (sled recovers a log prefix).
+            self.save_seq(next_seq)?;
+            match entries {
+                // One reading (the usual case at low rates): a plain insert. `apply_batch` writes
+                // a manifest and forces its own log buffer out, so a commit of one reading wrote
+                // two 4 KiB pages instead of one (SD wear, BENCHMARKS.md). One record is atomic
+                // anyway.
+                [(key, record)] => {
+                    self.data.insert(key.to_be_bytes(), encode(record))?;
+                }
+                // Several: one atomic batch, so a failed flush leaves none of them on disk (no
+                // copy that the memory tier would then not know about).
+                _ => {
+                    let mut batch = sled::Batch::default();
+                    for (key, record) in entries {
+                        batch.insert(&key.to_be_bytes(), encode(record));
+                    }
+                    self.data.apply_batch(batch)?;
+                }
+            }
+            Ok(fresh)
         })
-    }
-
-    fn write_unguarded(
-        &self,
-        entries: &[Entry],
-        next_seq: u64,
-        check_existing: bool,
-    ) -> anyhow::Result<u64> {
-        let mut fresh = entries.len() as u64;
-        if check_existing {
-            for (key, _) in entries {
-                if self.data.contains_key(key.to_be_bytes())? {
-                    fresh -= 1;
-                }
-            }
-        }
-        // The counter first: the readings are then the last record(s) of the commit, so a
-        // flush that fails part-way cannot have written them (sled recovers a log prefix).
-        self.save_seq(next_seq)?;
-        match entries {
-            // One reading (the usual case at low rates): a plain insert. `apply_batch` writes
-            // a manifest and forces its own log buffer out, so a commit of one reading wrote
-            // two 4 KiB pages instead of one (SD wear, BENCHMARKS.md). One record is atomic
-            // anyway.
-            [(key, record)] => {
-                self.data.insert(key.to_be_bytes(), encode(record))?;
-            }
-            // Several: one atomic batch, so a failed flush leaves none of them on disk (no
-            // copy that the memory tier would then not know about).
-            _ => {
-                let mut batch = sled::Batch::default();
-                for (key, record) in entries {
-                    batch.insert(&key.to_be_bytes(), encode(record));
-                }
-                self.data.apply_batch(batch)?;
-            }
-        }
-        Ok(fresh)
     }
 
     /// Saves how many readings there are, for a quick next open. Only when nothing is
     /// written afterwards (a clean close).
-    pub fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
+    fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
         guarded("insert", || {
             let (first, last) = ends(&self.data)?;
             let mut v = Vec::with_capacity(32);
@@ -162,14 +175,7 @@ impl Store {
         })
     }
 
-    /// Removes the count saved at close, durably, before the first change: after a crash, the
-    /// next open counts.
-    fn forget_count(&self, saved_seq: u64) -> anyhow::Result<()> {
-        guarded("remove", || Ok(self.meta.remove(COUNT_KEY)?))?;
-        self.sync(saved_seq)
-    }
-
-    pub fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
+    fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
         guarded("insert", || {
             self.meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes())?;
             Ok(())
@@ -179,57 +185,39 @@ impl Store {
     /// Appends up to `max` entries with keys in `start..end` to `out`. A record that cannot be
     /// decoded is moved to the quarantine tree (logged) rather than blocking everything behind
     /// it; returns how many were.
-    pub fn read(
-        &self,
-        start: u64,
-        end: u64,
-        max: usize,
-        out: &mut Vec<Entry>,
-    ) -> anyhow::Result<u64> {
+    fn read(&self, start: u64, end: u64, max: usize, out: &mut Vec<Entry>) -> anyhow::Result<u64> {
         if start >= end {
             return Ok(0);
         }
-        guarded("iter", || self.read_unguarded(start, end, max, out))
-    }
-
-    fn read_unguarded(
-        &self,
-        start: u64,
-        end: u64,
-        max: usize,
-        out: &mut Vec<Entry>,
-    ) -> anyhow::Result<u64> {
-        let mut quarantined = 0;
-        for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
-            if out.len() >= max {
-                break;
-            }
-            let (k, v) = item?;
-            match decode(&k, &v) {
-                Ok(entry) => out.push(entry),
-                Err(e) => {
-                    self.move_to_quarantine(&k, v)?;
-                    quarantined += 1;
-                    error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
+        guarded("iter", || {
+            let mut quarantined = 0;
+            for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
+                if out.len() >= max {
+                    break;
+                }
+                let (k, v) = item?;
+                match decode(&k, &v) {
+                    Ok(entry) => out.push(entry),
+                    Err(e) => {
+                        self.move_to_quarantine(&k, v)?;
+                        quarantined += 1;
+                        error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
+                    }
                 }
             }
-        }
-        Ok(quarantined)
+            Ok(quarantined)
+        })
     }
 
     /// The oldest reading, if any.
-    pub fn first(&self) -> anyhow::Result<Option<Entry>> {
+    fn first(&self) -> anyhow::Result<Option<Entry>> {
         guarded("iter", || {
             self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
         })
     }
 
-    pub fn quarantined(&self) -> anyhow::Result<usize> {
-        guarded("iter", || Ok(self.quarantine.len()))
-    }
-
     /// Moves a reading to the quarantine tree; true if the key was there.
-    pub fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
+    fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
         guarded("insert", || {
             let k = key.to_be_bytes();
             let Some(v) = self.data.get(k)? else {
@@ -240,15 +228,8 @@ impl Store {
         })
     }
 
-    fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
-        // Copy first: a crash in between leaves a copy in both trees, never in neither.
-        self.quarantine.insert(k, v)?;
-        self.data.remove(k)?;
-        Ok(())
-    }
-
     /// True if `key` holds exactly `record`.
-    pub fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
+    fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
         guarded("iter", || {
             let stored = self.data.get(key.to_be_bytes())?;
             Ok(stored.is_some_and(|v| v.as_ref() == encode(record).as_slice()))
@@ -256,53 +237,15 @@ impl Store {
     }
 
     /// True if the key was there.
-    pub fn remove(&self, key: u64) -> anyhow::Result<bool> {
+    fn remove(&self, key: u64) -> anyhow::Result<bool> {
         guarded("remove", || {
             Ok(self.data.remove(key.to_be_bytes())?.is_some())
         })
     }
 
     /// Drops the oldest reading; false if there was none.
-    pub fn pop_oldest(&self) -> anyhow::Result<bool> {
-        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
-    }
-}
-
-impl super::backend::Backend for Store {
-    type Source = PathBuf;
-
-    fn open(path: &PathBuf) -> Result<Opened, OpenError> {
-        open_or_replace(path)
-    }
-    fn write(&self, entries: &[Entry], next_seq: u64, check: bool) -> anyhow::Result<u64> {
-        Store::write(self, entries, next_seq, check)
-    }
-    fn sync(&self, saved_seq: u64) -> anyhow::Result<()> {
-        Store::sync(self, saved_seq)
-    }
-    fn read(&self, start: u64, end: u64, max: usize, out: &mut Vec<Entry>) -> anyhow::Result<u64> {
-        Store::read(self, start, end, max, out)
-    }
-    fn first(&self) -> anyhow::Result<Option<Entry>> {
-        Store::first(self)
-    }
-    fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
-        Store::holds(self, key, record)
-    }
-    fn remove(&self, key: u64) -> anyhow::Result<bool> {
-        Store::remove(self, key)
-    }
-    fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
-        Store::quarantine(self, key)
-    }
     fn pop_oldest(&self) -> anyhow::Result<bool> {
-        Store::pop_oldest(self)
-    }
-    fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
-        Store::save_seq(self, next_seq)
-    }
-    fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
-        Store::save_count(self, stored, next_seq)
+        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
     }
 }
 

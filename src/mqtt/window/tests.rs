@@ -539,11 +539,7 @@ impl Model {
 
 // 256 cases by default (about 10 s in a debug build); `PROPTEST_CASES=10000` for a long run.
 proptest! {
-    // Failing cases are saved beside this file (`tests.proptest-regressions`), not at the top.
-    #![proptest_config(ProptestConfig {
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::proptest_config())]
 
     #[test]
     fn window_against_model(ops in proptest::collection::vec(op(), 1..300)) {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tracing::{error, warn};
 
+use super::Backend;
 use super::{Mark, OpenError, Opened, aside_path, for_writing, guarded, open, sync_dir};
 
 /// The copy being made.
