@@ -652,6 +652,18 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
             raw.topic
         )));
     }
+    // TOML accepts `inf` and `nan`; any of them here would turn every reading into a
+    // non-finite value (or make every bound check false).
+    for (key, value) in [
+        ("scale", raw.scale),
+        ("offset", raw.offset),
+        ("min", raw.min),
+        ("max", raw.max),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_finite()) {
+            return Err(fail(format!("{key} must be a finite number, got {v}")));
+        }
+    }
     if let (Some(min), Some(max)) = (raw.min, raw.max)
         && min > max
     {
@@ -948,6 +960,25 @@ decimals = 1
                 device: Some("28-0316a2795aff".into())
             }
         );
+    }
+
+    #[test]
+    fn calibration_values_must_be_finite() {
+        for (key, value) in [
+            ("scale", "inf"),
+            ("offset", "-inf"),
+            ("min", "nan"),
+            ("max", "inf"),
+        ] {
+            let err =
+                parse(&SEED.replace("decimals = 1", &format!("{key} = {value}"))).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} must be a finite number")),
+                "{err}"
+            );
+        }
+        let err = parse(&SEED.replace("decimals = 1", "max_step = inf")).unwrap_err();
+        assert!(err.contains("max_step must be a positive number"), "{err}");
     }
 
     #[test]

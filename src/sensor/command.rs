@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{ReadError, excerpt, first_number};
+use super::{Cause, ReadError, excerpt, first_number};
 
 #[derive(Debug, Clone)]
 pub struct CommandSource {
@@ -21,7 +21,10 @@ impl CommandSource {
 
     pub async fn read(&mut self) -> Result<f64, ReadError> {
         let Some((program, args)) = self.argv.split_first() else {
-            return Err(ReadError::new("command sensor has an empty command"));
+            return Err(ReadError::new(
+                Cause::Config,
+                "command sensor has an empty command",
+            ));
         };
         let shown = display_argv(&self.argv);
         let child = Command::new(program)
@@ -52,13 +55,13 @@ impl CommandSource {
                 group.0 = None;
                 output
             }
-            Ok(Err(e)) => return Err(ReadError::new(format!("command `{shown}`: {e}"))),
+            Ok(Err(e)) => return Err(ReadError::new(Cause::Io, format!("command `{shown}`: {e}"))),
             // Duration's Debug form ("5s", "200ms") is stable and readable.
             Err(_) => {
-                return Err(ReadError::new(format!(
-                    "command `{shown}` timed out after {:?}",
-                    self.timeout
-                )));
+                return Err(ReadError::new(
+                    Cause::Timeout,
+                    format!("command `{shown}` timed out after {:?}", self.timeout),
+                ));
             }
         };
         if !output.status.success() {
@@ -68,14 +71,17 @@ impl CommandSource {
             if let Some(line) = first {
                 msg = format!("{msg}: {}", excerpt(line));
             }
-            return Err(ReadError::new(msg));
+            return Err(ReadError::new(Cause::CommandFailed, msg));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
         first_number(&stdout).ok_or_else(|| {
-            ReadError::new(format!(
-                "command `{shown}`: no number in output {:?}",
-                excerpt(&stdout)
-            ))
+            ReadError::new(
+                Cause::NotANumber,
+                format!(
+                    "command `{shown}`: no number in output {:?}",
+                    excerpt(&stdout)
+                ),
+            )
         })
     }
 }
@@ -100,7 +106,7 @@ fn spawn_error(shown: &str, program: &str, err: &io::Error) -> ReadError {
         io::ErrorKind::PermissionDenied => format!("permission denied running {program:?}"),
         _ => format!("cannot start: {err}"),
     };
-    ReadError::new(format!("command `{shown}`: {why}"))
+    ReadError::new(Cause::CommandFailed, format!("command `{shown}`: {why}"))
 }
 
 /// "exited with status 2" or, on Unix, "was killed by signal 9".

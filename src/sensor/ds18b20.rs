@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ReadError, blocking};
+use super::{Cause, ReadError, blocking};
 
 /// Millidegrees the sensor reports after power-on, before any conversion completed.
 const POWER_ON_RESET: i64 = 85_000;
@@ -27,13 +27,14 @@ impl Ds18b20 {
     pub async fn read(&mut self) -> Result<f64, ReadError> {
         let Some(path) = self.path.clone() else {
             return Err(ReadError::new(
+                Cause::Config,
                 "ds18b20 sensor has neither `path` nor `device` set",
             ));
         };
         blocking(move || {
             let text = std::fs::read_to_string(&path).map_err(|e| ReadError::io(&path, &e))?;
             parse_w1_slave(&text)
-                .map_err(|why| ReadError::new(format!("{}: {why}", path.display())))
+                .map_err(|why| ReadError::new(Cause::BadData, format!("{}: {why}", path.display())))
         })
         .await
     }
@@ -156,7 +157,7 @@ mod tests {
             err.to_string(),
             format!("{}: no such file", expected.display())
         );
-        // Same failure, same message: the caller rate-limits by comparing them.
+        // Same failure, same error: deterministic, so it can be compared.
         assert_eq!(s.read().await.unwrap_err(), err);
     }
 

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{ReadError, blocking, excerpt, first_number};
+use super::{Cause, ReadError, blocking, excerpt, first_number};
 
 /// Enough for any status file; stops a mistaken path (a log, `/dev/zero`) from eating memory.
 const MAX_BYTES: u64 = 64 * 1024;
@@ -36,14 +36,16 @@ fn read_number(path: &Path) -> Result<f64, ReadError> {
     // Lossy: a stray non-UTF-8 byte should not hide a number elsewhere in the text.
     let text = String::from_utf8_lossy(&bytes);
     if text.trim().is_empty() {
-        return Err(ReadError::new(format!("{}: file is empty", path.display())));
+        return Err(ReadError::new(
+            Cause::NotANumber,
+            format!("{}: file is empty", path.display()),
+        ));
     }
     first_number(&text).ok_or_else(|| {
-        ReadError::new(format!(
-            "{}: no number in {:?}",
-            path.display(),
-            excerpt(&text)
-        ))
+        ReadError::new(
+            Cause::NotANumber,
+            format!("{}: no number in {:?}", path.display(), excerpt(&text)),
+        )
     })
 }
 

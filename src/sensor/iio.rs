@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ReadError, blocking, find_by_attr, parse_attr, read_attr};
+use super::{Cause, ReadError, blocking, find_by_attr, parse_attr, read_attr};
 
 /// DHT drivers cache a reading for 2 s; asking again sooner just returns the same error.
 const DHT_RETRY: Duration = Duration::from_secs(2);
@@ -79,10 +79,13 @@ fn read_channel(dir: &Path, channel: &str) -> Result<f64, ReadError> {
     }
     let raw_path = dir.join(format!("in_{channel}_raw"));
     let Some(raw) = read_value(&raw_path)? else {
-        return Err(ReadError::new(format!(
-            "{}: IIO device has no channel {channel:?} (neither in_{channel}_input nor in_{channel}_raw)",
-            dir.display()
-        )));
+        return Err(ReadError::new(
+            Cause::NotFound,
+            format!(
+                "{}: IIO device has no channel {channel:?} (neither in_{channel}_input nor in_{channel}_raw)",
+                dir.display()
+            ),
+        ));
     };
     let offset = optional_attr(dir, channel, "offset")?.unwrap_or(0.0);
     let scale = optional_attr(dir, channel, "scale")?.unwrap_or(1.0);
@@ -123,6 +126,7 @@ fn classify(path: &Path, err: &io::Error) -> ReadError {
         || err.kind() == io::ErrorKind::TimedOut;
     if dht_style {
         ReadError::transient(
+            Cause::Io,
             format!(
                 "{}: {err} (normal now and then for DHT11/DHT22; retry after 2 s)",
                 path.display()

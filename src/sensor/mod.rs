@@ -99,25 +99,78 @@ impl Source {
     }
 }
 
-/// Why a reading failed. The message is deterministic for a given failure, because the
-/// caller rate-limits repeated errors by comparing messages.
+/// The kind of a failed reading, stable across readings: the log throttle compares causes,
+/// not messages, because a message may quote a value that changes every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The file, device or directory does not exist (unplugged, wrong path).
+    NotFound,
+    /// Any other I/O error.
+    Io,
+    /// The text read holds no number, or not a finite one.
+    NotANumber,
+    /// The device reported a bad reading (a DS18B20 CRC failure).
+    BadData,
+    /// More output than a sensor can mean: stopped and discarded.
+    TooMuchOutput,
+    /// A command exited with an error or was killed.
+    CommandFailed,
+    /// No answer in time.
+    Timeout,
+    /// Outside the configured `min`/`max`.
+    OutOfRange,
+    /// Calibration or averaging overflowed to infinity (or gave NaN).
+    NotFinite,
+    /// The sensor's settings cannot work (an empty command, a ds18b20 without path or device).
+    Config,
+    /// The read itself panicked or was cancelled.
+    Internal,
+}
+
+impl Cause {
+    /// The name logged in the `cause` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NotFound => "not_found",
+            Cause::Io => "io",
+            Cause::NotANumber => "not_a_number",
+            Cause::BadData => "bad_data",
+            Cause::TooMuchOutput => "too_much_output",
+            Cause::CommandFailed => "command_failed",
+            Cause::Timeout => "timeout",
+            Cause::OutOfRange => "out_of_range",
+            Cause::NotFinite => "not_finite",
+            Cause::Config => "config",
+            Cause::Internal => "internal",
+        }
+    }
+}
+
+/// Why a reading failed: a stable [`Cause`] and a message that may quote what was read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadError {
+    cause: Cause,
     message: String,
     /// Set only for expected, self-healing failures (DHT checksum/timeouts).
     retry_after: Option<Duration>,
 }
 
 impl ReadError {
-    pub(crate) fn new(message: impl Into<String>) -> ReadError {
+    pub(crate) fn new(cause: Cause, message: impl Into<String>) -> ReadError {
         ReadError {
+            cause,
             message: message.into(),
             retry_after: None,
         }
     }
 
-    pub(crate) fn transient(message: impl Into<String>, retry_after: Duration) -> ReadError {
+    pub(crate) fn transient(
+        cause: Cause,
+        message: impl Into<String>,
+        retry_after: Duration,
+    ) -> ReadError {
         ReadError {
+            cause,
             message: message.into(),
             retry_after: Some(retry_after),
         }
@@ -127,10 +180,15 @@ impl ReadError {
     /// common case (wrong path, overlay not loaded, sensor unplugged).
     pub(crate) fn io(path: &Path, err: &io::Error) -> ReadError {
         if err.kind() == io::ErrorKind::NotFound {
-            ReadError::new(format!("{}: no such file", path.display()))
+            ReadError::new(Cause::NotFound, format!("{}: no such file", path.display()))
         } else {
-            ReadError::new(format!("{}: {err}", path.display()))
+            ReadError::new(Cause::Io, format!("{}: {err}", path.display()))
         }
+    }
+
+    /// What kind of failure this is, for throttling and the `cause` log field.
+    pub fn cause(&self) -> Cause {
+        self.cause
     }
 
     /// How long to wait before the next attempt, when the failure is expected to clear.
@@ -160,8 +218,8 @@ where
     match tokio::task::spawn_blocking(read).await {
         Ok(result) => result,
         // The JoinError's text holds a task id, which would defeat message comparison.
-        Err(e) if e.is_panic() => Err(ReadError::new("sensor read panicked")),
-        Err(_) => Err(ReadError::new("sensor read was cancelled")),
+        Err(e) if e.is_panic() => Err(ReadError::new(Cause::Internal, "sensor read panicked")),
+        Err(_) => Err(ReadError::new(Cause::Internal, "sensor read was cancelled")),
     }
 }
 
@@ -169,11 +227,14 @@ where
 pub(crate) fn parse_attr(path: &Path, text: &str) -> Result<f64, ReadError> {
     match text.trim().parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(ReadError::new(format!(
-            "{}: expected a number, got {:?}",
-            path.display(),
-            excerpt(text)
-        ))),
+        _ => Err(ReadError::new(
+            Cause::NotANumber,
+            format!(
+                "{}: expected a number, got {:?}",
+                path.display(),
+                excerpt(text)
+            ),
+        )),
     }
 }
 
@@ -194,11 +255,14 @@ pub(crate) fn find_by_attr(
     wanted: &str,
 ) -> Result<PathBuf, ReadError> {
     let not_found = |detail: String| {
-        ReadError::new(format!(
-            "no {what} with {} {wanted:?} under {}{detail}",
-            keys[0],
-            parent.display()
-        ))
+        ReadError::new(
+            Cause::NotFound,
+            format!(
+                "no {what} with {} {wanted:?} under {}{detail}",
+                keys[0],
+                parent.display()
+            ),
+        )
     };
     let entries = match std::fs::read_dir(parent) {
         Ok(entries) => entries,
