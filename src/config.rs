@@ -328,11 +328,16 @@ struct RawSensor {
     timeout: Option<Duration>,
 }
 
+/// A config file is a few KiB; a bigger one is a mistaken path (a log, `/dev/zero`).
+const CONFIG_MAX: u64 = 4 * 1024 * 1024;
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let cannot = |e: &dyn fmt::Display| {
+            ConfigError(format!("cannot read config file {}: {e}", path.display()))
+        };
+        let text = crate::sensor::read_bounded(path, CONFIG_MAX).map_err(|e| cannot(&e))?;
         Config::parse(&text, path)
     }
 
@@ -979,6 +984,24 @@ decimals = 1
         }
         let err = parse(&SEED.replace("decimals = 1", "max_step = inf")).unwrap_err();
         assert!(err.contains("max_step must be a positive number"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("big.toml");
+        let padding = "# padding\n".repeat(CONFIG_MAX as usize / 10 + 1);
+        std::fs::write(&path, format!("{SEED}{padding}")).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot read config file {}: more than 4096 KiB",
+                path.display()
+            )
+        );
+        std::fs::write(&path, SEED).unwrap();
+        assert!(Config::load(&path).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Cause, ReadError, blocking};
+use super::{ATTR_MAX, Cause, ReadError, blocking, bounded_error, read_bounded};
 
 /// Millidegrees the sensor reports after power-on, before any conversion completed.
 const POWER_ON_RESET: i64 = 85_000;
@@ -32,7 +32,7 @@ impl Ds18b20 {
             ));
         };
         blocking(move || {
-            let text = std::fs::read_to_string(&path).map_err(|e| ReadError::io(&path, &e))?;
+            let text = read_bounded(&path, ATTR_MAX).map_err(|e| bounded_error(&path, &e))?;
             parse_w1_slave(&text)
                 .map_err(|why| ReadError::new(Cause::BadData, format!("{}: {why}", path.display())))
         })
@@ -145,6 +145,17 @@ mod tests {
             format!("{}: CRC check failed (NO)", path.display())
         );
         assert!(!err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn an_explicit_path_that_never_ends_is_an_error() {
+        let mut s = Ds18b20::new(Some("/dev/zero".into()), None, Path::new("/"));
+        let err = s.read().await.unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: more than 4 KiB: not a sensor value"
+        );
     }
 
     #[tokio::test]

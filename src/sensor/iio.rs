@@ -4,7 +4,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Cause, ReadError, blocking, find_by_attr, parse_attr, read_attr};
+use super::{
+    ATTR_MAX, Cause, ReadError, blocking, bounded_error, find_by_attr, parse_attr, read_attr,
+    read_bounded,
+};
 
 /// DHT drivers cache a reading for 2 s; asking again sooner just returns the same error.
 const DHT_RETRY: Duration = Duration::from_secs(2);
@@ -95,9 +98,10 @@ fn read_channel(dir: &Path, channel: &str) -> Result<f64, ReadError> {
 /// Reads a channel value; `Ok(None)` if the file does not exist. A DHT's EIO/ETIMEDOUT
 /// surfaces here, on the value read itself.
 fn read_value(path: &Path) -> Result<Option<f64>, ReadError> {
-    match std::fs::read_to_string(path) {
+    match read_bounded(path, ATTR_MAX) {
         Ok(text) => parse_attr(path, &text).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Err(bounded_error(path, &e)),
         Err(e) => Err(classify(path, &e)),
     }
 }

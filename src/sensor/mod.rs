@@ -238,9 +238,45 @@ pub(crate) fn parse_attr(path: &Path, text: &str) -> Result<f64, ReadError> {
     }
 }
 
+/// A sysfs attribute is at most a page; anything longer is not one (a wrong `path`).
+pub(crate) const ATTR_MAX: u64 = 4096;
+
+/// Reads at most `limit` bytes of `path` as text; longer is an error, never a partial read,
+/// so a mistaken path (`/dev/zero`, a log) costs `limit` bytes of memory, not all of it.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            if limit.is_multiple_of(1024) {
+                format!("more than {} KiB", limit / 1024)
+            } else {
+                format!("more than {limit} bytes")
+            },
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Maps an error of [`read_bounded`]; an oversized file gets its own cause.
+pub(crate) fn bounded_error(path: &Path, err: &io::Error) -> ReadError {
+    if err.kind() == io::ErrorKind::FileTooLarge {
+        ReadError::new(
+            Cause::TooMuchOutput,
+            format!("{}: {err}: not a sensor value", path.display()),
+        )
+    } else {
+        ReadError::io(path, err)
+    }
+}
+
 /// Reads and parses a sysfs attribute that must exist.
 pub(crate) fn read_attr(path: &Path) -> Result<f64, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ReadError::io(path, &e))?;
+    let text = read_bounded(path, ATTR_MAX).map_err(|e| bounded_error(path, &e))?;
     parse_attr(path, &text)
 }
 
@@ -281,7 +317,7 @@ pub(crate) fn find_by_attr(
     let mut seen = Vec::new();
     for dir in dirs {
         for key in keys {
-            if let Ok(value) = std::fs::read_to_string(dir.join(key)) {
+            if let Ok(value) = read_bounded(&dir.join(key), ATTR_MAX) {
                 let value = value.trim();
                 if value == wanted {
                     return Ok(dir);
@@ -402,6 +438,24 @@ pub(crate) mod tests {
         assert_eq!(err.to_string(), "/x: expected a number, got \"abc\"");
         assert!(!err.is_transient());
         assert!(parse_attr(p, "nan").is_err());
+    }
+
+    #[test]
+    fn attribute_reads_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("in_temp_input");
+        std::fs::write(&path, format!("{:>4095}\n", 21500)).unwrap();
+        assert_eq!(read_attr(&path), Ok(21500.0));
+        std::fs::write(&path, format!("{:>4096}\n", 21500)).unwrap();
+        let err = read_attr(&path).unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert_eq!(
+            err.to_string(),
+            format!("{}: more than 4 KiB: not a sensor value", path.display())
+        );
+        // A character device that never ends (a mistaken `path`) ends at the bound.
+        let err = read_attr(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
     }
 
     #[test]
