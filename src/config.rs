@@ -328,11 +328,16 @@ struct RawSensor {
     timeout: Option<Duration>,
 }
 
+/// A config file is a few KiB; a bigger one is a mistaken path (a log, `/dev/zero`).
+const CONFIG_MAX: u64 = 4 * 1024 * 1024;
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let cannot = |e: &dyn fmt::Display| {
+            ConfigError(format!("cannot read config file {}: {e}", path.display()))
+        };
+        let text = crate::sensor::read_bounded(path, CONFIG_MAX).map_err(|e| cannot(&e))?;
         Config::parse(&text, path)
     }
 
@@ -652,6 +657,18 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
             raw.topic
         )));
     }
+    // TOML accepts `inf` and `nan`; any of them here would turn every reading into a
+    // non-finite value (or make every bound check false).
+    for (key, value) in [
+        ("scale", raw.scale),
+        ("offset", raw.offset),
+        ("min", raw.min),
+        ("max", raw.max),
+    ] {
+        if let Some(v) = value.filter(|v| !v.is_finite()) {
+            return Err(fail(format!("{key} must be a finite number, got {v}")));
+        }
+    }
     if let (Some(min), Some(max)) = (raw.min, raw.max)
         && min > max
     {
@@ -948,6 +965,43 @@ decimals = 1
                 device: Some("28-0316a2795aff".into())
             }
         );
+    }
+
+    #[test]
+    fn calibration_values_must_be_finite() {
+        for (key, value) in [
+            ("scale", "inf"),
+            ("offset", "-inf"),
+            ("min", "nan"),
+            ("max", "inf"),
+        ] {
+            let err =
+                parse(&SEED.replace("decimals = 1", &format!("{key} = {value}"))).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} must be a finite number")),
+                "{err}"
+            );
+        }
+        let err = parse(&SEED.replace("decimals = 1", "max_step = inf")).unwrap_err();
+        assert!(err.contains("max_step must be a positive number"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("big.toml");
+        let padding = "# padding\n".repeat(CONFIG_MAX as usize / 10 + 1);
+        std::fs::write(&path, format!("{SEED}{padding}")).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot read config file {}: more than 4096 KiB",
+                path.display()
+            )
+        );
+        std::fs::write(&path, SEED).unwrap();
+        assert!(Config::load(&path).is_ok());
     }
 
     #[test]

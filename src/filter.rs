@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::sensor::{Cause, ReadError};
+
 /// The policy of one sensor, from its config.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Policy {
@@ -57,17 +59,18 @@ impl Filter {
         }
     }
 
-    pub fn push(&mut self, sample: Sample, now: Instant) -> Outcome {
+    /// An error when the mean of an `average` window is not finite: the window is discarded.
+    pub fn push(&mut self, sample: Sample, now: Instant) -> Result<Outcome, ReadError> {
         let mut outcome = Outcome::default();
         for s in self.reject_spikes(sample, &mut outcome.dropped_spike) {
-            if let Some(s) = self.average(s)
+            if let Some(s) = self.average(s)?
                 && self.passes_deadband(s.0, now)
             {
                 self.last = Some((s.0, now));
                 outcome.publish.push(s);
             }
         }
-        outcome
+        Ok(outcome)
     }
 
     /// 0, 1 or 2 readings that are not spikes.
@@ -101,19 +104,27 @@ impl Filter {
         }
     }
 
-    fn average(&mut self, s: Sample) -> Option<Sample> {
+    fn average(&mut self, s: Sample) -> Result<Option<Sample>, ReadError> {
         let Some(n) = self.policy.average.filter(|n| *n > 1) else {
-            return Some(s);
+            return Ok(Some(s));
         };
         self.window.push(s);
         if self.window.len() < n as usize {
-            return None;
+            return Ok(None);
         }
-        let mean = self.window.iter().map(|(v, _)| v).sum::<f64>() / self.window.len() as f64;
+        // Dividing first keeps the sum of huge values (1e308 + 1e308) from overflowing.
+        let len = self.window.len() as f64;
+        let mean = self.window.iter().map(|(v, _)| v / len).sum::<f64>();
         // The mean is as of the newest reading in it.
         let taken = self.window.last().map_or(s.1, |(_, t)| *t);
         self.window.clear();
-        Some((mean, taken))
+        if !mean.is_finite() {
+            return Err(ReadError::new(
+                Cause::NotFinite,
+                format!("the average of {n} readings is {mean}: discarded"),
+            ));
+        }
+        Ok(Some((mean, taken)))
     }
 
     fn passes_deadband(&self, value: f64, now: Instant) -> bool {
@@ -140,10 +151,12 @@ mod tests {
         let start = Instant::now();
         let mut out = Vec::new();
         for (i, v) in values.iter().enumerate() {
-            let outcome = f.push(
-                (*v, SystemTime::now()),
-                start + Duration::from_secs(i as u64),
-            );
+            let outcome = f
+                .push(
+                    (*v, SystemTime::now()),
+                    start + Duration::from_secs(i as u64),
+                )
+                .unwrap();
             out.extend(outcome.publish.iter().map(|(v, _)| *v));
         }
         out
@@ -202,9 +215,12 @@ mod tests {
         );
         let mut f = Filter::new(p);
         let now = Instant::now();
-        f.push((21.0, SystemTime::now()), now);
-        assert_eq!(f.push((85.0, SystemTime::now()), now), Outcome::default());
-        let next = f.push((21.1, SystemTime::now()), now);
+        f.push((21.0, SystemTime::now()), now).unwrap();
+        assert_eq!(
+            f.push((85.0, SystemTime::now()), now),
+            Ok(Outcome::default())
+        );
+        let next = f.push((21.1, SystemTime::now()), now).unwrap();
         assert_eq!((next.publish.len(), next.dropped_spike), (1, Some(85.0)));
     }
 
@@ -225,7 +241,87 @@ mod tests {
         });
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
         let t1 = t0 + Duration::from_secs(30);
-        assert!(f.push((1.0, t0), Instant::now()).publish.is_empty());
-        assert_eq!(f.push((3.0, t1), Instant::now()).publish, vec![(2.0, t1)]);
+        assert!(
+            f.push((1.0, t0), Instant::now())
+                .unwrap()
+                .publish
+                .is_empty()
+        );
+        assert_eq!(
+            f.push((3.0, t1), Instant::now()).unwrap().publish,
+            vec![(2.0, t1)]
+        );
+    }
+
+    #[test]
+    fn an_average_that_overflows_is_an_error_not_inf() {
+        let mut f = Filter::new(Policy {
+            average: Some(2),
+            ..Policy::default()
+        });
+        let now = Instant::now();
+        let t = SystemTime::now();
+        assert_eq!(f.push((f64::MAX, t), now), Ok(Outcome::default()));
+        // Summing first gave inf; dividing first gives the true mean.
+        let mean = f.push((f64::MAX, t), now).unwrap().publish;
+        assert_eq!(mean, vec![(f64::MAX, t)]);
+        let mut three = Filter::new(Policy {
+            average: Some(3),
+            ..Policy::default()
+        });
+        for v in [f64::MAX, f64::MAX] {
+            assert!(three.push((v, t), now).unwrap().publish.is_empty());
+        }
+        // MAX / 3 rounds up: three of them sum past MAX. An error, and the next window starts
+        // empty.
+        let err = three.push((f64::MAX, t), now).unwrap_err();
+        assert_eq!(err.cause(), Cause::NotFinite);
+        assert_eq!(
+            err.to_string(),
+            "the average of 3 readings is inf: discarded"
+        );
+        assert!(three.push((1.0, t), now).unwrap().publish.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// Any raw value, through calibration and any policy, is a finite value or an error.
+        #[test]
+        fn calibrate_and_filter_give_finite_values_or_errors(
+            // Uniform bits rarely come near f64::MAX, where sums overflow: weight those in.
+            raws in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::f64::ANY,
+                    proptest::strategy::Just(f64::MAX),
+                    proptest::strategy::Just(-f64::MAX),
+                    1e307..f64::MAX,
+                ],
+                1..12,
+            ),
+            scale in proptest::prop_oneof![proptest::num::f64::NORMAL, proptest::strategy::Just(1.0)],
+            offset in proptest::num::f64::NORMAL | proptest::num::f64::ZERO,
+            average in proptest::option::of(1u32..4),
+            max_step in proptest::option::of(1e-3f64..1e300),
+            deadband in proptest::option::of(0f64..1e300),
+        ) {
+            let toml = format!(
+                "[[sensor]]\nname='t'\nkind='file'\npath='/x'\ninterval='1s'\ntopic='t'\nscale={scale:e}\noffset={offset:e}\n"
+            );
+            let sensor = crate::config::Config::parse(&toml, std::path::Path::new("t.toml"))
+                .unwrap()
+                .sensors
+                .remove(0);
+            let mut f = Filter::new(Policy { deadband, heartbeat: None, average, max_step });
+            for raw in raws {
+                let Ok(value) = crate::schedule::calibrate(&sensor, raw) else { continue };
+                proptest::prop_assert!(value.is_finite());
+                if let Ok(out) = f.push((value, SystemTime::now()), Instant::now()) {
+                    for (v, _) in out.publish {
+                        proptest::prop_assert!(v.is_finite(), "{v}");
+                    }
+                }
+            }
+        }
     }
 }

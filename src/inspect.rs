@@ -28,13 +28,14 @@ pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
     for (i, sensor) in config.sensors.iter().cloned().enumerate() {
         let mut source = Source::new(sensor.source.clone(), &config.sysfs_root);
         set.spawn(async move {
-            let value = match tokio::time::timeout(read_timeout(&sensor.source), source.read())
-                .await
-            {
-                Err(_) => Err("no answer: the read timed out".to_owned()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Ok(Ok(raw)) => calibrate(&sensor, raw).map(|v| format_value(v, sensor.decimals)),
-            };
+            let value =
+                match tokio::time::timeout(read_timeout(&sensor.source), source.read()).await {
+                    Err(_) => Err("no answer: the read timed out".to_owned()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Ok(raw)) => calibrate(&sensor, raw)
+                        .map(|v| format_value(v, sensor.decimals))
+                        .map_err(|e| e.to_string()),
+                };
             let unit = sensor
                 .unit
                 .clone()

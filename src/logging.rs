@@ -114,8 +114,10 @@ where
 /// How often an unchanged error is repeated in the log.
 const REPEAT_EVERY: Duration = Duration::from_secs(600);
 
-/// Rate-limits a repeating error: a new message is logged at once, the same one again only
+/// Rate-limits a repeating error: a new key is logged at once, the same one again only
 /// every [`REPEAT_EVERY`], so a sensor unplugged for a week does not flood the journal.
+/// The key must be the error's cause, not a message quoting a value: a value that changes
+/// every read would make every message new (log such details as fields instead).
 #[derive(Default)]
 pub struct Throttle {
     last: Option<(String, Instant)>,
@@ -123,16 +125,16 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// `Some(n)` when `msg` should be logged now, `n` being how many repeats were held back.
-    pub fn admit(&mut self, msg: &str) -> Option<u64> {
+    /// `Some(n)` when `key` should be logged now, `n` being how many repeats were held back.
+    pub fn admit(&mut self, key: &str) -> Option<u64> {
         let now = Instant::now();
         match &self.last {
-            Some((last, at)) if last == msg && now.duration_since(*at) < REPEAT_EVERY => {
+            Some((last, at)) if last == key && now.duration_since(*at) < REPEAT_EVERY => {
                 self.suppressed += 1;
                 None
             }
             _ => {
-                self.last = Some((msg.to_owned(), now));
+                self.last = Some((key.to_owned(), now));
                 Some(std::mem::take(&mut self.suppressed))
             }
         }

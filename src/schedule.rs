@@ -16,7 +16,7 @@ use crate::Stats;
 use crate::config::SensorConfig;
 use crate::filter::Filter;
 use crate::logging::Throttle;
-use crate::sensor::{ReadError, Source, SourceSpec};
+use crate::sensor::{Cause, ReadError, Source, SourceSpec};
 
 /// A sysfs read that has not returned after this long is abandoned (its blocking thread may
 /// stay stuck in the kernel, but the sensor's schedule goes on). Commands have their own timeout.
@@ -147,18 +147,23 @@ pub async fn run_sensor(
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(read_timeout, source.read()) => r.unwrap_or_else(|_| {
-                Err(ReadError::new(format!("no answer within {read_timeout:?}: the read is abandoned")))
+                Err(ReadError::new(Cause::Timeout, format!("no answer within {read_timeout:?}: the read is abandoned")))
             }),
         };
         let taken = SystemTime::now();
-        let outcome = result.map_err(|e| (e.to_string(), e.is_transient(), e.retry_after()));
-        match outcome.and_then(|raw| calibrate(&sensor, raw).map_err(|m| (m, false, None))) {
-            Ok(value) => {
+        let value = result.and_then(|raw| calibrate(&sensor, raw));
+        // An average can overflow even when every reading in it is finite.
+        let outcome = value.and_then(|value| {
+            filter
+                .push((value, taken), Instant::now())
+                .map(|outcome| (value, outcome))
+        });
+        match outcome {
+            Ok((value, outcome)) => {
                 if throttle.clear() {
                     info!(sensor = name, value, "sensor recovered");
                 }
                 stats.readings.fetch_add(1, Ordering::Relaxed);
-                let outcome = filter.push((value, taken), Instant::now());
                 if let Some(spike) = outcome.dropped_spike
                     && let Some(held_back) = spikes.admit("spike")
                 {
@@ -181,29 +186,37 @@ pub async fn run_sensor(
                     }
                 }
             }
-            Err((error, transient, retry_after)) => {
+            Err(error) => {
                 stats.sensor_errors.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut by_name) = stats.errors_by_sensor.lock() {
                     *by_name.entry(sensor.name.clone()).or_default() += 1;
                 }
-                if transient {
-                    debug!(sensor = name, %error, "sensor read failed (expected now and then)");
-                } else {
-                    match throttle.admit(&error) {
-                        Some(0) => {
-                            warn!(sensor = name, %error, "sensor read failed; retrying on schedule")
-                        }
-                        Some(held_back) => {
-                            warn!(sensor = name, %error, held_back, "sensor read still failing; retrying on schedule")
-                        }
-                        None => {}
-                    }
-                }
-                if let Some(after) = retry_after.filter(|a| *a < sensor.interval) {
+                log_failure(&mut throttle, name, &error);
+                if let Some(after) = error.retry_after().filter(|a| *a < sensor.interval) {
                     ticker.reset_after(after);
                 }
             }
         }
+    }
+}
+
+/// Logs a failed read. Throttled by cause, not by message: the message may quote a value that
+/// changes every read (`value 61.3 is outside ...`), which would make every one "new" and let
+/// journald's rate limit drop the lines that matter. The message goes in the `detail` field.
+fn log_failure(throttle: &mut Throttle, name: &str, error: &ReadError) {
+    let cause = error.cause().as_str();
+    if error.is_transient() {
+        debug!(sensor = name, cause, detail = %error, "sensor read failed (expected now and then)");
+        return;
+    }
+    match throttle.admit(cause) {
+        Some(0) => {
+            warn!(sensor = name, cause, detail = %error, "sensor read failed; retrying on schedule")
+        }
+        Some(held_back) => {
+            warn!(sensor = name, cause, detail = %error, held_back, "sensor read still failing; retrying on schedule")
+        }
+        None => {}
     }
 }
 
@@ -216,17 +229,23 @@ pub(crate) fn read_timeout(spec: &SourceSpec) -> Duration {
 }
 
 /// Applies `scale` and `offset`, then the plausibility bounds.
-pub(crate) fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, String> {
+pub(crate) fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, ReadError> {
     let value = raw * s.scale + s.offset;
     if !value.is_finite() {
-        return Err(format!("value {value} is not a number"));
+        return Err(ReadError::new(
+            Cause::NotFinite,
+            format!("value {raw:e} gives {value} after scale and offset: discarded"),
+        ));
     }
     if s.min.is_some_and(|min| value < min) || s.max.is_some_and(|max| value > max) {
         let bound = |b: Option<f64>| b.map_or("-".to_owned(), |b| b.to_string());
-        return Err(format!(
-            "value {value} is outside the plausible range [{}, {}]: discarded",
-            bound(s.min),
-            bound(s.max)
+        return Err(ReadError::new(
+            Cause::OutOfRange,
+            format!(
+                "value {value} is outside the plausible range [{}, {}]: discarded",
+                bound(s.min),
+                bound(s.max)
+            ),
         ));
     }
     Ok(value)
@@ -260,10 +279,63 @@ mod tests {
         assert_eq!(calibrate(&s, 59.9), Ok(59.9));
         let err = calibrate(&s, 85.0).unwrap_err();
         assert!(
-            err.contains("outside the plausible range [-40, 60]"),
+            err.to_string()
+                .contains("outside the plausible range [-40, 60]"),
             "{err}"
         );
+        assert_eq!(err.cause(), Cause::OutOfRange);
         assert!(calibrate(&s, -41.0).is_err());
         assert!(calibrate(&s, f64::NAN).is_err());
+    }
+
+    /// Runs `f` with a subscriber that captures formatted events; returns the captured text.
+    fn captured(f: impl FnOnce()) -> String {
+        use std::sync::Mutex;
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(out.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_value_that_changes_every_read_logs_one_warning_per_cause() {
+        let s = sensor("min = -40\nmax = 60");
+        let log = captured(|| {
+            let mut throttle = Throttle::default();
+            for i in 0..20 {
+                let err = calibrate(&s, 61.0 + f64::from(i) / 10.0).unwrap_err();
+                log_failure(&mut throttle, "t", &err);
+            }
+            // Another cause is news at once; its detail and cause are fields.
+            let err = ReadError::new(Cause::NotANumber, "/x: expected a number, got \"abc\"");
+            log_failure(&mut throttle, "t", &err);
+        });
+        let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warns.len(), 2, "{log}");
+        assert!(warns[0].contains("cause=\"out_of_range\""), "{}", warns[0]);
+        assert!(
+            warns[0].contains("detail=value 61 is outside"),
+            "{}",
+            warns[0]
+        );
+        assert!(warns[1].contains("cause=\"not_a_number\""), "{}", warns[1]);
+        assert!(warns[1].contains("held_back=19"), "{}", warns[1]);
     }
 }

@@ -4,9 +4,16 @@ use std::io;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::{ReadError, excerpt, first_number};
+use super::{Cause, ReadError, excerpt, first_number};
+
+/// A sensor command prints a number: more on stdout is a mistake (`yes`, a log dump), and
+/// reading it all once took the daemon to 3 GiB.
+const STDOUT_MAX: usize = 4 * 1024;
+/// Enough stderr for the first line of an error message; the rest is read and dropped.
+const STDERR_MAX: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct CommandSource {
@@ -21,10 +28,13 @@ impl CommandSource {
 
     pub async fn read(&mut self) -> Result<f64, ReadError> {
         let Some((program, args)) = self.argv.split_first() else {
-            return Err(ReadError::new("command sensor has an empty command"));
+            return Err(ReadError::new(
+                Cause::Config,
+                "command sensor has an empty command",
+            ));
         };
         let shown = display_argv(&self.argv);
-        let child = Command::new(program)
+        let mut child = Command::new(program)
             .args(args)
             // A sensor command must never wait for input from the daemon's terminal.
             .stdin(Stdio::null())
@@ -41,42 +51,101 @@ impl CommandSource {
             .spawn()
             .map_err(|e| spawn_error(&shown, program, &e))?;
         let pid = child.id();
-        let output = child.wait_with_output();
-        tokio::pin!(output);
-        // Declared after `output`, so dropped before it: the group is killed while the child
-        // is not yet reaped, when its pid cannot belong to anyone else. Covers both the
-        // timeout and the daemon stopping in the middle of a read.
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        // Declared after `child`, so dropped before it: the group is killed while the child
+        // is not yet reaped, when its pid cannot belong to anyone else. Covers the timeout,
+        // too much output and the daemon stopping in the middle of a read.
         let mut group = KillGroupOnDrop(pid);
-        let output = match tokio::time::timeout(self.timeout, &mut output).await {
+        let run = async {
+            // Both pipes are read at once: a child blocked on a full stderr pipe would never
+            // finish its stdout. A flood on stdout ends the read (and the child, on drop).
+            let (out, err) = tokio::try_join!(
+                async {
+                    match read_capped(stdout, STDOUT_MAX, true).await? {
+                        (_, true) => Err(None),
+                        (out, false) => Ok(out),
+                    }
+                },
+                async { Ok(read_capped(stderr, STDERR_MAX, false).await?.0) },
+            )?;
+            let status = child.wait().await?;
+            Ok::<_, Option<io::Error>>((status, out, err))
+        };
+        let (status, stdout, stderr) = match tokio::time::timeout(self.timeout, run).await {
             Ok(Ok(output)) => {
                 group.0 = None;
                 output
             }
-            Ok(Err(e)) => return Err(ReadError::new(format!("command `{shown}`: {e}"))),
+            Ok(Err(None)) => {
+                return Err(ReadError::new(
+                    Cause::TooMuchOutput,
+                    format!(
+                        "command `{shown}` printed more than {} KiB: killed (a sensor prints a number)",
+                        STDOUT_MAX / 1024
+                    ),
+                ));
+            }
+            Ok(Err(Some(e))) => {
+                return Err(ReadError::new(Cause::Io, format!("command `{shown}`: {e}")));
+            }
             // Duration's Debug form ("5s", "200ms") is stable and readable.
             Err(_) => {
-                return Err(ReadError::new(format!(
-                    "command `{shown}` timed out after {:?}",
-                    self.timeout
-                )));
+                return Err(ReadError::new(
+                    Cause::Timeout,
+                    format!("command `{shown}` timed out after {:?}", self.timeout),
+                ));
             }
         };
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
             let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
-            let mut msg = format!("command `{shown}` {}", describe(output.status));
+            let mut msg = format!("command `{shown}` {}", describe(status));
             if let Some(line) = first {
                 msg = format!("{msg}: {}", excerpt(line));
             }
-            return Err(ReadError::new(msg));
+            return Err(ReadError::new(Cause::CommandFailed, msg));
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = String::from_utf8_lossy(&stdout);
         first_number(&stdout).ok_or_else(|| {
-            ReadError::new(format!(
-                "command `{shown}`: no number in output {:?}",
-                excerpt(&stdout)
-            ))
+            ReadError::new(
+                Cause::NotANumber,
+                format!(
+                    "command `{shown}`: no number in output {:?}",
+                    excerpt(&stdout)
+                ),
+            )
         })
+    }
+}
+
+/// Reads `pipe` to its end, keeping at most `cap` bytes; returns them and whether there was
+/// more. With `stop`, returns at the first byte over; without, drains (and drops) the rest so
+/// a chatty child never blocks on a full pipe.
+async fn read_capped<R: AsyncRead + Unpin>(
+    pipe: Option<R>,
+    cap: usize,
+    stop: bool,
+) -> io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    let mut over = false;
+    let Some(mut pipe) = pipe else {
+        return Ok((kept, over));
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, over));
+        }
+        let room = cap - kept.len();
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        if n > room {
+            over = true;
+            if stop {
+                return Ok((kept, over));
+            }
+        }
     }
 }
 
@@ -100,7 +169,7 @@ fn spawn_error(shown: &str, program: &str, err: &io::Error) -> ReadError {
         io::ErrorKind::PermissionDenied => format!("permission denied running {program:?}"),
         _ => format!("cannot start: {err}"),
     };
-    ReadError::new(format!("command `{shown}`: {why}"))
+    ReadError::new(Cause::CommandFailed, format!("command `{shown}`: {why}"))
 }
 
 /// "exited with status 2" or, on Unix, "was killed by signal 9".
@@ -171,6 +240,41 @@ mod tests {
             err.to_string(),
             "command `sh -c 'exit 3'` exited with status 3"
         );
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stdout_is_stopped_and_an_error() {
+        let started = Instant::now();
+        let mut s = CommandSource::new(vec!["yes".into()], 10 * SECOND);
+        let err = s.read().await.unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert_eq!(
+            err.to_string(),
+            "command `yes` printed more than 4 KiB: killed (a sensor prints a number)"
+        );
+        // Correctness bound: killed at the limit, not at the 10 s timeout.
+        assert!(started.elapsed() < 5 * SECOND, "{:?}", started.elapsed());
+        // Just under the limit is still a reading.
+        let script = format!(
+            "printf '%s' 21.5; head -c {} /dev/zero | tr '\\0' ' '",
+            STDOUT_MAX - 4
+        );
+        assert_eq!(sh(&script, 5 * SECOND).read().await, Ok(21.5));
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stderr_is_drained_and_the_first_line_kept() {
+        // 1 MiB of stderr: kept only up to the cap, drained so the child is never blocked.
+        let script = "echo first problem >&2; head -c 1048576 /dev/zero >&2; echo 3; exit 1";
+        let err = sh(script, 5 * SECOND).read().await.unwrap_err();
+        assert_eq!(err.cause(), Cause::CommandFailed);
+        assert!(
+            err.to_string()
+                .ends_with("exited with status 1: first problem"),
+            "{err}"
+        );
+        let script = "head -c 1048576 /dev/zero >&2; echo 3";
+        assert_eq!(sh(script, 5 * SECOND).read().await, Ok(3.0));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ReadError, blocking};
+use super::{ATTR_MAX, Cause, ReadError, blocking, bounded_error, read_bounded};
 
 /// Millidegrees the sensor reports after power-on, before any conversion completed.
 const POWER_ON_RESET: i64 = 85_000;
@@ -27,13 +27,14 @@ impl Ds18b20 {
     pub async fn read(&mut self) -> Result<f64, ReadError> {
         let Some(path) = self.path.clone() else {
             return Err(ReadError::new(
+                Cause::Config,
                 "ds18b20 sensor has neither `path` nor `device` set",
             ));
         };
         blocking(move || {
-            let text = std::fs::read_to_string(&path).map_err(|e| ReadError::io(&path, &e))?;
+            let text = read_bounded(&path, ATTR_MAX).map_err(|e| bounded_error(&path, &e))?;
             parse_w1_slave(&text)
-                .map_err(|why| ReadError::new(format!("{}: {why}", path.display())))
+                .map_err(|why| ReadError::new(Cause::BadData, format!("{}: {why}", path.display())))
         })
         .await
     }
@@ -147,6 +148,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_explicit_path_that_never_ends_is_an_error() {
+        let mut s = Ds18b20::new(Some("/dev/zero".into()), None, Path::new("/"));
+        let err = s.read().await.unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: more than 4 KiB: not a sensor value"
+        );
+    }
+
+    #[tokio::test]
     async fn missing_device_names_the_path() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = Ds18b20::new(None, Some("28-000000000000".into()), tmp.path());
@@ -156,7 +168,7 @@ mod tests {
             err.to_string(),
             format!("{}: no such file", expected.display())
         );
-        // Same failure, same message: the caller rate-limits by comparing them.
+        // Same failure, same error: deterministic, so it can be compared.
         assert_eq!(s.read().await.unwrap_err(), err);
     }
 

@@ -3,9 +3,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{ReadError, blocking, excerpt, first_number};
+use super::{Cause, ReadError, blocking, excerpt, first_number};
 
 /// Enough for any status file; stops a mistaken path (a log, `/dev/zero`) from eating memory.
+/// A longer file is an error: its first number would be a guess.
 const MAX_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Clone)]
@@ -30,20 +31,32 @@ fn read_number(path: &Path) -> Result<f64, ReadError> {
     let io_err = |e: std::io::Error| ReadError::io(path, &e);
     let file = std::fs::File::open(path).map_err(io_err)?;
     let mut bytes = Vec::new();
-    file.take(MAX_BYTES)
+    file.take(MAX_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(ReadError::new(
+            Cause::TooMuchOutput,
+            format!(
+                "{}: more than {} KiB: not a sensor value",
+                path.display(),
+                MAX_BYTES / 1024
+            ),
+        ));
+    }
     // Lossy: a stray non-UTF-8 byte should not hide a number elsewhere in the text.
     let text = String::from_utf8_lossy(&bytes);
     if text.trim().is_empty() {
-        return Err(ReadError::new(format!("{}: file is empty", path.display())));
+        return Err(ReadError::new(
+            Cause::NotANumber,
+            format!("{}: file is empty", path.display()),
+        ));
     }
     first_number(&text).ok_or_else(|| {
-        ReadError::new(format!(
-            "{}: no number in {:?}",
-            path.display(),
-            excerpt(&text)
-        ))
+        ReadError::new(
+            Cause::NotANumber,
+            format!("{}: no number in {:?}", path.display(), excerpt(&text)),
+        )
     })
 }
 
@@ -85,6 +98,19 @@ mod tests {
         );
         let err = read("abc\n").await.unwrap_err();
         assert!(err.to_string().ends_with(": no number in \"abc\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_file_is_an_error() {
+        let ok = format!("7{}", " ".repeat(MAX_BYTES as usize - 1));
+        assert_eq!(read(&ok).await, Ok(7.0));
+        let err = read(&format!("{ok} ")).await.unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert!(
+            err.to_string()
+                .ends_with(": more than 64 KiB: not a sensor value"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

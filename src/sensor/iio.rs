@@ -4,7 +4,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ReadError, blocking, find_by_attr, parse_attr, read_attr};
+use super::{
+    ATTR_MAX, Cause, ReadError, blocking, bounded_error, find_by_attr, parse_attr, read_attr,
+    read_bounded,
+};
 
 /// DHT drivers cache a reading for 2 s; asking again sooner just returns the same error.
 const DHT_RETRY: Duration = Duration::from_secs(2);
@@ -79,10 +82,13 @@ fn read_channel(dir: &Path, channel: &str) -> Result<f64, ReadError> {
     }
     let raw_path = dir.join(format!("in_{channel}_raw"));
     let Some(raw) = read_value(&raw_path)? else {
-        return Err(ReadError::new(format!(
-            "{}: IIO device has no channel {channel:?} (neither in_{channel}_input nor in_{channel}_raw)",
-            dir.display()
-        )));
+        return Err(ReadError::new(
+            Cause::NotFound,
+            format!(
+                "{}: IIO device has no channel {channel:?} (neither in_{channel}_input nor in_{channel}_raw)",
+                dir.display()
+            ),
+        ));
     };
     let offset = optional_attr(dir, channel, "offset")?.unwrap_or(0.0);
     let scale = optional_attr(dir, channel, "scale")?.unwrap_or(1.0);
@@ -92,9 +98,10 @@ fn read_channel(dir: &Path, channel: &str) -> Result<f64, ReadError> {
 /// Reads a channel value; `Ok(None)` if the file does not exist. A DHT's EIO/ETIMEDOUT
 /// surfaces here, on the value read itself.
 fn read_value(path: &Path) -> Result<Option<f64>, ReadError> {
-    match std::fs::read_to_string(path) {
+    match read_bounded(path, ATTR_MAX) {
         Ok(text) => parse_attr(path, &text).map(Some),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Err(bounded_error(path, &e)),
         Err(e) => Err(classify(path, &e)),
     }
 }
@@ -123,6 +130,7 @@ fn classify(path: &Path, err: &io::Error) -> ReadError {
         || err.kind() == io::ErrorKind::TimedOut;
     if dht_style {
         ReadError::transient(
+            Cause::Io,
             format!(
                 "{}: {err} (normal now and then for DHT11/DHT22; retry after 2 s)",
                 path.display()

@@ -2,12 +2,14 @@
 
 pub mod command;
 pub mod ds18b20;
+mod error;
 pub mod file;
 pub mod hwmon;
 pub mod iio;
 pub mod thermal;
 
-use std::fmt;
+pub use error::{Cause, ReadError};
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -99,59 +101,6 @@ impl Source {
     }
 }
 
-/// Why a reading failed. The message is deterministic for a given failure, because the
-/// caller rate-limits repeated errors by comparing messages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReadError {
-    message: String,
-    /// Set only for expected, self-healing failures (DHT checksum/timeouts).
-    retry_after: Option<Duration>,
-}
-
-impl ReadError {
-    pub(crate) fn new(message: impl Into<String>) -> ReadError {
-        ReadError {
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub(crate) fn transient(message: impl Into<String>, retry_after: Duration) -> ReadError {
-        ReadError {
-            message: message.into(),
-            retry_after: Some(retry_after),
-        }
-    }
-
-    /// A failed read of `path`. "No such file" gets a short wording because it is the
-    /// common case (wrong path, overlay not loaded, sensor unplugged).
-    pub(crate) fn io(path: &Path, err: &io::Error) -> ReadError {
-        if err.kind() == io::ErrorKind::NotFound {
-            ReadError::new(format!("{}: no such file", path.display()))
-        } else {
-            ReadError::new(format!("{}: {err}", path.display()))
-        }
-    }
-
-    /// How long to wait before the next attempt, when the failure is expected to clear.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
-    }
-
-    /// True for expected failures (a DHT sensor's EIO/ETIMEDOUT) that deserve debug, not warn.
-    pub fn is_transient(&self) -> bool {
-        self.retry_after.is_some()
-    }
-}
-
-impl fmt::Display for ReadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ReadError {}
-
 /// Runs a blocking read on tokio's blocking pool (sysfs reads can take ~750 ms for a DS18B20).
 pub(crate) async fn blocking<F>(read: F) -> Result<f64, ReadError>
 where
@@ -160,8 +109,8 @@ where
     match tokio::task::spawn_blocking(read).await {
         Ok(result) => result,
         // The JoinError's text holds a task id, which would defeat message comparison.
-        Err(e) if e.is_panic() => Err(ReadError::new("sensor read panicked")),
-        Err(_) => Err(ReadError::new("sensor read was cancelled")),
+        Err(e) if e.is_panic() => Err(ReadError::new(Cause::Internal, "sensor read panicked")),
+        Err(_) => Err(ReadError::new(Cause::Internal, "sensor read was cancelled")),
     }
 }
 
@@ -169,17 +118,56 @@ where
 pub(crate) fn parse_attr(path: &Path, text: &str) -> Result<f64, ReadError> {
     match text.trim().parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(ReadError::new(format!(
-            "{}: expected a number, got {:?}",
-            path.display(),
-            excerpt(text)
-        ))),
+        _ => Err(ReadError::new(
+            Cause::NotANumber,
+            format!(
+                "{}: expected a number, got {:?}",
+                path.display(),
+                excerpt(text)
+            ),
+        )),
+    }
+}
+
+/// A sysfs attribute is at most a page; anything longer is not one (a wrong `path`).
+pub(crate) const ATTR_MAX: u64 = 4096;
+
+/// Reads at most `limit` bytes of `path` as text; longer is an error, never a partial read,
+/// so a mistaken path (`/dev/zero`, a log) costs `limit` bytes of memory, not all of it.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            if limit.is_multiple_of(1024) {
+                format!("more than {} KiB", limit / 1024)
+            } else {
+                format!("more than {limit} bytes")
+            },
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Maps an error of [`read_bounded`]; an oversized file gets its own cause.
+pub(crate) fn bounded_error(path: &Path, err: &io::Error) -> ReadError {
+    if err.kind() == io::ErrorKind::FileTooLarge {
+        ReadError::new(
+            Cause::TooMuchOutput,
+            format!("{}: {err}: not a sensor value", path.display()),
+        )
+    } else {
+        ReadError::io(path, err)
     }
 }
 
 /// Reads and parses a sysfs attribute that must exist.
 pub(crate) fn read_attr(path: &Path) -> Result<f64, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ReadError::io(path, &e))?;
+    let text = read_bounded(path, ATTR_MAX).map_err(|e| bounded_error(path, &e))?;
     parse_attr(path, &text)
 }
 
@@ -194,11 +182,14 @@ pub(crate) fn find_by_attr(
     wanted: &str,
 ) -> Result<PathBuf, ReadError> {
     let not_found = |detail: String| {
-        ReadError::new(format!(
-            "no {what} with {} {wanted:?} under {}{detail}",
-            keys[0],
-            parent.display()
-        ))
+        ReadError::new(
+            Cause::NotFound,
+            format!(
+                "no {what} with {} {wanted:?} under {}{detail}",
+                keys[0],
+                parent.display()
+            ),
+        )
     };
     let entries = match std::fs::read_dir(parent) {
         Ok(entries) => entries,
@@ -217,7 +208,7 @@ pub(crate) fn find_by_attr(
     let mut seen = Vec::new();
     for dir in dirs {
         for key in keys {
-            if let Ok(value) = std::fs::read_to_string(dir.join(key)) {
+            if let Ok(value) = read_bounded(&dir.join(key), ATTR_MAX) {
                 let value = value.trim();
                 if value == wanted {
                     return Ok(dir);
@@ -338,6 +329,24 @@ pub(crate) mod tests {
         assert_eq!(err.to_string(), "/x: expected a number, got \"abc\"");
         assert!(!err.is_transient());
         assert!(parse_attr(p, "nan").is_err());
+    }
+
+    #[test]
+    fn attribute_reads_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("in_temp_input");
+        std::fs::write(&path, format!("{:>4095}\n", 21500)).unwrap();
+        assert_eq!(read_attr(&path), Ok(21500.0));
+        std::fs::write(&path, format!("{:>4096}\n", 21500)).unwrap();
+        let err = read_attr(&path).unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
+        assert_eq!(
+            err.to_string(),
+            format!("{}: more than 4 KiB: not a sensor value", path.display())
+        );
+        // A character device that never ends (a mistaken `path`) ends at the bound.
+        let err = read_attr(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(err.cause(), Cause::TooMuchOutput);
     }
 
     #[test]

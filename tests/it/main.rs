@@ -10,6 +10,7 @@ mod fake_broker_v5;
 mod faults;
 mod harness;
 mod homeassistant;
+mod hostile_sensors;
 mod mqtt5;
 mod proxy;
 mod readings;
