@@ -166,10 +166,12 @@ fn tune_malloc() {
 }
 
 /// The most threads tokio's blocking pool may run at once (its default is 512). Each sensor
-/// read takes one while it runs (a DS18B20's 750 ms conversion), as does each commit's fsync;
-/// more wait their turn. 1,000 file sensors at 10 ms started 512 threads here for work that
-/// takes microseconds (BENCHMARKS.md); 16 is more concurrent slow reads than a Pi has sensors.
-const MAX_BLOCKING_THREADS: usize = 16;
+/// read takes one while it runs (a DS18B20's 750 ms conversion); 1,000 file sensors at 10 ms
+/// started 512 threads here for work that takes microseconds (BENCHMARKS.md). Reads are capped
+/// at [`READ_SLOTS`](telemetryd::schedule::READ_SLOTS), hung ones included; the few threads
+/// beyond are for opening and closing the store and loading the config at a reload. Commits
+/// have a thread of their own (`telemetryd-commit`).
+const MAX_BLOCKING_THREADS: usize = telemetryd::schedule::READ_SLOTS + 4;
 
 /// One thread runs every task; blocking work (sysfs reads, fsyncs) goes to tokio's blocking
 /// pool, at most [`MAX_BLOCKING_THREADS`] threads. A Pi has few cores and the daemon is

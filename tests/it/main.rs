@@ -10,6 +10,7 @@ mod fake_broker_v5;
 mod faults;
 mod harness;
 mod homeassistant;
+mod lifecycle;
 mod mqtt5;
 mod proxy;
 mod readings;

@@ -1,0 +1,76 @@
+//! The daemon's own runtime under hostile sensors and signals: hung reads, early SIGHUP.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const TOPIC: &str = "test/counter";
+
+/// Threads of process `pid`, from /proc.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads: line")
+}
+
+/// Twelve `file` sensors on a FIFO nobody writes (open() blocks for good: a read stuck in the
+/// kernel, like a 1-Wire bus in D state) beside a counter. Their abandoned reads used to hold
+/// a thread of the shared blocking pool each and, after the 30 s read timeout, take another:
+/// the pool filled, commits (which ran there too) starved and the counter's QoS 1 readings
+/// stopped. Now commits have their own thread and a sensor with a hung read skips its reads.
+#[test]
+fn hung_reads_neither_starve_commits_nor_pile_up_threads() {
+    let mut env = Env::with_broker("hung_reads");
+    let fifo = env.path("wedged");
+    let c = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let counter = Counter::new(env.dir(), "counter");
+    let mut sensors = counter.sensor_toml("counter", TOPIC, "200ms", 1);
+    for i in 0..12 {
+        sensors.push_str(&format!(
+            "[[sensor]]\nname = \"wedged{i}\"\nkind = \"file\"\npath = {}\n\
+             interval = \"1s\"\ntopic = \"test/wedged{i}\"\nqos = 1\n",
+            toml_str(&fifo.display().to_string())
+        ));
+    }
+    let cfg = env.config("", &sensors);
+    env.write_config(&cfg);
+    env.daemon.start();
+    let pid = env.daemon.pid();
+
+    // Past the read timeout (30 s), when the abandoned reads' second round used to fill the pool.
+    let until = Instant::now() + Duration::from_secs(45);
+    let mut most_threads = 0;
+    let mut last = (0, Instant::now());
+    while Instant::now() < until {
+        most_threads = most_threads.max(threads(pid));
+        let delivered = env.values(TOPIC).into_iter().max().unwrap_or(0);
+        if delivered > last.0 {
+            last = (delivered, Instant::now());
+        }
+        assert!(
+            last.1.elapsed() < Duration::from_secs(8),
+            "no counter reading delivered for 8 s (last {}, {most_threads} threads)",
+            last.0
+        );
+        std::thread::sleep(Duration::from_millis(250)); // sampling, not synchronising
+    }
+    eprintln!(
+        "hung_reads: {} delivered, at most {most_threads} threads",
+        last.0
+    );
+    assert!(
+        most_threads <= 40,
+        "{most_threads} threads with 12 hung sensors"
+    );
+    assert!(
+        env.daemon.log().contains("read still hung, skipping"),
+        "the skip is logged"
+    );
+    let took = env.daemon.stop_expect_success();
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
