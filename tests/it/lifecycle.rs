@@ -74,3 +74,82 @@ fn hung_reads_neither_starve_commits_nor_pile_up_threads() {
     let took = env.daemon.stop_expect_success();
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.display().to_string()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Opens the FIFO for writing once a reader has it open (ENXIO until then): the daemon is then
+/// inside its read of the config.
+fn wait_for_reader(fifo: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    wait_for(DEADLINE, "the daemon opening its config", || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .ok()
+    })
+}
+
+/// A SIGHUP while the config is still being read (the daemon blocked in open() of a FIFO
+/// config) used to kill the daemon: SIGHUP's default action, as the handler came later. Now
+/// it is noted from the first line of main and replayed as a reload once running.
+#[test]
+fn a_sighup_during_startup_does_not_kill_the_daemon() {
+    let mut env = Env::with_broker("sighup_at_startup");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "100ms", 1));
+    let path = env.daemon.config.clone();
+    mkfifo(&path);
+    env.daemon.start();
+    let mut writer = wait_for_reader(&path);
+    env.daemon.signal(libc::SIGHUP);
+    use std::io::Write;
+    writer
+        .write_all(cfg.as_bytes())
+        .expect("config into the FIFO");
+    drop(writer);
+    // The deferred reload reads a plain file (or, should it come first, times out on the FIFO
+    // and keeps the config it has: either way the daemon runs on).
+    std::fs::remove_file(&path).unwrap();
+    env.write_config(&cfg);
+    env.wait_delivered(TOPIC, 5, 0);
+    env.daemon.assert_running();
+    assert!(
+        env.daemon.log().contains("SIGHUP during startup"),
+        "{}",
+        env.daemon.log()
+    );
+    env.daemon.stop_expect_success();
+}
+
+/// A reload whose config file cannot be read (a FIFO nobody writes stands for a hung NFS
+/// mount) used to block the runtime thread in Config::load: no publishing, no acks, no
+/// watchdog. Now the load runs on a blocking thread with a time limit; the old config stays.
+#[test]
+fn a_reload_that_hangs_reading_the_config_keeps_the_daemon_running() {
+    let mut env = Env::with_broker("hung_reload");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", TOPIC, "100ms", 1));
+    env.write_config(&cfg);
+    env.daemon.start();
+    env.wait_delivered(TOPIC, 3, 0);
+    let path = env.daemon.config.clone();
+    std::fs::remove_file(&path).unwrap();
+    mkfifo(&path);
+    env.daemon.signal(libc::SIGHUP);
+    let _reader_seen = wait_for_reader(&path);
+    // Readings keep flowing while the reload hangs...
+    let at_hup = counter.value();
+    env.wait_delivered(TOPIC, at_hup + 10, 0);
+    // ...and the reload gives up, keeping the running config.
+    wait_until(Duration::from_secs(20), "the reload to give up", || {
+        env.daemon.log().contains("could not be read within")
+    });
+    let later = counter.value();
+    env.wait_delivered(TOPIC, later + 3, 0);
+    env.daemon.stop_expect_success();
+}
