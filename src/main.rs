@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +81,11 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 fn daemon(path: &Path) -> ExitCode {
+    // First of all: a SIGHUP's default action kills, and `systemctl reload` (or a config
+    // tool) may send one while the config is still loading. Noted here, it is replayed once
+    // the real handler is in place, so the reload is deferred rather than fatal.
+    let early_hup = Arc::new(AtomicBool::new(false));
+    let early_hup_id = signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup.clone());
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -95,6 +102,14 @@ fn daemon(path: &Path) -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = runtime.block_on(async {
         let requests = telemetryd::signals::install(shutdown.clone())?;
+        if let Ok(id) = early_hup_id {
+            signal_hook::low_level::unregister(id);
+        }
+        if early_hup.load(Ordering::Relaxed) {
+            tracing::info!("SIGHUP during startup: rereading the config now that it is running");
+            // SAFETY: raise(3) only sends a signal to this process, which now handles it.
+            unsafe { libc::raise(libc::SIGHUP) };
+        }
         let reloads = telemetryd::Reloads {
             path: path.to_owned(),
             requests,
