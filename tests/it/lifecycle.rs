@@ -153,3 +153,56 @@ fn a_reload_that_hangs_reading_the_config_keeps_the_daemon_running() {
     env.wait_delivered(TOPIC, later + 3, 0);
     env.daemon.stop_expect_success();
 }
+
+/// Retains `size` bytes on `topic` on the env's broker.
+fn retain_big(env: &Env, topic: &str, size: usize) {
+    let file = env.path("big.bin");
+    std::fs::write(&file, vec![b'x'; size]).unwrap();
+    let status = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.port().to_string(),
+            "-t",
+            topic,
+        ])
+        .args(["-r", "-q", "1", "-f", &file.display().to_string()])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success());
+}
+
+/// A big retained message on `homeassistant/status` (the birth topic we subscribe to) made
+/// every connection fail at rumqttc's 10 KiB incoming limit, so no reading was ever
+/// published. `size` within the new 64 KiB limit is read; with MQTT 5 a bigger one is not even
+/// sent (Maximum Packet Size in CONNECT).
+fn big_retained_ha_status(name: &str, size: usize, mqtt5: bool) {
+    let mut env = Env::with_broker(name);
+    retain_big(&env, "homeassistant/status", size);
+    let counter = Counter::new(env.dir(), "counter");
+    let mut cfg = env.config(
+        "",
+        &format!(
+            "[homeassistant]\n\n{}",
+            counter.sensor_toml("counter", TOPIC, "100ms", 1)
+        ),
+    );
+    if mqtt5 {
+        cfg = cfg.replacen("[mqtt]\n", "[mqtt]\nprotocol = 5\n", 1);
+    }
+    env.write_config(&cfg);
+    env.daemon.start();
+    env.wait_delivered(TOPIC, 10, 0);
+    env.daemon.stop_expect_success();
+}
+
+#[test]
+fn a_big_retained_home_assistant_status_does_not_stop_publishing() {
+    big_retained_ha_status("big_ha_status_v4", 40 * 1024, false);
+}
+
+#[test]
+fn a_huge_retained_home_assistant_status_does_not_stop_publishing_mqtt5() {
+    big_retained_ha_status("huge_ha_status_v5", 100 * 1024, true);
+}
