@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::task::spawn_blocking;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
+use tracing::error;
 
 use crate::Stats;
 use crate::config::{Format, Qos};
@@ -34,6 +34,9 @@ pub async fn run(
     stats: Arc<Stats>,
     commit_interval: watch::Receiver<Duration>,
 ) {
+    let Some(thread) = CommitThread::start() else {
+        return;
+    };
     let mut buf = Vec::with_capacity(64);
     let mut maintain = tokio::time::interval(MAINTAIN_EVERY);
     // QoS 1 readings, numbered and rendered, waiting for their commit.
@@ -52,7 +55,7 @@ pub async fn run(
             _ = maintain.tick() => {
                 if outbox.is_degraded() {
                     let outbox = outbox.clone();
-                    let _ = spawn_blocking(move || outbox.maintain()).await;
+                    thread.run(move || outbox.maintain()).await;
                 }
                 continue;
             }
@@ -99,7 +102,7 @@ pub async fn run(
         let due_now = next_commit.is_none_or(|t| Instant::now() >= t);
         if !batch.is_empty() && (due_now || batch.len() >= HOLD_MAX) {
             last_commit = Some(Instant::now());
-            commit(&outbox, std::mem::take(&mut batch)).await;
+            commit(&thread, &outbox, std::mem::take(&mut batch)).await;
         }
         // Committed, or held by commit_interval (a window the user chose): either way the
         // sensors may take their next reading.
@@ -108,13 +111,58 @@ pub async fn run(
         }
     }
     if !batch.is_empty() {
-        commit(&outbox, batch).await;
+        commit(&thread, &outbox, batch).await;
     }
 }
 
-async fn commit(outbox: &Arc<Outbox>, batch: Vec<Entry>) {
+async fn commit(thread: &CommitThread, outbox: &Arc<Outbox>, batch: Vec<Entry>) {
     let outbox = outbox.clone();
-    let _ = spawn_blocking(move || outbox.commit(batch)).await;
+    thread.run(move || outbox.commit(batch)).await;
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The store's writes and fsyncs run on a thread of their own, `telemetryd-commit`, not on
+/// tokio's blocking pool: sensor reads share that pool, and reads wedged in the kernel (a
+/// 1-Wire bus in D state) could fill it and starve every commit.
+struct CommitThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl CommitThread {
+    /// The thread ends once this is dropped and its last job is done.
+    fn start() -> Option<CommitThread> {
+        // One job at a time runs; one more may wait (the committer awaits each).
+        let (jobs, mut rx) = mpsc::channel::<Job>(1);
+        let spawned = std::thread::Builder::new()
+            .name("telemetryd-commit".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    // The store catches sled's panics itself; this only keeps the thread (and
+                    // every later commit) alive should anything else in a job panic.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        match spawned {
+            Ok(_) => Some(CommitThread { jobs }),
+            Err(e) => {
+                error!(%e, "cannot start the commit thread: nothing can be committed");
+                None
+            }
+        }
+    }
+
+    /// Runs `job` on the commit thread and waits for it.
+    async fn run(&self, job: impl FnOnce() + Send + 'static) {
+        let (done, finished) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            job();
+            let _ = done.send(());
+        });
+        if self.jobs.send(job).await.is_ok() {
+            let _ = finished.await;
+        }
+    }
 }
 
 #[cfg(test)]

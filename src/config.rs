@@ -17,6 +17,8 @@ pub const DEFAULT_PATH: &str = "/etc/telemetryd/telemetryd.toml";
 
 /// The shortest sensor interval accepted: below this a Pi spends its time in syscalls.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// A summary more often than this would flood the log (and 0 panicked the metrics task).
+const MIN_STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest `[buffer] commit_interval`: the window of readings a crash can lose.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(60);
@@ -401,6 +403,14 @@ impl Config {
             );
             return Err(in_table("", "", Rejected::new("log_level", m)));
         }
+        let stats_interval = raw.stats_interval.unwrap_or(Duration::from_secs(300));
+        if stats_interval < MIN_STATS_INTERVAL {
+            let m = format!(
+                "stats_interval {} is too short: the minimum is 1s",
+                humantime::format_duration(stats_interval)
+            );
+            return Err(in_table("", "", Rejected::new("stats_interval", m)));
+        }
 
         let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
         for spanned in raw.sensors {
@@ -445,7 +455,7 @@ impl Config {
             homeassistant,
             log_level,
             sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
-            stats_interval: raw.stats_interval.unwrap_or(Duration::from_secs(300)),
+            stats_interval,
             mqtt,
             buffer,
             sensors,
@@ -1046,6 +1056,18 @@ decimals = 1
         );
         let err = parse(&SEED.replace("kind = \"ds18b20\"", "kind = \"dht\"")).unwrap_err();
         assert!(err.contains("unknown variant `dht`"), "{err}");
+    }
+
+    /// "0s" was accepted and panicked the metrics task (a tokio interval of zero).
+    #[test]
+    fn rejects_a_stats_interval_under_a_second() {
+        let text = format!("log_level = \"info\"\nstats_interval = \"0s\"\n{SEED}");
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.contains("t.toml:2:1:") && err.contains("stats_interval 0s is too short"),
+            "{err}"
+        );
+        assert!(parse(&format!("stats_interval = \"1s\"\n{SEED}")).is_ok());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod signals;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
@@ -125,13 +126,15 @@ pub async fn run(
     let mut sensors = Sensors::new(reading_tx, stats.clone(), tracker.clone(), shutdown.clone());
     sensors.apply(&config.sensors, &config.sysfs_root);
     let discovery = homeassistant::discovery(&config);
-    let mut publisher = Publisher::start(
+    // None only after a failed stop at a reload, on the way out.
+    let mut publisher = Some(Publisher::start(
         &config.mqtt,
         outbox.clone(),
         live_rx,
         discovery,
         stats.clone(),
-    );
+    ));
+    let mut failed: Option<anyhow::Error> = None;
     let mut side = SideTasks::start(&config, &outbox, &stats, &live_tx, &tracker);
 
     if config.sensors.is_empty() {
@@ -158,7 +161,7 @@ pub async fn run(
             Some(()) = requests.recv() => {
                 let Some(path) = &path else { continue };
                 service::reloading();
-                match Config::load(path) {
+                match load_for_reload(path).await {
                     Err(e) => error!("reload failed, still running the previous config: {e}"),
                     Ok(new) => {
                         info!(path = %path.display(), "reloading the config");
@@ -170,10 +173,18 @@ pub async fn run(
                         let discovery = homeassistant::discovery(&new);
                         if new.mqtt != config.mqtt {
                             info!("MQTT settings changed: reconnecting");
-                            let live = publisher.stop().await?;
-                            publisher = Publisher::start(&new.mqtt, outbox.clone(), live, discovery, stats.clone());
+                            let live = match publisher.take().expect("running").stop().await {
+                                Ok(live) => live,
+                                Err(e) => {
+                                    // Its QoS 0 receiver is lost with it: stop in order and
+                                    // exit with the error, for systemd to restart us.
+                                    failed = Some(e);
+                                    break;
+                                }
+                            };
+                            publisher = Some(Publisher::start(&new.mqtt, outbox.clone(), live, discovery, stats.clone()));
                         } else {
-                            publisher.set_discovery(discovery);
+                            publisher.as_ref().expect("running").set_discovery(discovery);
                         }
                         if new.buffer.path != config.buffer.path {
                             tracing::warn!(path = %new.buffer.path.display(), "a new [buffer] path takes effect after a restart");
@@ -194,14 +205,43 @@ pub async fn run(
     service::stopping();
     // Sensors stop; the committer then commits what they queued and ends.
     sensors.stop_all();
-    publisher.stop().await?;
+    // A publisher that failed must not cost the rest of the stop (the committer's last
+    // commit, the store's flush): what it had in flight is still in the store.
+    if let Some(Err(e)) = match publisher {
+        Some(p) => Some(p.stop().await),
+        None => None,
+    } {
+        error!(error = %format!("{e:#}"), "the publisher failed; stopping the rest in order");
+        failed.get_or_insert(e);
+    }
     side.stop();
     tracker.close();
     tracker.wait().await;
     let closing = outbox.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
     info!(buffered = outbox.depth(), "stopped");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The most a reload waits for the config file (on a hung NFS mount, read() never returns).
+const RELOAD_LOAD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Loads the config on a blocking thread, within [`RELOAD_LOAD_LIMIT`]: the runtime thread
+/// keeps serving keep-alive, acks and the watchdog meanwhile.
+async fn load_for_reload(path: &std::path::Path) -> Result<Config, String> {
+    let owned = path.to_owned();
+    let load = tokio::task::spawn_blocking(move || Config::load(&owned));
+    match tokio::time::timeout(RELOAD_LOAD_LIMIT, load).await {
+        Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(format!("loading {} failed: {e}", path.display())),
+        Err(_) => Err(format!(
+            "{} could not be read within {RELOAD_LOAD_LIMIT:?}",
+            path.display()
+        )),
+    }
 }
 
 /// The summary/metrics and systemd status tasks: restarted on reload, as their settings may change.

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -79,6 +81,11 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 fn daemon(path: &Path) -> ExitCode {
+    // First of all: a SIGHUP's default action kills, and `systemctl reload` (or a config
+    // tool) may send one while the config is still loading. Noted here, it is replayed once
+    // the real handler is in place, so the reload is deferred rather than fatal.
+    let early_hup = Arc::new(AtomicBool::new(false));
+    let early_hup_id = signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup.clone());
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -95,6 +102,14 @@ fn daemon(path: &Path) -> ExitCode {
     let shutdown = CancellationToken::new();
     let result = runtime.block_on(async {
         let requests = telemetryd::signals::install(shutdown.clone())?;
+        if let Ok(id) = early_hup_id {
+            signal_hook::low_level::unregister(id);
+        }
+        if early_hup.load(Ordering::Relaxed) {
+            tracing::info!("SIGHUP during startup: rereading the config now that it is running");
+            // SAFETY: raise(3) only sends a signal to this process, which now handles it.
+            unsafe { libc::raise(libc::SIGHUP) };
+        }
         let reloads = telemetryd::Reloads {
             path: path.to_owned(),
             requests,
@@ -166,10 +181,12 @@ fn tune_malloc() {
 }
 
 /// The most threads tokio's blocking pool may run at once (its default is 512). Each sensor
-/// read takes one while it runs (a DS18B20's 750 ms conversion), as does each commit's fsync;
-/// more wait their turn. 1,000 file sensors at 10 ms started 512 threads here for work that
-/// takes microseconds (BENCHMARKS.md); 16 is more concurrent slow reads than a Pi has sensors.
-const MAX_BLOCKING_THREADS: usize = 16;
+/// read takes one while it runs (a DS18B20's 750 ms conversion); 1,000 file sensors at 10 ms
+/// started 512 threads here for work that takes microseconds (BENCHMARKS.md). Reads are capped
+/// at [`READ_SLOTS`](telemetryd::schedule::READ_SLOTS), hung ones included; the few threads
+/// beyond are for opening and closing the store and loading the config at a reload. Commits
+/// have a thread of their own (`telemetryd-commit`).
+const MAX_BLOCKING_THREADS: usize = telemetryd::schedule::READ_SLOTS + 4;
 
 /// One thread runs every task; blocking work (sysfs reads, fsyncs) goes to tokio's blocking
 /// pool, at most [`MAX_BLOCKING_THREADS`] threads. A Pi has few cores and the daemon is

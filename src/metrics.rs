@@ -71,6 +71,8 @@ pub async fn run(
     publish: Option<(String, mpsc::Sender<LiveMessage>)>,
     stop: CancellationToken,
 ) {
+    // The config refuses under 1s; a zero period would panic tokio's interval all the same.
+    let every = every.max(Duration::from_millis(10));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
@@ -104,5 +106,30 @@ pub async fn run(
                 plain: false,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero period (refused by the config) used to panic tokio's interval and end the task.
+    #[tokio::test]
+    async fn a_zero_period_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("buf"), 100).unwrap());
+        let (live, mut got) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Duration::ZERO,
+            outbox,
+            Arc::new(Stats::default()),
+            Some(("stats".into(), live)),
+            stop.clone(),
+        ));
+        let first = tokio::time::timeout(Duration::from_secs(10), got.recv()).await;
+        assert!(matches!(first, Ok(Some(_))), "a summary is published");
+        stop.cancel();
+        task.await.expect("the task ends without a panic");
     }
 }

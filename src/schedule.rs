@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +22,16 @@ use crate::sensor::{Cause, ReadError, Source, SourceSpec};
 /// A sysfs read that has not returned after this long is abandoned (its blocking thread may
 /// stay stuck in the kernel, but the sensor's schedule goes on). Commands have their own timeout.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most sensor reads in flight at once, hung ones included. tokio's blocking pool has a
+/// few threads more (`main.rs`), so opening, closing and reloading always find one.
+pub const READ_SLOTS: usize = 16;
+static READ_SLOT: Semaphore = Semaphore::const_new(READ_SLOTS);
+
+/// A read running in a task of its own, holding the source and a read slot until it returns:
+/// abandoned at its timeout, it goes on (a read() stuck in the kernel cannot be cancelled) and
+/// the sensor reads again only once it is back.
+type InFlight = JoinHandle<(Source, Result<f64, ReadError>)>;
 
 /// The running sensor tasks, by name. Reloading the config applies only the differences:
 /// an unchanged sensor keeps its schedule.
@@ -114,7 +125,7 @@ pub struct Reading {
 /// schedule goes on: one failing sensor never holds up the others or the daemon.
 pub async fn run_sensor(
     mut cfg: SensorConfig,
-    mut source: Source,
+    source: Source,
     tx: mpsc::Sender<Reading>,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -132,23 +143,82 @@ pub async fn run_sensor(
     let mut spikes = Throttle::default();
     let mut filter = Filter::new(sensor.policy);
     let mut previous: Option<oneshot::Receiver<()>> = None;
+    // A read that panicked loses the source it held: reads go on with a fresh copy.
+    let fresh = source.clone();
+    let mut source = Some(source);
+    let mut hung: Option<InFlight> = None;
+    let mut said_hung = false;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return abandon(hung),
             _ = ticker.tick() => {}
         }
+        if let Some(read) = hung.take_if(|r| r.is_finished()) {
+            // Back at last: its late value is stale, but the source is ours again.
+            if let Ok((back, _)) = read.await {
+                source = Some(back);
+            }
+            if said_hung {
+                info!(sensor = name, "hung read returned; reading again");
+            }
+            said_hung = false;
+        }
+        let Some(mut src) = source.take() else {
+            if !said_hung {
+                warn!(sensor = name, "read still hung, skipping");
+                said_hung = true;
+            }
+            continue;
+        };
         if let Some(committed) = previous.take() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = committed => {} // an error means the committer is gone: stopping anyway
             }
         }
-        // Cancelling a read is fine: a command child is killed on drop, a file read just ends.
-        let result = tokio::select! {
+        let deadline = tokio::time::Instant::now() + read_timeout;
+        let slot = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(read_timeout, source.read()) => r.unwrap_or_else(|_| {
-                Err(ReadError::new(Cause::Timeout, format!("no answer within {read_timeout:?}: the read is abandoned")))
-            }),
+            s = tokio::time::timeout_at(deadline, READ_SLOT.acquire()) => s,
+        };
+        let result = match slot {
+            Ok(Ok(slot)) => {
+                let mut read = tokio::spawn(async move {
+                    let _slot = slot;
+                    let r = src.read().await;
+                    (src, r)
+                });
+                tokio::select! {
+                    // Aborting is fine: a command child is killed on drop; a blocking read
+                    // goes on in its thread and gives its slot back when it returns.
+                    _ = stop.cancelled() => return abandon(Some(read)),
+                    r = tokio::time::timeout_at(deadline, &mut read) => match r {
+                        Ok(Ok((back, r))) => {
+                            source = Some(back);
+                            r
+                        }
+                        Ok(Err(_)) => {
+                            // The read panicked: start again from the config's source.
+                            source = Some(fresh.clone());
+                            Err(ReadError::new(Cause::Internal, "sensor read panicked"))
+                        }
+                        Err(_) => {
+                            hung = Some(read);
+                            Err(ReadError::new(Cause::Timeout, format!("no answer within {read_timeout:?}: the read is abandoned")))
+                        }
+                    },
+                }
+            }
+            Ok(Err(_)) => return, // the semaphore is never closed
+            Err(_) => {
+                source = Some(src);
+                Err(ReadError::new(
+                    Cause::Timeout,
+                    format!(
+                        "no read slot free within {read_timeout:?}: {READ_SLOTS} reads are hung"
+                    ),
+                ))
+            }
         };
         let taken = SystemTime::now();
         let value = result.and_then(|raw| calibrate(&sensor, raw));
@@ -217,6 +287,13 @@ fn log_failure(throttle: &mut Throttle, name: &str, error: &ReadError) {
             warn!(sensor = name, cause, detail = %error, held_back, "sensor read still failing; retrying on schedule")
         }
         None => {}
+    }
+}
+
+/// A sensor stopping: a read still in flight is cancelled (a command's child is killed).
+fn abandon(read: Option<InFlight>) {
+    if let Some(read) = read {
+        read.abort();
     }
 }
 

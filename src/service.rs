@@ -94,7 +94,10 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let watchdog = sd_notify::watchdog_enabled();
-    let every = watchdog.map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY));
+    // WATCHDOG_USEC=1 would make a zero period, which panics tokio's interval.
+    let every = watchdog
+        .map_or(STATUS_EVERY, |w| (w / 2).min(STATUS_EVERY))
+        .max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval(every);
     let mut last_status = String::new();
     let mut stalled = false;

@@ -73,6 +73,10 @@ pub(super) enum Event {
     Other,
 }
 
+/// The biggest packet we read. rumqttc's 10 KiB default let one big retained message on the
+/// Home Assistant topics we subscribe to (another client's, say) fail every connection.
+const MAX_INCOMING: usize = 64 * 1024;
+
 /// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests.
 pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
     let transport = cfg
@@ -85,6 +89,9 @@ pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
             opts.set_clean_session(cfg.clean_session);
             opts.set_keep_alive(cfg.keep_alive);
             opts.set_inflight(PKID_SLOTS as u16);
+            // Outgoing stays at rumqttc's 10 KiB, which the config's bounds keep every
+            // publish under.
+            opts.set_max_packet_size(MAX_INCOMING, 10 * 1024);
             if let Some((user, password)) = &cfg.credentials {
                 opts.set_credentials(user.clone(), password.0.clone());
             }
@@ -108,6 +115,9 @@ pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
             // Its default is u16::MAX packet-id slots (a 14 MB table); the broker's Receive
             // Maximum can lower this further, which the CONNACK event reports.
             opts.set_outgoing_inflight_upper_limit(PKID_SLOTS as u16);
+            // Sent in CONNECT as Maximum Packet Size: the broker drops a bigger message for us
+            // instead of sending it (and rumqttc reads up to it).
+            opts.set_max_packet_size(Some(MAX_INCOMING as u32));
             if let Some((user, password)) = &cfg.credentials {
                 opts.set_credentials(user.clone(), password.0.clone());
             }

@@ -11,6 +11,7 @@ mod faults;
 mod harness;
 mod homeassistant;
 mod hostile_sensors;
+mod lifecycle;
 mod mqtt5;
 mod proxy;
 mod readings;
