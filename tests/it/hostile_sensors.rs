@@ -43,11 +43,13 @@ fn hostile_sensors() -> String {
             "",
         ),
         // DBL_MAX as "no data": a JSON payload crashed the committer (an inf after * 1e9).
+        // QoS 0: the committer renders every reading alike, and a QoS 1 sensor still reading
+        // at the final SIGTERM could leave one in flight (the store would not end empty).
         command_sensor(
             "huge",
             r#"["echo", "1.7976931348623157e308"]"#,
             HUGE,
-            "format = \"json\"\nqos = 1",
+            "format = \"json\"\nqos = 0",
         ),
         // 1e308 * 10 overflows in calibration: a sensor error, not an inf reading.
         command_sensor(
