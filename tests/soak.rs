@@ -28,6 +28,10 @@
 //!   and not yet delivered to the subscriber when it died: the broker's loss, not the daemon's.
 //!
 //! Nothing else may be missing.
+//!
+//! The second test here, [`hostile`], is the hostile phase (`tests/soak/hostile.rs`): floods,
+//! garbage, absurd values, output floods, hung reads, an oversized retained message, a lowered
+//! bound at reload and the watchdog, around accounted QoS 1 counters (docs/RELIABILITY.md).
 
 #[path = "it/harness.rs"]
 mod harness;

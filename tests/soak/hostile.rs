@@ -154,11 +154,17 @@ pub fn run(seed: u64) {
             );
         }
         // What the cut may take: readings taken before it (the line is written after the pop).
-        cut_below = counters.iter().map(|c| c.value() + 1).collect();
+        if env.daemon.log().contains("buffer full: dropped") {
+            cut_below = counters.iter().map(|c| c.value() + 1).collect();
+        }
         env.broker().restart();
     }
     if alive {
-        alive = w.run_for(&mut env, &mut acc, Duration::from_secs(secs), "the run");
+        let mut d = Duration::from_secs(secs);
+        if has(Part::Hung) {
+            d = d.max(parts::HUNG_RUN.saturating_sub(t0.elapsed()));
+        }
+        alive = w.run_for(&mut env, &mut acc, d, "the run");
     }
 
     // Stop the counters (a bounded wait: a starved pool never reads them), let all arrive.
@@ -211,13 +217,24 @@ pub fn run(seed: u64) {
         match env.daemon.wait_exit(SHUTDOWN_LIMIT) {
             Some(s) if s.success() => {}
             Some(s) => w.problems.push(format!("exit status {s} after SIGTERM")),
-            None => w
-                .problems
-                .push(format!("still running {SHUTDOWN_LIMIT:?} after SIGTERM")),
+            None => {
+                w.problems
+                    .push(format!("still running {SHUTDOWN_LIMIT:?} after SIGTERM"));
+                env.daemon.sigkill();
+            }
         }
     }
     acc.tail();
-    let depth = store_depth(&env.buffer_path());
+    // Only a clean stop promises an empty store (and frees its lock).
+    let clean = w
+        .problems
+        .iter()
+        .all(|p| !p.contains("SIGTERM") && !p.contains("exited"));
+    let depth = if clean {
+        store_depth(&env.buffer_path())
+    } else {
+        0
+    };
     let log = env.daemon.all_logs();
     let mut problems = std::mem::take(&mut w.problems);
     let all: Vec<&str> = log.lines().collect();
@@ -298,7 +315,11 @@ pub fn run(seed: u64) {
             w.peak_rss_kib
         ));
     }
-    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" summary ")).collect();
+    // "sensor removed" is one line per sensor a reload takes away (the ballast): not per reading.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" summary ") && !l.contains("sensor removed"))
+        .collect();
     if lines.len() > LOG_BUDGET {
         problems.push(format!(
             "{} log lines (budget {LOG_BUDGET}); the most frequent:{}",

@@ -85,10 +85,13 @@ pub const GARBAGE_EVERY: Duration = Duration::from_millis(300);
 /// QoS 1 sensors that only exist while the broker is away in the `bound` part, to build a
 /// backlog quickly (about 3,000 readings a second).
 pub const BALLAST_SENSORS: usize = 150;
-/// FIFOs nobody writes: each open blocks forever. As many as the daemon's blocking pool has
-/// threads (16), so that on old code the first read of each takes one for good and nothing
-/// else that needs the pool (a commit) runs again; a read is only abandoned after 30 s.
-pub const HUNG_SENSORS: usize = 16;
+/// FIFOs nobody writes: each open blocks forever, holding one of the daemon's 16 blocking
+/// threads. A read is abandoned after 30 s, and old code then starts another on a new thread:
+/// 8 take half the pool at once and all of it at 30 s, when commits starve. Code that starts no
+/// new read while the abandoned one holds its thread keeps 8 for everything else.
+pub const HUNG_SENSORS: usize = 8;
+/// With `hung`, the phase lasts at least this long from the start: past the first abandon.
+pub const HUNG_RUN: std::time::Duration = std::time::Duration::from_secs(45);
 /// The contents of the `absurd` sensors' files (1e309 parses to inf, 4.9e-324 is the least
 /// subnormal, 1.8e300 overflowed the old payload rounding).
 pub const ABSURD: [&str; 11] = [
