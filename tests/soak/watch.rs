@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use crate::account::Account;
 use crate::harness::*;
 
+/// Generous for a debug build (the plain soak peaks near 41 MiB).
+pub const RSS_LIMIT_KIB: u64 = 128 * 1024;
+
 pub struct Watch {
     pub peak_rss_kib: u64,
     pub peak_store: u64,
@@ -22,6 +25,16 @@ impl Watch {
             for field in ["VmRSS", "VmHWM"] {
                 let kib = vm_kib(pid, field).unwrap_or(0);
                 self.peak_rss_kib = self.peak_rss_kib.max(kib);
+            }
+            // A runaway is stopped here, not at the end: on old code an output flood took
+            // the daemon to 1.8 GiB, on a machine others share.
+            if self.peak_rss_kib > 2 * RSS_LIMIT_KIB {
+                env.daemon.sigkill();
+                self.problems.push(format!(
+                    "RSS {} KiB during {phase}: the daemon was killed (limit {RSS_LIMIT_KIB})",
+                    self.peak_rss_kib
+                ));
+                return false;
             }
         }
         self.peak_store = self.peak_store.max(disk_usage(&env.buffer_path()));
