@@ -28,11 +28,26 @@
 //!   and not yet delivered to the subscriber when it died: the broker's loss, not the daemon's.
 //!
 //! Nothing else may be missing.
+//!
+//! The second test here, [`hostile`], is the hostile phase (`tests/soak/hostile.rs`): floods,
+//! garbage, absurd values, output floods, hung reads, an oversized retained message, a lowered
+//! bound at reload and the watchdog, around accounted QoS 1 counters (docs/RELIABILITY.md).
 
 #[path = "it/harness.rs"]
 mod harness;
 #[path = "it/proxy.rs"]
 mod proxy;
+
+#[path = "soak/account.rs"]
+mod account;
+#[path = "soak/hostile.rs"]
+mod hostile;
+#[path = "soak/notify.rs"]
+mod notify;
+#[path = "soak/parts.rs"]
+mod parts;
+#[path = "soak/watch.rs"]
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -425,16 +440,39 @@ impl Soak {
     }
 }
 
-#[test]
-fn soak() {
-    let secs = env_u64("SOAK_SECS").unwrap_or(120);
-    let seed = env_u64("SOAK_SEED").unwrap_or_else(|| {
+/// `SOAK_SEED`, or one from the clock.
+fn seed() -> u64 {
+    env_u64("SOAK_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .subsec_nanos() as u64
             ^ std::process::id() as u64
-    });
+    })
+}
+
+/// The soak and its hostile phase take turns: run side by side on a small machine, each
+/// would starve the other and measure the other's load.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The hostile phase (`tests/soak/hostile.rs`): floods, garbage, absurd values, output
+/// floods, hung reads, an oversized retained message, a lowered bound at reload, the
+/// watchdog, with the QoS 1 counters accounted. `SOAK_HOSTILE=floods,garbage,...` picks parts.
+#[test]
+fn hostile() {
+    let _turn = one_at_a_time();
+    hostile::run(seed());
+}
+
+#[test]
+fn soak() {
+    let _turn = one_at_a_time();
+    let secs = env_u64("SOAK_SECS").unwrap_or(120);
+    let seed = seed();
     let protocol = env_u64("SOAK_PROTOCOL").unwrap_or(4);
     assert!(matches!(protocol, 4 | 5), "SOAK_PROTOCOL is 4 or 5");
     let keep_alive = if protocol == 5 {
