@@ -122,6 +122,8 @@ const REPEAT_EVERY: Duration = Duration::from_secs(600);
 pub struct Throttle {
     last: Option<(String, Instant)>,
     suppressed: u64,
+    /// A failure was logged and its recovery not yet (see [`Throttle::recovered`]).
+    announced: bool,
 }
 
 impl Throttle {
@@ -135,14 +137,24 @@ impl Throttle {
             }
             _ => {
                 self.last = Some((key.to_owned(), now));
+                self.announced = true;
                 Some(std::mem::take(&mut self.suppressed))
             }
         }
     }
 
+    /// A success after failures: whether to log the recovery. Unlike [`Throttle::clear`] it
+    /// keeps the last key, so a sensor that flips between failing and working every read
+    /// (a half-written file) logs one failure and one recovery per [`REPEAT_EVERY`], not two
+    /// lines per read; a recovery is logged only when its failure was.
+    pub fn recovered(&mut self) -> bool {
+        std::mem::take(&mut self.announced)
+    }
+
     /// Forgets the last message (the condition cleared); returns whether one was active.
     pub fn clear(&mut self) -> bool {
         self.suppressed = 0;
+        self.announced = false;
         self.last.take().is_some()
     }
 }
@@ -161,5 +173,20 @@ mod tests {
         assert!(t.clear());
         assert_eq!(t.admit("b"), Some(0));
         assert!(!Throttle::default().clear());
+    }
+
+    #[test]
+    fn a_flapping_condition_logs_once_per_period() {
+        let mut t = Throttle::default();
+        assert!(!t.recovered());
+        assert_eq!(t.admit("not_a_number"), Some(0));
+        assert!(t.recovered());
+        for _ in 0..100 {
+            assert_eq!(t.admit("not_a_number"), None);
+            assert!(!t.recovered());
+        }
+        // A different cause is news, and so is its recovery.
+        assert_eq!(t.admit("io"), Some(100));
+        assert!(t.recovered());
     }
 }

@@ -230,7 +230,7 @@ pub async fn run_sensor(
         });
         match outcome {
             Ok((value, outcome)) => {
-                if throttle.clear() {
+                if throttle.recovered() {
                     info!(sensor = name, value, "sensor recovered");
                 }
                 stats.readings.fetch_add(1, Ordering::Relaxed);

@@ -151,11 +151,29 @@ pub fn run(seed: u64) {
                 "bound (the cut)",
             );
         }
-        // What the cut may take: readings taken before it (the line is written after the pop).
+        // At the bound the oldest go on being dropped until the link is back: the cut may take
+        // readings taken before the reconnect (the drop line is written after the pop).
+        let links = |log: &str| log.matches("connected to the broker").count();
+        let before = links(&env.daemon.log());
+        env.broker().restart();
+        let t = Instant::now();
+        while alive && links(&env.daemon.log()) == before {
+            if t.elapsed() > DEADLINE {
+                w.problems.push(format!(
+                    "bound: no reconnect {DEADLINE:?} after the broker restart"
+                ));
+                break;
+            }
+            alive = w.run_for(
+                &mut env,
+                &mut acc,
+                Duration::from_millis(100),
+                "bound (reconnect)",
+            );
+        }
         if env.daemon.log().contains("buffer full: dropped") {
             cut_below = counters.iter().map(|c| c.value() + 1).collect();
         }
-        env.broker().restart();
     }
     if alive {
         let mut d = Duration::from_secs(secs);
