@@ -177,9 +177,15 @@ pub async fn run_sensor(
             }
         }
         let deadline = tokio::time::Instant::now() + read_timeout;
-        let slot = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = tokio::time::timeout_at(deadline, READ_SLOT.acquire()) => s,
+        // A command runs as a child process, not on the blocking pool, and its own timeout
+        // kills it: it needs no slot (nor should it queue behind a thousand file reads).
+        let slot = if matches!(src, Source::Command(_)) {
+            Ok(Ok(None))
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                s = tokio::time::timeout_at(deadline, READ_SLOT.acquire()) => s.map(|r| r.map(Some)),
+            }
         };
         let result = match slot {
             Ok(Ok(slot)) => {

@@ -29,6 +29,9 @@ pub(super) struct Connection {
     pub events: mpsc::Sender<Link>,
     /// Set by the feeder when the broker stops acknowledging: drop the link and reconnect.
     pub reconnect: watch::Receiver<()>,
+    /// Cleared after a packet over our incoming limit (a huge retained message on a topic
+    /// we subscribe to): the feeder stops subscribing.
+    pub subscribe: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs until `stop` (cancelled once the feeder is done) or until the feeder is gone.
@@ -97,6 +100,14 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 }
             }
             Err(error) => {
+                if error.starts_with(super::protocol::OVERSIZED)
+                    && c.subscribe.swap(false, Ordering::Relaxed)
+                {
+                    // Only our subscriptions bring unasked packets; without them (and without
+                    // the session that holds the message for us) the link works.
+                    warn!(%broker, %error, "a message on a subscribed Home Assistant topic is too big: discovery subscriptions are off until restart");
+                    eventloop.forget_session();
+                }
                 if !link_down(&mut eventloop, &c.events).await {
                     return;
                 }

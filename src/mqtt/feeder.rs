@@ -52,6 +52,9 @@ pub(super) struct Settings {
 }
 
 struct Feeder {
+    /// False once a message on our subscriptions was too big to read: publishing must not
+    /// depend on them.
+    may_subscribe: Arc<std::sync::atomic::AtomicBool>,
     client: Client,
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
@@ -81,6 +84,8 @@ pub(super) struct Channels {
     pub reconnect: watch::Sender<()>,
     pub availability: Option<Availability>,
     pub discovery: watch::Receiver<Option<Discovery>>,
+    /// Cleared by the connection task after a packet over our limit: no more subscriptions.
+    pub subscribe: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(super) async fn run(
@@ -98,6 +103,7 @@ pub(super) async fn run(
         reconnect,
         availability,
         discovery,
+        subscribe,
     } = channels;
     let mut f = Feeder {
         client,
@@ -114,6 +120,7 @@ pub(super) async fn run(
         discovery,
         control: VecDeque::new(),
         subscribe_log: Throttle::default(),
+        may_subscribe: subscribe,
     };
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
@@ -356,6 +363,12 @@ impl Feeder {
     }
 
     fn subscribe(&mut self, d: &Discovery) {
+        if !self
+            .may_subscribe
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         if self
             .client
             .try_subscribe(&[&d.status_topic, &d.config_filter])

@@ -104,7 +104,9 @@ impl Publisher {
         // that is alive but not acknowledging.
         let ack_timeout = (cfg.keep_alive * 2).max(ACK_TIMEOUT_MIN);
 
+        let subscribe = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conn = connection::Connection {
+            subscribe: subscribe.clone(),
             broker: format!("{}:{}", cfg.host, cfg.port),
             stats: stats.clone(),
             events: link_tx,
@@ -123,6 +125,7 @@ impl Publisher {
                 reconnect: reconnect_tx,
                 availability,
                 discovery: discovery_rx,
+                subscribe,
             };
             let settings = feeder::Settings {
                 ack_timeout,

@@ -76,6 +76,8 @@ pub(super) enum Event {
 /// The biggest packet we read. rumqttc's 10 KiB default let one big retained message on the
 /// Home Assistant topics we subscribe to (another client's, say) fail every connection.
 const MAX_INCOMING: usize = 64 * 1024;
+/// How an error for a packet over [`MAX_INCOMING`] starts.
+pub(super) const OVERSIZED: &str = "the broker sent a packet over our 64 KiB limit";
 
 /// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests.
 pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
@@ -208,7 +210,13 @@ impl EventLoop {
     /// Cancel-safe in the same way as rumqttc's `poll()`: only drop it when the link goes anyway.
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
-            EventLoop::V4(el) => el.poll().await.map(from_v4).map_err(|e| describe::v4(&e)),
+            EventLoop::V4(el) => el.poll().await.map(from_v4).map_err(|e| {
+                if format!("{e:?}").contains("PayloadSizeLimitExceeded") {
+                    format!("{OVERSIZED}: {}", describe::v4(&e))
+                } else {
+                    describe::v4(&e)
+                }
+            }),
             EventLoop::V5 {
                 el,
                 keep_alive,
@@ -231,6 +239,19 @@ impl EventLoop {
                     }
                 }
                 Ok(event)
+            }
+        }
+    }
+
+    /// The next CONNECT starts a clean session: the broker drops what it holds for us (a
+    /// too-big message among it). Safe: the feeder resends every unacknowledged reading.
+    pub fn forget_session(&mut self) {
+        match self {
+            EventLoop::V4(el) => {
+                el.mqtt_options.set_clean_session(true);
+            }
+            EventLoop::V5 { el, .. } => {
+                el.options.set_clean_start(true);
             }
         }
     }
