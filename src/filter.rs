@@ -112,9 +112,15 @@ impl Filter {
         if self.window.len() < n as usize {
             return Ok(None);
         }
-        // Dividing first keeps the sum of huge values (1e308 + 1e308) from overflowing.
         let len = self.window.len() as f64;
-        let mean = self.window.iter().map(|(v, _)| v / len).sum::<f64>();
+        let sum = self.window.iter().map(|(v, _)| v).sum::<f64>();
+        // Finite readings can sum past f64::MAX (two of 1e308), and an infinite mean would be
+        // published as "inf"; dividing each first cannot overflow.
+        let mean = if sum.is_finite() {
+            sum / len
+        } else {
+            self.window.iter().map(|(v, _)| v / len).sum()
+        };
         // The mean is as of the newest reading in it.
         let taken = self.window.last().map_or(s.1, |(_, t)| *t);
         self.window.clear();
@@ -200,6 +206,18 @@ mod tests {
             feed(p, &[1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 7.0]),
             [2.0, 20.0]
         );
+    }
+
+    /// Seen triaging the `pipeline` fuzz target's "inf" payloads: the mean of two readings of 1e308
+    /// was inf (the target itself cannot tell it apart until values that large render).
+    #[test]
+    fn the_mean_of_huge_readings_stays_finite() {
+        let p = Policy {
+            average: Some(2),
+            ..Policy::default()
+        };
+        let means = feed(p, &[1e308, 1e308, -1e308, -f64::MAX]);
+        assert_eq!(means, [1e308, -1e308 / 2.0 - f64::MAX / 2.0]);
     }
 
     #[test]

@@ -8,6 +8,9 @@ pub mod committer;
 pub mod config;
 pub mod discover;
 pub mod filter;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod homeassistant;
 pub mod inspect;
 pub mod logging;

@@ -67,6 +67,18 @@ pub struct Record {
 /// A record and its key: the sequence number that orders it.
 pub type Entry = (u64, Record);
 
+/// The stored-record codec, for the fuzz targets (`crate::fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) mod codec {
+    pub fn decode(key: &[u8], value: &[u8]) -> anyhow::Result<super::Entry> {
+        super::store::decode(key, value)
+    }
+
+    pub fn encode(record: &super::Record) -> Vec<u8> {
+        super::store::encode(record)
+    }
+}
+
 struct Inner<B> {
     store: Option<B>,
     /// Readings in the store (exact: maintained on every insert and remove).

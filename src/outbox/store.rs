@@ -517,7 +517,7 @@ struct BadRecord(&'static str);
 /// `[version][flags: bit0 retain, bit1 plain][taken_ms: u64][topic len: u16][topic][payload]`
 /// (config validation keeps topics far below 64 KiB). Records written before the `plain` bit
 /// existed read as not plain: they go out without the MQTT 5 `ts` property, as before.
-fn encode(r: &Record) -> Vec<u8> {
+pub(super) fn encode(r: &Record) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + r.topic.len() + r.payload.len());
     v.push(RECORD_VERSION);
     v.push(r.retain as u8 | (r.plain as u8) << 1);
@@ -537,7 +537,7 @@ const MAX_TOPIC_AND_PAYLOAD: usize = 10 * 1024 - 9;
 /// A stored record is outside input (a damaged or foreign store): whatever decodes must be
 /// publishable as it is, so a record the client or the broker would refuse, or whose time
 /// cannot be written, is undecodable (quarantined) instead of stopping the feeder.
-fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
+pub(super) fn decode(key: &[u8], v: &[u8]) -> anyhow::Result<Entry> {
     let key = key_of(key)?;
     if v.len() < 12 || v[0] != RECORD_VERSION {
         bail!(BadRecord("unknown version or truncated header"));

@@ -46,7 +46,7 @@ impl Ds18b20 {
 /// 72 01 4b 46 7f ff 0e 10 57 t=23125
 /// ```
 /// Errors are the reason only; the caller prefixes the path.
-fn parse_w1_slave(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_w1_slave(text: &str) -> Result<f64, String> {
     let mut lines = text.lines();
     let crc_line = lines.next().unwrap_or("").trim();
     if crc_line.is_empty() {

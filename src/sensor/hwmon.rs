@@ -43,7 +43,7 @@ impl Hwmon {
 
 /// Published unit and divisor from the sysfs-interface unit, by input type
 /// (`temp1` → `temp`). Unknown types are passed through unconverted, without a unit.
-fn conversion(input: &str) -> Option<(&'static str, f64)> {
+pub(crate) fn conversion(input: &str) -> Option<(&'static str, f64)> {
     match input.trim_end_matches(|c: char| c.is_ascii_digit()) {
         "temp" => Some(("°C", 1e3)),    // millidegrees
         "in" => Some(("V", 1e3)),       // millivolts

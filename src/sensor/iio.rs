@@ -60,13 +60,13 @@ impl Iio {
 }
 
 /// The channel type: `in_<type>[index][_modifier]_...`, e.g. `temp0` → `temp`, `temp_object` → `temp`.
-fn channel_type(channel: &str) -> &str {
+pub(crate) fn channel_type(channel: &str) -> &str {
     let head = channel.split('_').next().unwrap_or(channel);
     head.trim_end_matches(|c: char| c.is_ascii_digit())
 }
 
 /// Converts from IIO ABI units (milli-°C, milli-%, kPa) to the published ones.
-fn to_unit(channel_type: &str, value: f64) -> f64 {
+pub(crate) fn to_unit(channel_type: &str, value: f64) -> f64 {
     match channel_type {
         "temp" | "humidityrelative" => value / 1000.0,
         "pressure" => value * 10.0,
