@@ -585,7 +585,8 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
 /// The first line of the file; warns when anyone on the machine can read it.
 fn read_password(file: &Path, warnings: &mut Vec<String>) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(file)
+    // Bounded like the config itself: a mistaken path (`/dev/zero`) must not eat the memory.
+    let text = crate::sensor::read_bounded(file, CONFIG_MAX)
         .map_err(|e| format!("password_file {}: {e}", file.display()))?;
     if let Ok(meta) = std::fs::metadata(file)
         && meta.permissions().mode() & 0o004 != 0
@@ -600,7 +601,9 @@ fn read_password(file: &Path, warnings: &mut Vec<String>) -> Result<String, Stri
 
 fn validate_tls(raw: RawTls) -> Result<TlsConfig, Rejected> {
     let read = |key: &'static str, p: &Path| {
-        std::fs::read(p).map_err(|e| Rejected::new(key, format!("tls.{key} {}: {e}", p.display())))
+        crate::sensor::read_bounded(p, CONFIG_MAX)
+            .map(String::into_bytes)
+            .map_err(|e| Rejected::new(key, format!("tls.{key} {}: {e}", p.display())))
     };
     let ca = raw
         .ca_file
@@ -1169,6 +1172,15 @@ decimals = 1
         assert!(err.contains("not both"), "{err}");
         let err = with("username = \"u\"\npassword_file = \"/nonexistent/pw\"").unwrap_err();
         assert!(err.contains("password_file /nonexistent/pw"), "{err}");
+    }
+
+    #[test]
+    fn a_password_or_tls_file_that_never_ends_is_refused() {
+        let with = |extra: &str| parse(&SEED.replace("[mqtt]", &format!("[mqtt]\n{extra}")));
+        let err = with("username = \"u\"\npassword_file = \"/dev/zero\"").unwrap_err();
+        assert!(err.contains("password_file /dev/zero: more than"), "{err}");
+        let err = parse(&format!("{SEED}\n[mqtt.tls]\nca_file = \"/dev/zero\"")).unwrap_err();
+        assert!(err.contains("tls.ca_file /dev/zero: more than"), "{err}");
     }
 
     #[test]

@@ -46,5 +46,5 @@ pub fn iio_to_unit(channel_type: &str, value: f64) -> f64 {
 
 /// `scale`, `offset` and the plausibility bounds, as the schedule applies them to each read.
 pub fn calibrate(sensor: &SensorConfig, raw: f64) -> Result<f64, String> {
-    crate::schedule::calibrate(sensor, raw)
+    crate::schedule::calibrate(sensor, raw).map_err(|e| e.to_string())
 }

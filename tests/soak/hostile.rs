@@ -273,7 +273,7 @@ pub fn run(seed: u64) {
         let st = &acc.streams[s];
         let lost: Vec<u64> = (1..=finals[s]).filter(|v| !st.first.contains(v)).collect();
         // Oldest first: the cut takes a prefix 1..=k of each counter (the broker was away from
-        // its first reading), all of it taken before the cut.
+        // its first reading), all of it taken before the link was back.
         let k = lost
             .iter()
             .take_while(|&&v| v < cut_below[s])
