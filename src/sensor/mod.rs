@@ -108,7 +108,7 @@ where
 {
     match tokio::task::spawn_blocking(read).await {
         Ok(result) => result,
-        // The JoinError's text holds a task id, which would defeat message comparison.
+        // Our own fixed text, not the JoinError's (it holds a task id): the detail stays the same.
         Err(e) if e.is_panic() => Err(ReadError::new(Cause::Internal, "sensor read panicked")),
         Err(_) => Err(ReadError::new(Cause::Internal, "sensor read was cancelled")),
     }
