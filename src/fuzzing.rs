@@ -48,3 +48,31 @@ pub fn iio_to_unit(channel_type: &str, value: f64) -> f64 {
 pub fn calibrate(sensor: &SensorConfig, raw: f64) -> Result<f64, String> {
     crate::schedule::calibrate(sensor, raw).map_err(|e| e.to_string())
 }
+
+/// A plain `file` sensor with every default, for the targets to vary.
+pub fn file_sensor() -> SensorConfig {
+    let text =
+        "[[sensor]]\nname = 'x'\nkind = 'file'\npath = '/x'\ninterval = '1s'\ntopic = 't/x'\n";
+    crate::config::Config::parse(text, Path::new("fuzz.toml"))
+        .expect("the fuzz sensor's config is valid")
+        .sensors
+        .remove(0)
+}
+
+/// Panics unless `payload` is what `sensor`'s format promises: a finite number (plain) or a
+/// JSON object with a numeric `value`.
+pub fn check_payload(sensor: &SensorConfig, payload: &[u8]) {
+    let text = std::str::from_utf8(payload).expect("UTF-8");
+    match sensor.format {
+        crate::config::Format::Plain => {
+            let back: f64 = text
+                .parse()
+                .unwrap_or_else(|_| panic!("{text:?} is not a number"));
+            assert!(back.is_finite(), "{text:?}");
+        }
+        crate::config::Format::Json => {
+            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+            assert!(v["value"].is_number(), "{text}");
+        }
+    }
+}

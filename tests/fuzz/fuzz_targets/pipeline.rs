@@ -2,26 +2,18 @@
 //! render, with any calibration and any valid policy: no panic, and every payload parses.
 #![no_main]
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use telemetryd::config::{Config, Format, SensorConfig};
+use telemetryd::config::{Format, SensorConfig};
 use telemetryd::filter::{Filter, Policy};
-use telemetryd::fuzzing::calibrate;
+use telemetryd::fuzzing::{calibrate, check_payload, file_sensor};
 use telemetryd::payload::render;
 
 fn base() -> &'static SensorConfig {
     static BASE: OnceLock<SensorConfig> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let text =
-            "[[sensor]]\nname = 'x'\nkind = 'file'\npath = '/x'\ninterval = '1s'\ntopic = 't/x'\n";
-        Config::parse(text, Path::new("fuzz.toml"))
-            .unwrap()
-            .sensors
-            .remove(0)
-    })
+    BASE.get_or_init(file_sensor)
 }
 
 /// Reads the input front to back; zeros once it runs out.
@@ -93,14 +85,7 @@ fuzz_target!(|data: &[u8]| {
         for (value, taken) in outcome.publish {
             seq += 1;
             let payload = render(&sensor, value, taken, seq);
-            let text = std::str::from_utf8(&payload).expect("UTF-8");
-            match sensor.format {
-                Format::Plain => assert!(text.parse::<f64>().is_ok_and(f64::is_finite), "{text:?}"),
-                Format::Json => {
-                    let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
-                    assert!(v["value"].is_number(), "{text}");
-                }
-            }
+            check_payload(&sensor, &payload);
         }
     }
 });

@@ -2,24 +2,17 @@
 //! back (plain) or a JSON object with a numeric value, never a panic.
 #![no_main]
 
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use telemetryd::config::{Config, Format, SensorConfig};
+use telemetryd::config::{Format, SensorConfig};
+use telemetryd::fuzzing::{check_payload, file_sensor};
 use telemetryd::payload::render;
 
 fn base() -> &'static SensorConfig {
     static BASE: OnceLock<SensorConfig> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let text =
-            "[[sensor]]\nname = 'x'\nkind = 'file'\npath = '/x'\ninterval = '1s'\ntopic = 't/x'\n";
-        Config::parse(text, Path::new("fuzz.toml"))
-            .unwrap()
-            .sensors
-            .remove(0)
-    })
+    BASE.get_or_init(file_sensor)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -46,17 +39,5 @@ fuzz_target!(|data: &[u8]| {
     // The years 1970-9999, as readings carry them.
     let taken = UNIX_EPOCH + Duration::from_millis(taken_ms % 253_402_300_800_000);
     let payload = render(&sensor, value, taken, 7);
-    let text = std::str::from_utf8(&payload).expect("UTF-8");
-    match sensor.format {
-        Format::Plain => {
-            let back: f64 = text
-                .parse()
-                .unwrap_or_else(|_| panic!("{text:?} is not a number"));
-            assert!(back.is_finite(), "{text:?}");
-        }
-        Format::Json => {
-            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
-            assert!(v["value"].is_number(), "{text}");
-        }
-    }
+    check_payload(&sensor, &payload);
 });
