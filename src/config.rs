@@ -36,6 +36,12 @@ const MIN_KEEP_ALIVE_V5: Duration = Duration::from_secs(5);
 /// The shortest `max_age`: MQTT 5 carries the message expiry in whole seconds.
 const MIN_MAX_AGE: Duration = Duration::from_secs(1);
 
+/// `reconnect_max`: the cap of the pause between reconnect rounds. The pause is drawn from
+/// [d/2, d], so with 8 s a broker that is back is retried within 8 s.
+const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(8);
+const MIN_RECONNECT_MAX: Duration = Duration::from_secs(1);
+const MAX_RECONNECT_MAX: Duration = Duration::from_secs(600);
+
 /// A validated configuration: everything the daemon needs, with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -53,8 +59,13 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
+    /// The first of `servers` (the only one without a `servers` list).
     pub host: String,
     pub port: u16,
+    /// Where to connect, tried in this order (`servers`, or `host` and `port`); never empty.
+    pub servers: Vec<crate::mqtt::servers::Server>,
+    /// The longest pause between two rounds of connection attempts (`reconnect_max`).
+    pub reconnect_max: Duration,
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: Duration,
@@ -241,6 +252,9 @@ struct RawConfig {
 struct RawMqtt {
     host: Option<String>,
     port: Option<u16>,
+    servers: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    reconnect_max: Option<Duration>,
     client_id: Option<String>,
     clean_session: Option<bool>,
     #[serde(default, with = "humantime_serde")]
@@ -565,10 +579,34 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         );
         return Err(no("max_age", msg));
     }
-    let default_port = if tls.is_some() { 8883 } else { 1883 };
+    let default_port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    let servers = match (raw.host, raw.servers) {
+        (Some(_), Some(_)) => {
+            let msg = "servers and host are both set: give one or the other (servers lists \
+                       every broker, the first one first)";
+            return Err(no("servers", msg.into()));
+        }
+        (None, Some(list)) => {
+            crate::mqtt::servers::parse_list(&list, default_port).map_err(|m| no("servers", m))?
+        }
+        (host, None) => vec![crate::mqtt::servers::Server {
+            host: host.unwrap_or_else(|| "localhost".to_owned()),
+            port: default_port,
+        }],
+    };
+    let reconnect_max = raw.reconnect_max.unwrap_or(DEFAULT_RECONNECT_MAX);
+    if !(MIN_RECONNECT_MAX..=MAX_RECONNECT_MAX).contains(&reconnect_max) {
+        let msg = format!(
+            "reconnect_max must be between 1s and 10m, got {}",
+            humantime::format_duration(reconnect_max)
+        );
+        return Err(no("reconnect_max", msg));
+    }
     Ok(MqttConfig {
-        host: raw.host.unwrap_or_else(|| "localhost".to_owned()),
-        port: raw.port.unwrap_or(default_port),
+        host: servers[0].host.clone(),
+        port: servers[0].port,
+        servers,
+        reconnect_max,
         client_id,
         clean_session: raw.clean_session.unwrap_or(false),
         // MQTT carries keep-alive in whole seconds.
@@ -1377,5 +1415,52 @@ decimals = 1
             "expected the Pi config and the demo config in {}",
             dir.display()
         );
+    }
+
+    #[test]
+    fn servers_is_a_failover_list_instead_of_host() {
+        use crate::mqtt::servers::Server;
+        let sv = |host: &str, port| Server {
+            host: host.into(),
+            port,
+        };
+        let with = |mqtt: &str| parse(&SEED.replace("host = \"localhost\"", mqtt)).map(|c| c.mqtt);
+        let m = with("servers = [\"n1.lan\", \"n2.lan:1884\", \"[::1]\"]").unwrap();
+        assert_eq!(
+            m.servers,
+            vec![sv("n1.lan", 1883), sv("n2.lan", 1884), sv("::1", 1883)]
+        );
+        assert_eq!((m.host.as_str(), m.port), ("n1.lan", 1883));
+        assert_eq!(m.reconnect_max, Duration::from_secs(8));
+        // `port` is the default port of the entries that give none.
+        let m = with("port = 2883\nservers = [\"a\", \"b:1\"]").unwrap();
+        assert_eq!(m.servers, vec![sv("a", 2883), sv("b", 1)]);
+        // Without `servers`, `host` and `port` are the one server.
+        assert_eq!(
+            parse(SEED).unwrap().mqtt.servers,
+            vec![sv("localhost", 1883)]
+        );
+
+        let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nservers = [\"a\"]")).unwrap_err();
+        assert!(
+            err.contains("t.toml:3:1: [mqtt] servers") && err.contains("both set"),
+            "{err}"
+        );
+        for (bad, says) in [
+            ("servers = []", "empty"),
+            ("servers = [\"a:99999\"]", "1 to 65535"),
+            ("servers = [\"a\", \"a:1883\"]", "twice"),
+            ("servers = [\"mqtt://a\"]", "no scheme"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                err.contains("[mqtt] servers") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
+        let err = with("host = \"a\"\nreconnect_max = \"0s\"").unwrap_err();
+        assert!(err.contains("reconnect_max must be between"), "{err}");
+        let m = with("host = \"a\"\nreconnect_max = \"1m\"").unwrap();
+        assert_eq!(m.reconnect_max, Duration::from_secs(60));
     }
 }

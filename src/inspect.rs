@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::mqtt::servers::Server;
 use crate::outbox::{self, BufferReport};
 use crate::payload::format_value;
 use crate::schedule::{calibrate, read_timeout};
@@ -54,6 +55,45 @@ pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
     let mut out: Vec<(usize, CheckedReading)> = set.join_all().await;
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// How long `check` waits for a server to accept a TCP connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One line per server of `[mqtt] servers`, in order, saying whether it accepts connections
+/// now; the first that does is the one the daemon would be on. Only TCP: the broker's own
+/// verdict (login, TLS) comes with the daemon's CONNECT, in its log.
+pub async fn probe_servers(servers: &[Server]) -> String {
+    let mut set = JoinSet::new();
+    for (i, server) in servers.iter().cloned().enumerate() {
+        set.spawn(async move {
+            let addr = (server.host.as_str(), server.port);
+            let answer =
+                match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+                };
+            (i, server, answer)
+        });
+    }
+    let mut answers = set.join_all().await;
+    answers.sort_by_key(|(i, _, _)| *i);
+    let current = answers.iter().position(|(_, _, a)| a.is_ok());
+    let mut out = String::new();
+    for (i, server, answer) in answers {
+        let line = match answer {
+            Ok(()) if Some(i) == current => {
+                "accepts connections: the daemon connects here".to_owned()
+            }
+            Ok(()) => "accepts connections (a failover server)".to_owned(),
+            Err(e) => format!("not reachable: {e}"),
+        };
+        out.push_str(&format!("server {server}: {line}\n"));
+    }
+    out
 }
 
 /// A table: sensor, value, unit, topic; errors are listed below it in full.

@@ -54,6 +54,8 @@ pub struct Stats {
     /// QoS 1 readings an MQTT 5 broker refused for good, moved to the store's quarantine.
     pub refused: AtomicU64,
     pub connected: AtomicBool,
+    /// The server of `[mqtt] servers` we are connected to, or trying (`host:port`).
+    server: std::sync::Mutex<String>,
     /// Progress of the committer and the MQTT connection task, for the watchdog.
     pub committer_beat: service::Beat,
     pub mqtt_beat: service::Beat,
@@ -61,6 +63,20 @@ pub struct Stats {
     pub connects: AtomicU64,
     /// Failed reads per sensor name, for the self-metrics.
     pub errors_by_sensor: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// The server we are connected to or trying next.
+    pub fn set_server(&self, server: &impl std::fmt::Display) {
+        if let Ok(mut s) = self.server.lock() {
+            *s = server.to_string();
+        }
+    }
+
+    /// `host:port` of the current server ("" before the first attempt).
+    pub fn server(&self) -> String {
+        self.server.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 /// How many readings may wait between the sensors and the committer.
@@ -145,7 +161,7 @@ pub async fn run(
     }
     info!(
         sensors = config.sensors.len(),
-        broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port),
+        servers = %list_servers(&config.mqtt.servers),
         client_id = %config.mqtt.client_id,
         "telemetryd {} started",
         env!("CARGO_PKG_VERSION")
@@ -274,13 +290,18 @@ impl SideTasks {
             publish,
             stop.clone(),
         ));
-        let broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
-        let stall = mqtt::stall_limit(config.mqtt.keep_alive);
-        tracker.spawn(service::run(outbox, stats, broker, stall, stop.clone()));
+        let stall = mqtt::stall_limit(config.mqtt.keep_alive, config.mqtt.reconnect_max);
+        tracker.spawn(service::run(outbox, stats, stall, stop.clone()));
         SideTasks { stop }
     }
 
     fn stop(&self) {
         self.stop.cancel();
     }
+}
+
+/// `a:1883, b:1883`: the servers as the log shows them.
+fn list_servers(servers: &[mqtt::servers::Server]) -> String {
+    let names: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }

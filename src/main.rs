@@ -140,6 +140,7 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
+    print!("{}", block_on(inspect::probe_servers(&config.mqtt.servers)));
     let results = block_on(inspect::read_all(&config));
     print!("{}", inspect::render_readings(&results));
     if results.iter().all(|r| r.value.is_ok()) {

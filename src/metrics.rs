@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub read_errors: std::collections::BTreeMap<String, u64>,
     pub reconnects: u64,
     pub connected: bool,
+    /// The server (`host:port`) of `[mqtt] servers` we are connected to, or trying.
+    pub server: String,
     pub uptime_s: u64,
 }
 
@@ -58,6 +60,7 @@ impl Snapshot {
                 .unwrap_or_default(),
             reconnects: stats.connects.load(Ordering::Relaxed).saturating_sub(1),
             connected: stats.connected.load(Ordering::Relaxed),
+            server: stats.server(),
             uptime_s: service::uptime().as_secs(),
         }
     }
@@ -92,6 +95,7 @@ pub async fn run(
             read_errors = s.read_errors.values().sum::<u64>(),
             reconnects = s.reconnects,
             connected = s.connected,
+            server = %s.server,
             "summary"
         );
         if let Some((topic, live)) = &publish {

@@ -89,7 +89,6 @@ pub fn reloading() {
 pub async fn run(
     outbox: Arc<Outbox>,
     stats: Arc<Stats>,
-    broker: String,
     mqtt_stall: Duration,
     stop: CancellationToken,
 ) {
@@ -106,7 +105,7 @@ pub async fn run(
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let status = status_line(&outbox, &stats, &broker);
+        let status = status_line(&outbox, &stats);
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
             last_status = status;
@@ -133,8 +132,10 @@ pub fn stopping() {
 }
 
 /// E.g. `connected to localhost:1883; 0 buffered, 0 dropped` or
-/// `waiting for localhost:1883; 1234 buffered (oldest 2h 5m ago), 0 dropped`.
-pub fn status_line(outbox: &Outbox, stats: &Stats, broker: &str) -> String {
+/// `waiting for localhost:1883; 1234 buffered (oldest 2h 5m ago), 0 dropped`: the current
+/// server of `[mqtt] servers`.
+pub fn status_line(outbox: &Outbox, stats: &Stats) -> String {
+    let broker = stats.server();
     let link = if stats.connected.load(Ordering::Relaxed) {
         format!("connected to {broker}")
     } else {

@@ -1,5 +1,6 @@
-//! The task that owns the rumqttc `EventLoop`: connects, reconnects with backoff, and reports
-//! link events to the feeder in the order they happened.
+//! The task that owns the rumqttc `EventLoop`: connects, fails over along `[mqtt] servers`,
+//! reconnects with backoff between full rounds, and reports link events to the feeder in the
+//! order they happened.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,18 +14,20 @@ use super::Link;
 use super::backoff::Backoff;
 use super::protocol::{Event, EventLoop};
 use super::puback::{self, Verdict};
+use super::servers::{Rotation, Server};
 use crate::Stats;
 use crate::logging::Throttle;
 
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
-pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// How long a clean stop waits for our DISCONNECT to leave.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
 /// What the connection task talks to.
 pub(super) struct Connection {
-    /// `host:port`, for logs.
-    pub broker: String,
+    /// `[mqtt] servers`, in order (at least one).
+    pub servers: Vec<Server>,
+    /// The cap of the pause between two rounds of attempts.
+    pub reconnect_max: Duration,
     pub stats: Arc<Stats>,
     pub events: mpsc::Sender<Link>,
     /// Set by the feeder when the broker stops acknowledging: drop the link and reconnect.
@@ -36,8 +39,9 @@ pub(super) struct Connection {
 
 /// Runs until `stop` (cancelled once the feeder is done) or until the feeder is gone.
 pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: CancellationToken) {
-    let broker = c.broker.clone();
-    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
+    let mut rotation = Rotation::new(c.servers.len());
+    let mut broker = on_server(&mut eventloop, &c, rotation.current());
+    let mut backoff = Backoff::new(RECONNECT_MIN, c.reconnect_max);
     let mut throttle = Throttle::default();
     let mut failures = 0u64;
     let mut connected = false;
@@ -71,7 +75,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 c.stats.connects.fetch_add(1, Ordering::Relaxed);
                 // A reconnect asked for on the previous link is done.
                 c.reconnect.borrow_and_update();
-                info!(%broker, session_present, failed_attempts = failures, "connected to the broker");
+                info!(server = %broker, session_present, failed_attempts = failures, "connected to the broker");
                 if slots < super::PKID_SLOTS {
                     debug!(
                         receive_maximum = slots,
@@ -93,6 +97,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 if !healthy && works {
                     healthy = true;
                     backoff.reset();
+                    rotation.works();
                 }
                 match translate(event) {
                     Some(link) => link,
@@ -105,33 +110,55 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 {
                     // Only our subscriptions bring unasked packets; without them (and without
                     // the session that holds the message for us) the link works.
-                    warn!(%broker, %error, "a message on a subscribed Home Assistant topic is too big: discovery subscriptions are off until restart");
+                    warn!(server = %broker, %error, "a message on a subscribed Home Assistant topic is too big: discovery subscriptions are off until restart");
                     eventloop.forget_session();
                 }
                 if !link_down(&mut eventloop, &c.events).await {
                     return;
                 }
+                let round_failed = rotation.failed();
+                let left = broker;
+                broker = on_server(&mut eventloop, &c, rotation.current());
+                // With one server, "next" is the same one again.
+                let next = (c.servers.len() > 1).then_some(&broker);
                 if connected {
                     connected = false;
                     c.stats.connected.store(false, Ordering::Relaxed);
-                    info!(%broker, reason = %error, "disconnected from the broker; reconnecting");
+                    match next {
+                        Some(next) => {
+                            warn!(server = %left, reason = %error, %next, "disconnected from the broker; failing over to the next server")
+                        }
+                        None => {
+                            info!(server = %left, reason = %error, "disconnected from the broker; reconnecting")
+                        }
+                    }
                 } else {
                     failures += 1;
                     // Without the digits: some causes carry the time ("certificate expired:
                     // verification time 1795595654 ...") and would otherwise never repeat.
+                    // Per server: each one's refusal is reported with its own reason.
                     let cause: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    match throttle.admit(&cause) {
-                        Some(_) => {
-                            warn!(%broker, %error, attempts = failures, "cannot connect to the broker; retrying with backoff")
-                        }
+                    match throttle.admit(&format!("{left} {cause}")) {
+                        Some(_) => match next {
+                            Some(next) => {
+                                warn!(server = %left, %error, attempts = failures, %next, "cannot connect to the broker; trying the next server")
+                            }
+                            None => {
+                                warn!(server = %left, %error, attempts = failures, "cannot connect to the broker; retrying with backoff")
+                            }
+                        },
                         None => {
-                            debug!(%broker, %error, attempts = failures, "cannot connect to the broker")
+                            debug!(server = %left, %error, attempts = failures, "cannot connect to the broker")
                         }
                     }
                 }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                // The next server of a round is tried at once; a pause only after every
+                // server failed once (with one server: after every failure).
+                if round_failed {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
                 }
                 continue;
             }
@@ -146,9 +173,18 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
             while !matches!(eventloop.poll().await, Ok(Event::DisconnectSent) | Err(_)) {}
         })
         .await;
-        info!(%broker, "disconnected from the broker");
+        info!(server = %broker, "disconnected from the broker");
     }
     c.stats.connected.store(false, Ordering::Relaxed);
+}
+
+/// Points the event loop at `c.servers[index]` for its next CONNECT and publishes it as the
+/// current server (STATUS, the stats JSON). Returns it, for the log.
+fn on_server(eventloop: &mut EventLoop, c: &Connection, index: usize) -> Server {
+    let server = c.servers[index].clone();
+    eventloop.use_server(index);
+    c.stats.set_server(&server);
+    server
 }
 
 /// After any connection error: tells the feeder, waits until it has forgotten what was in

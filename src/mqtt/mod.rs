@@ -17,6 +17,7 @@ mod feeder;
 pub(crate) mod properties;
 mod protocol;
 mod puback;
+pub mod servers;
 pub mod tls;
 mod unsent;
 mod window;
@@ -55,10 +56,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const ACK_TIMEOUT_MIN: Duration = Duration::from_secs(10);
 
 /// How long the connection task may go without a loop turn before it counts as stuck: it
-/// turns at least once per keep-alive when connected, and per backoff step (at most 60 s,
-/// plus a 5 s connect timeout) when not.
-pub fn stall_limit(keep_alive: Duration) -> Duration {
-    (keep_alive * 2).max(connection::RECONNECT_MAX) + Duration::from_secs(30)
+/// turns at least once per keep-alive when connected, and per attempt (a 5 s connect timeout,
+/// plus a backoff step of at most `reconnect_max`) when not.
+pub fn stall_limit(keep_alive: Duration, reconnect_max: Duration) -> Duration {
+    (keep_alive * 2).max(reconnect_max) + Duration::from_secs(30)
 }
 
 /// What the connection task tells the feeder, in the order it happened on the wire.
@@ -107,7 +108,8 @@ impl Publisher {
         let subscribe = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conn = connection::Connection {
             subscribe: subscribe.clone(),
-            broker: format!("{}:{}", cfg.host, cfg.port),
+            servers: cfg.servers.clone(),
+            reconnect_max: cfg.reconnect_max,
             stats: stats.clone(),
             events: link_tx,
             reconnect: reconnect_rx,

@@ -13,6 +13,7 @@ use rumqttc::{LastWill, MqttOptions, QoS, Request, TlsConfiguration, Transport};
 use super::PKID_SLOTS;
 use super::describe;
 use super::properties::Properties;
+use super::servers::Server;
 use crate::config::{MqttConfig, Protocol};
 
 /// The request side: the feeder's handle.
@@ -25,9 +26,14 @@ pub(super) enum Client {
 // One per connection task, never moved around: boxing the bigger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum EventLoop {
-    V4(rumqttc::EventLoop),
+    V4 {
+        el: rumqttc::EventLoop,
+        /// The options for each of `[mqtt] servers`, in order; one goes into `el` at a time.
+        servers: Vec<MqttOptions>,
+    },
     V5 {
         el: r5::EventLoop,
+        servers: Vec<r5::MqttOptions>,
         /// Ours, from the config: rumqttc adopts a broker's Server Keep Alive for good.
         keep_alive: std::time::Duration,
         /// A CONNACK came at least once: a closed link is then not a protocol mismatch.
@@ -79,72 +85,96 @@ const MAX_INCOMING: usize = 64 * 1024;
 /// How an error for a packet over [`MAX_INCOMING`] starts.
 pub(super) const OVERSIZED: &str = "the broker sent a packet over our 64 KiB limit";
 
-/// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests.
+/// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests. It
+/// starts on the first of `cfg.servers`; [`EventLoop::use_server`] moves it to another.
 pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
-    let transport = cfg
-        .tls
-        .as_ref()
-        .map(|tls| Transport::tls_with_config(TlsConfiguration::Rustls(tls.rustls.clone())));
     match cfg.protocol {
         Protocol::V4 => {
-            let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-            opts.set_clean_session(cfg.clean_session);
-            opts.set_keep_alive(cfg.keep_alive);
-            opts.set_inflight(PKID_SLOTS as u16);
-            // Outgoing stays at rumqttc's 10 KiB, which the config's bounds keep every
-            // publish under.
-            opts.set_max_packet_size(MAX_INCOMING, 10 * 1024);
-            if let Some((user, password)) = &cfg.credentials {
-                opts.set_credentials(user.clone(), password.0.clone());
-            }
-            if let Some(a) = &cfg.availability {
-                let will = LastWill::new(&a.topic, a.offline.clone(), QoS::AtLeastOnce, true);
-                opts.set_last_will(will);
-            }
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            let (client, eventloop) = rumqttc::AsyncClient::new(opts, cap);
-            (Client::V4(client), EventLoop::V4(eventloop))
+            let servers: Vec<MqttOptions> =
+                cfg.servers.iter().map(|s| options_v4(cfg, s)).collect();
+            let (client, eventloop) = rumqttc::AsyncClient::new(servers[0].clone(), cap);
+            (
+                Client::V4(client),
+                EventLoop::V4 {
+                    el: eventloop,
+                    servers,
+                },
+            )
         }
         Protocol::V5 => {
-            let mut opts = r5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-            opts.set_clean_start(cfg.clean_session);
-            // Without an expiry an MQTT 5 session ends with the connection, whatever clean_start
-            // says. Config validation keeps it within u32 seconds.
-            opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
-            opts.set_keep_alive(cfg.keep_alive);
-            // Its default is u16::MAX packet-id slots (a 14 MB table); the broker's Receive
-            // Maximum can lower this further, which the CONNACK event reports.
-            opts.set_outgoing_inflight_upper_limit(PKID_SLOTS as u16);
-            // Sent in CONNECT as Maximum Packet Size: the broker drops a bigger message for us
-            // instead of sending it (and rumqttc reads up to it).
-            opts.set_max_packet_size(Some(MAX_INCOMING as u32));
-            if let Some((user, password)) = &cfg.credentials {
-                opts.set_credentials(user.clone(), password.0.clone());
-            }
-            if let Some(a) = &cfg.availability {
-                let will = p5::LastWill::new(
-                    &a.topic,
-                    a.offline.clone(),
-                    r5::mqttbytes::QoS::AtLeastOnce,
-                    true,
-                    None,
-                );
-                opts.set_last_will(will);
-            }
-            if let Some(t) = transport {
-                opts.set_transport(t);
-            }
-            let (client, eventloop) = r5::AsyncClient::new(opts, cap);
+            let servers: Vec<r5::MqttOptions> =
+                cfg.servers.iter().map(|s| options_v5(cfg, s)).collect();
+            let (client, eventloop) = r5::AsyncClient::new(servers[0].clone(), cap);
             let eventloop = EventLoop::V5 {
                 el: eventloop,
+                servers,
                 keep_alive: cfg.keep_alive,
                 connected_once: false,
             };
             (Client::V5(client), eventloop)
         }
     }
+}
+
+fn transport(cfg: &MqttConfig) -> Option<Transport> {
+    cfg.tls
+        .as_ref()
+        .map(|tls| Transport::tls_with_config(TlsConfiguration::Rustls(tls.rustls.clone())))
+}
+
+/// MQTT 3.1.1 options for one server; the same client id, session and will everywhere.
+fn options_v4(cfg: &MqttConfig, server: &Server) -> MqttOptions {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), server.host.clone(), server.port);
+    opts.set_clean_session(cfg.clean_session);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_inflight(PKID_SLOTS as u16);
+    // Outgoing stays at rumqttc's 10 KiB, which the config's bounds keep every
+    // publish under.
+    opts.set_max_packet_size(MAX_INCOMING, 10 * 1024);
+    if let Some((user, password)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), password.0.clone());
+    }
+    if let Some(a) = &cfg.availability {
+        let will = LastWill::new(&a.topic, a.offline.clone(), QoS::AtLeastOnce, true);
+        opts.set_last_will(will);
+    }
+    if let Some(t) = transport(cfg) {
+        opts.set_transport(t);
+    }
+    opts
+}
+
+/// MQTT 5 options for one server.
+fn options_v5(cfg: &MqttConfig, server: &Server) -> r5::MqttOptions {
+    let mut opts = r5::MqttOptions::new(cfg.client_id.clone(), server.host.clone(), server.port);
+    opts.set_clean_start(cfg.clean_session);
+    // Without an expiry an MQTT 5 session ends with the connection, whatever clean_start
+    // says. Config validation keeps it within u32 seconds.
+    opts.set_session_expiry_interval(Some(cfg.session_expiry.as_secs() as u32));
+    opts.set_keep_alive(cfg.keep_alive);
+    // Its default is u16::MAX packet-id slots (a 14 MB table); the broker's Receive
+    // Maximum can lower this further, which the CONNACK event reports.
+    opts.set_outgoing_inflight_upper_limit(PKID_SLOTS as u16);
+    // Sent in CONNECT as Maximum Packet Size: the broker drops a bigger message for us
+    // instead of sending it (and rumqttc reads up to it).
+    opts.set_max_packet_size(Some(MAX_INCOMING as u32));
+    if let Some((user, password)) = &cfg.credentials {
+        opts.set_credentials(user.clone(), password.0.clone());
+    }
+    if let Some(a) = &cfg.availability {
+        let will = p5::LastWill::new(
+            &a.topic,
+            a.offline.clone(),
+            r5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            None,
+        );
+        opts.set_last_will(will);
+    }
+    if let Some(t) = transport(cfg) {
+        opts.set_transport(t);
+    }
+    opts
 }
 
 impl Client {
@@ -210,7 +240,7 @@ impl EventLoop {
     /// Cancel-safe in the same way as rumqttc's `poll()`: only drop it when the link goes anyway.
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
-            EventLoop::V4(el) => el.poll().await.map(from_v4).map_err(|e| {
+            EventLoop::V4 { el, .. } => el.poll().await.map(from_v4).map_err(|e| {
                 if format!("{e:?}").contains("PayloadSizeLimitExceeded") {
                     format!("{OVERSIZED}: {}", describe::v4(&e))
                 } else {
@@ -221,6 +251,7 @@ impl EventLoop {
                 el,
                 keep_alive,
                 connected_once,
+                ..
             } => {
                 let event = el
                     .poll()
@@ -247,11 +278,35 @@ impl EventLoop {
     /// too-big message among it). Safe: the feeder resends every unacknowledged reading.
     pub fn forget_session(&mut self) {
         match self {
-            EventLoop::V4(el) => {
+            EventLoop::V4 { el, servers } => {
                 el.mqtt_options.set_clean_session(true);
+                servers.iter_mut().for_each(|o| {
+                    o.set_clean_session(true);
+                });
             }
-            EventLoop::V5 { el, .. } => {
+            EventLoop::V5 { el, servers, .. } => {
                 el.options.set_clean_start(true);
+                servers.iter_mut().for_each(|o| {
+                    o.set_clean_start(true);
+                });
+            }
+        }
+    }
+
+    /// The next CONNECT goes to the server at `index` of `[mqtt] servers`, with the same
+    /// client id and session. Only between links (after [`EventLoop::recover`]).
+    pub fn use_server(&mut self, index: usize) {
+        match self {
+            EventLoop::V4 { el, servers } => {
+                if let Some(o) = servers.get(index) {
+                    el.mqtt_options = o.clone();
+                }
+            }
+            EventLoop::V5 { el, servers, .. } => {
+                if let Some(o) = servers.get(index) {
+                    // Also forgets a Server Keep Alive the previous server set.
+                    el.options = o.clone();
+                }
             }
         }
     }
@@ -259,7 +314,7 @@ impl EventLoop {
     /// Events rumqttc read before a failure and has not handed out yet (PUBACKs among them).
     pub fn take_queued(&mut self) -> Vec<Event> {
         match self {
-            EventLoop::V4(el) => el.state.events.drain(..).map(from_v4).collect(),
+            EventLoop::V4 { el, .. } => el.state.events.drain(..).map(from_v4).collect(),
             EventLoop::V5 { el, .. } => el.state.events.drain(..).map(from_v5).collect(),
         }
     }
@@ -270,7 +325,7 @@ impl EventLoop {
     /// resends from the store), other requests (a SUBSCRIBE, a DISCONNECT) stay.
     pub fn recover(&mut self) {
         match self {
-            EventLoop::V4(el) => {
+            EventLoop::V4 { el, .. } => {
                 el.clean();
                 el.pending.retain(|r| !matches!(r, Request::Publish(_)));
                 // It survives clean() and would stall the next link (rumqttc #1056).
