@@ -4,6 +4,7 @@
 
 mod brokers;
 mod cli;
+mod cluster;
 mod delivery;
 mod fake_broker;
 mod fake_broker_v5;

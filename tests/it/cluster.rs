@@ -1,0 +1,470 @@
+//! Failover along `[mqtt] servers`: a 3-node nats-server cluster (JetStream, MQTT sessions
+//! replicated to every node) whose node under the daemon is SIGKILLed or cut off, and, for
+//! MQTT 5 (which NATS does not speak), two independent Mosquittos. Nothing may be missing and
+//! first deliveries must stay in order; the figures (duplicates, time without deliveries) are
+//! printed for the record.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::proxy::{Mode, Proxy};
+
+const TOPIC: &str = "test/counter";
+
+fn have_nats() -> bool {
+    let ok = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("skipped: nats-server not installed");
+    }
+    ok
+}
+
+/// One nats-server of the cluster.
+struct Node {
+    conf: PathBuf,
+    log: PathBuf,
+    http_port: u16,
+    mqtt_port: u16,
+    proc: Option<Proc>,
+}
+
+/// Three nats-servers routed to each other, with JetStream and MQTT; the MQTT session and
+/// message streams and the consumers have 3 replicas, so a session survives a node.
+struct NatsCluster {
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    fn start(dir: &Path) -> NatsCluster {
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let node_dir = dir.join(format!("n{i}"));
+            fs::create_dir_all(&node_dir).unwrap();
+            let (http_port, mqtt_port) = (free_port(), free_port());
+            let conf = node_dir.join("nats.conf");
+            fs::write(
+                &conf,
+                format!(
+                    "listen: 127.0.0.1:{client}\n\
+                     server_name: n{i}\n\
+                     http: 127.0.0.1:{http_port}\n\
+                     jetstream {{ store_dir: {js} }}\n\
+                     cluster {{ name: telemetryd, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n\
+                     mqtt {{ listen: 127.0.0.1:{mqtt_port}, stream_replicas: 3, consumer_replicas: 3 }}\n",
+                    client = free_port(),
+                    js = toml_str(&node_dir.join("js").display().to_string()),
+                    routes = route_list.join(", "),
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                conf,
+                log: node_dir.join("nats.log"),
+                http_port,
+                mqtt_port,
+                proc: None,
+            });
+        }
+        let mut cluster = NatsCluster { nodes };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        node.proc = Some(Proc::spawn(
+            "nats-server",
+            Command::new("nats-server")
+                .arg("-c")
+                .arg(&node.conf)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        ));
+    }
+
+    /// Until the node reports healthy (JetStream has a meta leader and the node is current)
+    /// and its MQTT port accepts connections.
+    fn wait_ready(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        wait_until(
+            Duration::from_secs(60),
+            &format!("nats node n{i} is healthy"),
+            || {
+                if let Some(s) = node.proc.as_mut().and_then(|p| p.try_status()) {
+                    panic!("nats node n{i} exited ({s}): {}", read_lossy(&node.log));
+                }
+                healthz(node.http_port)
+                    && std::net::TcpStream::connect(("127.0.0.1", node.mqtt_port)).is_ok()
+            },
+        );
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proc.take() {
+            p.kill();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    fn mqtt_port(&self, i: usize) -> u16 {
+        self.nodes[i].mqtt_port
+    }
+
+    fn logs(&self) -> impl Fn() -> String + Send + 'static {
+        let logs: Vec<PathBuf> = self.nodes.iter().map(|n| n.log.clone()).collect();
+        move || {
+            logs.iter()
+                .map(|l| format!("--- {}\n{}", l.display(), tail(&read_lossy(l), 60)))
+                .collect()
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// nats-server's `/healthz` answers `{"status":"ok"}` once JetStream is ready on that node.
+fn healthz(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut body);
+    String::from_utf8_lossy(&body).contains("\"ok\"")
+}
+
+/// The daemon's config: `env.config_for_port` with `servers` instead of `host` and `port`.
+fn servers_config(env: &Env, ports: &[u16], mqtt_extra: &str, counter: &Counter) -> String {
+    let cfg = env.config_for_port(
+        ports[0],
+        "",
+        &counter.sensor_toml("counter", TOPIC, "100ms", 1),
+    );
+    let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    tweak(
+        cfg,
+        &[(
+            &format!("host = \"127.0.0.1\"\nport = {}\n", ports[0]),
+            &format!("servers = [{}]\n{mqtt_extra}", list.join(", ")),
+        )],
+    )
+}
+
+/// The `server=` of the daemon's last "connected to the broker" line, and how many there were.
+fn current_server(log: &str) -> (Option<String>, usize) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("connected to the broker") && !l.contains("disconnected"))
+        .collect();
+    let last = lines
+        .last()
+        .and_then(|l| log_field(l, "server"))
+        .map(str::to_owned);
+    (last, lines.len())
+}
+
+/// Waits until the daemon has connected anew (after `connects` connections) to `port`.
+fn wait_connected_to(env: &Env, connects: usize, port: u16) -> f64 {
+    let want = format!("127.0.0.1:{port}");
+    wait_for(
+        Duration::from_secs(60),
+        &format!("the daemon on {want}"),
+        || {
+            let log = env.daemon.log();
+            let (server, n) = current_server(&log);
+            (n > connects && server.as_deref() == Some(want.as_str())).then(|| {
+                log.lines()
+                    .rfind(|l| l.contains("connected to the broker") && !l.contains("disconnected"))
+                    .and_then(log_time)
+                    .unwrap_or_else(unix_now)
+            })
+        },
+    )
+}
+
+/// The longest pause between two receipts of `values` (time, value) around `at`: how long
+/// the subscriber saw nothing because of the fault at `at`.
+fn delivery_gap(received: &[(f64, u64)], at: f64) -> f64 {
+    let before = received
+        .iter()
+        .filter(|(t, _)| *t <= at)
+        .map(|(t, _)| *t)
+        .fold(f64::MIN, f64::max);
+    let after = received
+        .iter()
+        .filter(|(t, _)| *t > at)
+        .map(|(t, _)| *t)
+        .fold(f64::MAX, f64::min);
+    after - before.max(at - 60.0)
+}
+
+/// Receipts (time, counter value) on `TOPIC` of every subscriber, merged in time order.
+fn receipts(subs: &[&Subscriber]) -> Vec<(f64, u64)> {
+    let mut all: Vec<(f64, u64)> = subs
+        .iter()
+        .flat_map(|s| s.timed_lines())
+        .filter(|(_, t, _)| t == TOPIC)
+        .filter_map(|(at, _, p)| Some((at, p.trim().parse().ok()?)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    all
+}
+
+/// What each fault cost, for the record (the closing note of issue 13 quotes these lines).
+fn report(name: &str, faults: &[(&str, f64, f64)], received: &[(f64, u64)], upto: u64) {
+    let values: Vec<u64> = received.iter().map(|(_, v)| *v).collect();
+    let r = SeqReport::of(&values);
+    eprintln!(
+        "FIGURES {name}: {upto} readings, {} received, {} duplicates, {} missing",
+        r.messages,
+        r.duplicates,
+        r.missing.len()
+    );
+    for (what, at, relinked) in faults {
+        eprintln!(
+            "FIGURES {name}: {what}: without a link {:.2} s (fault to CONNACK), no delivery for {:.2} s",
+            relinked - at,
+            delivery_gap(received, *at)
+        );
+    }
+}
+
+/// Runs the counter until `more` further readings were taken.
+fn readings_go_on(counter: &Counter, more: u64) {
+    counter.wait_value_at_least(counter.value() + more, "readings go on");
+}
+
+/// The node under the daemon is SIGKILLed, then (after it is back) the next one: the daemon
+/// fails over each time and wraps around its list. The subscriber, on the third node, gets
+/// every reading, first deliveries in order, through the cluster.
+#[test]
+fn nats_cluster_node_killed() {
+    if !have_nats() {
+        return;
+    }
+    let mut env = Env::new("nats_cluster_node_killed");
+    let mut cluster = NatsCluster::start(&env.path("cluster"));
+    env.on_failure_dump("nats-server logs", cluster.logs());
+    let (p0, p1) = (cluster.mqtt_port(0), cluster.mqtt_port(1));
+    env.sub = Some(Subscriber::start_timed(
+        env.dir(),
+        cluster.mqtt_port(2),
+        "sub-nats-cluster-killed",
+    ));
+    let counter = Counter::new(env.dir(), "counter");
+    env.write_config(&servers_config(&env, &[p0, p1], "", &counter));
+    env.daemon.start();
+    wait_connected_to(&env, 0, p0);
+    wait_until(DEADLINE, "readings through the cluster", || {
+        env.values(TOPIC).len() >= 10
+    });
+
+    let mut faults = Vec::new();
+    for (victim, to) in [(0, p1), (1, p0)] {
+        let (_, connects) = current_server(&env.daemon.log());
+        let at = unix_now();
+        cluster.kill(victim);
+        let relinked = wait_connected_to(&env, connects, to);
+        faults.push((
+            if victim == 0 {
+                "n0 SIGKILLed"
+            } else {
+                "n1 SIGKILLed"
+            },
+            at,
+            relinked,
+        ));
+        readings_go_on(&counter, 20);
+        cluster.restart(victim);
+        readings_go_on(&counter, 20);
+    }
+    let upto = counter.pause();
+    env.wait_delivered(TOPIC, upto, 0);
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), 0, "store not empty");
+    report(
+        "nats_cluster_node_killed",
+        &faults,
+        &receipts(&[env.sub()]),
+        upto,
+    );
+    assert!(
+        env.daemon.log().contains("failing over to the next server"),
+        "the log says why we left"
+    );
+}
+
+/// The daemon's link to its node is blackholed (a half-open link, the node stays up): it
+/// notices by keep-alive, fails over to the next node, which takes over the session; then
+/// the link to that one is cut loudly and it goes back.
+#[test]
+fn nats_cluster_partition() {
+    if !have_nats() {
+        return;
+    }
+    let mut env = Env::new("nats_cluster_partition");
+    let cluster = NatsCluster::start(&env.path("cluster"));
+    env.on_failure_dump("nats-server logs", cluster.logs());
+    let proxies = [
+        Proxy::start(cluster.mqtt_port(0)),
+        Proxy::start(cluster.mqtt_port(1)),
+    ];
+    for (i, p) in proxies.iter().enumerate() {
+        env.on_failure_dump(&format!("proxy {i}"), p.dump_fn());
+    }
+    env.sub = Some(Subscriber::start_timed(
+        env.dir(),
+        cluster.mqtt_port(2),
+        "sub-nats-cluster-partition",
+    ));
+    let counter = Counter::new(env.dir(), "counter");
+    let ports = [proxies[0].port, proxies[1].port];
+    env.write_config(&servers_config(&env, &ports, "", &counter));
+    env.daemon.start();
+    wait_connected_to(&env, 0, ports[0]);
+    wait_until(DEADLINE, "readings through the cluster", || {
+        env.values(TOPIC).len() >= 10
+    });
+
+    let mut faults = Vec::new();
+    for (cut, mode, to) in [(0, Mode::Silent, 1), (1, Mode::Down, 0)] {
+        let (_, connects) = current_server(&env.daemon.log());
+        let at = unix_now();
+        proxies[cut].set_mode(mode);
+        let relinked = wait_connected_to(&env, connects, ports[to]);
+        faults.push((
+            if cut == 0 {
+                "link to n0 blackholed"
+            } else {
+                "link to n1 cut"
+            },
+            at,
+            relinked,
+        ));
+        readings_go_on(&counter, 20);
+        proxies[cut].set_mode(Mode::Forward);
+    }
+    let upto = counter.pause();
+    env.wait_delivered(TOPIC, upto, 0);
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), 0, "store not empty");
+    report(
+        "nats_cluster_partition",
+        &faults,
+        &receipts(&[env.sub()]),
+        upto,
+    );
+}
+
+/// MQTT 5, which NATS does not speak: two independent Mosquittos (no cluster, no bridge), so
+/// the session does not follow the daemon; its buffer resends what the lost broker had not
+/// acknowledged. The broker under it is SIGKILLed, then (once back) the link to the other is
+/// blackholed. A subscriber on each broker; together they get every reading, first deliveries
+/// in time order.
+#[test]
+fn mosquitto_pair_mqtt5() {
+    let mut env = Env::new("mosquitto_pair_mqtt5");
+    let mut brokers = [
+        Broker::start(&env.path("broker-a")),
+        Broker::start(&env.path("broker-b")),
+    ];
+    let proxies = [Proxy::start(brokers[0].port), Proxy::start(brokers[1].port)];
+    for (i, p) in proxies.iter().enumerate() {
+        env.on_failure_dump(&format!("proxy {i}"), p.dump_fn());
+    }
+    let subs: Vec<Subscriber> = brokers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let dir = env.path(&format!("sub-{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            Subscriber::start_v5(&dir, b.port, &format!("sub-pair-{i}"))
+        })
+        .collect();
+    let values = || -> Vec<u64> {
+        receipts(&subs.iter().collect::<Vec<_>>())
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let counter = Counter::new(env.dir(), "counter");
+    let ports = [proxies[0].port, proxies[1].port];
+    env.write_config(&servers_config(&env, &ports, "protocol = 5\n", &counter));
+    env.daemon.start();
+    wait_connected_to(&env, 0, ports[0]);
+    wait_until(DEADLINE, "readings on broker a", || values().len() >= 10);
+
+    let mut faults = Vec::new();
+    let (_, connects) = current_server(&env.daemon.log());
+    let at = unix_now();
+    brokers[0].kill();
+    faults.push((
+        "broker a SIGKILLed",
+        at,
+        wait_connected_to(&env, connects, ports[1]),
+    ));
+    readings_go_on(&counter, 20);
+    brokers[0].restart();
+    readings_go_on(&counter, 20);
+
+    let (_, connects) = current_server(&env.daemon.log());
+    let at = unix_now();
+    proxies[1].set_mode(Mode::Silent);
+    faults.push((
+        "link to broker b blackholed",
+        at,
+        wait_connected_to(&env, connects, ports[0]),
+    ));
+    readings_go_on(&counter, 20);
+    proxies[1].set_mode(Mode::Forward);
+
+    let upto = counter.pause();
+    wait_delivered_by(&values, "the two subscribers", upto, 0);
+    env.daemon.stop_expect_success();
+    assert_eq!(store_depth(&env.buffer_path()), 0, "store not empty");
+    let log = env.daemon.log();
+    assert!(
+        log.contains("session_present=false") && log.contains("failing over to the next server"),
+        "a failover to a broker without our session"
+    );
+    report(
+        "mosquitto_pair_mqtt5",
+        &faults,
+        &receipts(&subs.iter().collect::<Vec<_>>()),
+        upto,
+    );
+}
