@@ -235,6 +235,12 @@ impl Daemon {
         }
     }
 
+    /// The log lines written so far.
+    pub fn lines_so_far(&mut self) -> &[String] {
+        self.refresh();
+        &self.lines
+    }
+
     pub fn stats(&self) -> ProcStats {
         proc_stats(self.pid()).expect("the daemon's /proc entry")
     }

@@ -10,7 +10,8 @@
 //!
 //! Options: `--quick`; `--runs N` (default 3; 1 with --quick); `--only` a comma-separated
 //! list of `drain`, `ingest`, `latency`, `footprint`, `backlog`, `wear`, `wear-interval` (the
-//! same with `commit_interval = "100ms"`); `--dir PATH` where
+//! same with `commit_interval = "100ms"`), `reconnect` (outages of 1 and 10 minutes, 3 s with
+//! `--quick`); `--dir PATH` where
 //! the stores go (default: the temp dir; on a Pi, a directory on the SD card); `--bin PATH`
 //! another telemetryd binary to drive (e.g. a build from before a change; the `latency`
 //! scenario always uses the library this suite was built with); `--drain-n N`, `--big-n N`
@@ -30,6 +31,7 @@ mod harness;
 
 mod env;
 mod library;
+mod reconnect;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -47,6 +49,10 @@ pub struct Settings {
     pub footprint_secs: f64,
     pub wear_slow_secs: f64,
     pub wear_fast_secs: f64,
+    /// How long the broker is away in the `reconnect` scenario.
+    pub reconnect_outages: Vec<std::time::Duration>,
+    /// `reconnect` also runs with the old fixed 60 s backoff cap, for comparison.
+    pub reconnect_compare: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -150,6 +156,7 @@ const SCENARIOS: &[&str] = &[
     "backlog",
     "wear",
     "wear-interval",
+    "reconnect",
 ];
 
 fn usage() -> ! {
@@ -213,6 +220,8 @@ fn main() {
             footprint_secs: 3.0,
             wear_slow_secs: 3.0,
             wear_fast_secs: 2.0,
+            reconnect_outages: vec![std::time::Duration::from_secs(3)],
+            reconnect_compare: false,
         }
     } else {
         Settings {
@@ -226,6 +235,11 @@ fn main() {
             footprint_secs: 60.0,
             wear_slow_secs: 60.0,
             wear_fast_secs: 10.0,
+            reconnect_outages: vec![
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(600),
+            ],
+            reconnect_compare: true,
         }
     };
     let mut s = s;
@@ -260,6 +274,7 @@ fn main() {
                 let policy = "commit_interval = \"100ms\"";
                 scenarios::wear(&s, w, policy, policy)
             }
+            "reconnect" => reconnect::reconnect(&s, w),
             _ => unreachable!("{name} is in SCENARIOS"),
         };
         results.push((name, rows));
