@@ -42,7 +42,11 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
     let mut rotation = Rotation::new(c.servers.len());
     let mut broker = on_server(&mut eventloop, &c, rotation.current());
     let mut backoff = Backoff::new(RECONNECT_MIN, c.reconnect_max);
-    let mut throttle = Throttle::default();
+    // One per server: a throttle remembers only its last cause, and the causes of a round
+    // alternate (one node refuses, the next times out), which would let every attempt through.
+    let n = c.servers.len();
+    let new_throttles = move || -> Vec<Throttle> { (0..n).map(|_| Throttle::default()).collect() };
+    let mut throttles = new_throttles();
     let mut failures = 0u64;
     let mut connected = false;
     // Set by the first ack or ping response: only a link that works resets the backoff, so a
@@ -82,7 +86,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                         "the broker accepts fewer unacknowledged publishes: the window shrinks to fit"
                     );
                 }
-                throttle = Throttle::default();
+                throttles = new_throttles();
                 failures = 0;
                 Link::Connected { slots }
             }
@@ -116,6 +120,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 if !link_down(&mut eventloop, &c.events).await {
                     return;
                 }
+                let failed_index = rotation.current();
                 let round_failed = rotation.failed();
                 let left = broker;
                 broker = on_server(&mut eventloop, &c, rotation.current());
@@ -138,7 +143,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                     // verification time 1795595654 ...") and would otherwise never repeat.
                     // Per server: each one's refusal is reported with its own reason.
                     let cause: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    match throttle.admit(&format!("{left} {cause}")) {
+                    match throttles[failed_index].admit(&cause) {
                         Some(_) => match next {
                             Some(next) => {
                                 warn!(server = %left, %error, attempts = failures, %next, "cannot connect to the broker; trying the next server")

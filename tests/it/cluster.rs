@@ -171,7 +171,7 @@ fn healthz(port: u16) -> bool {
 fn servers_config(env: &Env, ports: &[u16], mqtt_extra: &str, counter: &Counter) -> String {
     let cfg = env.config_for_port(
         ports[0],
-        "",
+        "stats_interval = \"1s\"\n",
         &counter.sensor_toml("counter", TOPIC, "100ms", 1),
     );
     let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
@@ -437,6 +437,15 @@ fn mosquitto_pair_mqtt5() {
         at,
         wait_connected_to(&env, connects, ports[1]),
     ));
+    // The stats JSON names the server we are on now.
+    let stats_topic = "telemetryd/td-mosquitto_pair_mqtt5/stats";
+    let on_b = format!("\"server\":\"127.0.0.1:{}\"", ports[1]);
+    wait_until(DEADLINE, "the stats JSON names broker b", || {
+        subs[1]
+            .payloads(stats_topic)
+            .iter()
+            .any(|p| p.contains(&on_b) && p.contains("\"connected\":true"))
+    });
     readings_go_on(&counter, 20);
     brokers[0].restart();
     readings_go_on(&counter, 20);
@@ -467,4 +476,66 @@ fn mosquitto_pair_mqtt5() {
         &receipts(&subs.iter().collect::<Vec<_>>()),
         upto,
     );
+}
+
+/// `telemetryd check` says which servers answer and which one the daemon would use.
+#[test]
+fn check_names_the_server_it_would_use() {
+    let env = Env::with_broker("check_names_the_server");
+    let dead = free_port();
+    let live = env.port();
+    let cfg = tweak(
+        env.config_for_port(live, "", ""),
+        &[(
+            &format!("host = \"127.0.0.1\"\nport = {live}\n"),
+            &format!("servers = [\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\"]\n"),
+        )],
+    );
+    env.write_config(&cfg);
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&env.daemon.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("server 127.0.0.1:{dead}: not reachable"))
+            && text.contains(&format!(
+                "server 127.0.0.1:{live}: accepts connections: the daemon connects here"
+            )),
+        "{text}"
+    );
+}
+
+/// Servers that refuse us (a login required) or do not answer are skipped, each reported with
+/// its own reason; the daemon ends up on the first one that takes it and delivers everything.
+#[test]
+fn refusing_servers_are_skipped_with_their_reasons() {
+    let mut env = Env::new("refusing_servers_are_skipped");
+    let refusing = free_port();
+    let broker = Broker::start_with(
+        &env.path("broker"),
+        &format!("listener {refusing} 127.0.0.1\nallow_anonymous false\n"),
+    );
+    let good = broker.port;
+    env.broker = Some(broker);
+    env.sub = Some(Subscriber::start(env.dir(), good, "sub-refusing-servers"));
+    let dead = free_port();
+    let counter = Counter::new(env.dir(), "counter");
+    env.write_config(&servers_config(&env, &[refusing, dead, good], "", &counter));
+    env.daemon.start();
+    wait_connected_to(&env, 0, good);
+    let log = env.daemon.log();
+    let refused = |port: u16, why: &str| {
+        log.lines().any(|l| {
+            l.contains("cannot connect to the broker")
+                && log_field(l, "server") == Some(&format!("127.0.0.1:{port}"))
+                && l.contains(why)
+        })
+    };
+    assert!(refused(refusing, "not authorized"), "{log}");
+    assert!(refused(dead, "Connection refused"), "{log}");
+    readings_go_on(&counter, 10);
+    env.drain_and_stop(&counter, TOPIC, 0);
 }
