@@ -216,20 +216,36 @@ fn wait_connected_to(env: &Env, connects: usize, port: u16) -> f64 {
     )
 }
 
-/// The longest pause between two receipts of `values` (time, value) around `at`: how long
-/// the subscriber saw nothing because of the fault at `at`.
-fn delivery_gap(received: &[(f64, u64)], at: f64) -> f64 {
-    let before = received
-        .iter()
-        .filter(|(t, _)| *t <= at)
-        .map(|(t, _)| *t)
-        .fold(f64::MIN, f64::max);
-    let after = received
-        .iter()
-        .filter(|(t, _)| *t > at)
-        .map(|(t, _)| *t)
-        .fold(f64::MAX, f64::min);
-    after - before.max(at - 60.0)
+/// A fault at `at` (Unix seconds), when the counter had handed out `taken` readings.
+struct Fault {
+    what: &'static str,
+    at: f64,
+    taken: u64,
+    /// When the daemon's CONNACK on the next server came.
+    relinked: f64,
+}
+
+impl Fault {
+    /// Notes the moment and the counter, just before the fault is made.
+    fn now(what: &'static str, counter: &Counter) -> Fault {
+        Fault {
+            what,
+            taken: counter.value(),
+            at: unix_now(),
+            relinked: f64::NAN,
+        }
+    }
+
+    /// Seconds from the fault to the first receipt of a reading taken after it (so sent on
+    /// the new link, not an older one the cluster was still passing on).
+    fn first_new_delivery(&self, received: &[(f64, u64)]) -> f64 {
+        received
+            .iter()
+            .filter(|(_, v)| *v > self.taken)
+            .map(|(t, _)| *t)
+            .fold(f64::MAX, f64::min)
+            - self.at
+    }
 }
 
 /// Receipts (time, counter value) on `TOPIC` of every subscriber, merged in time order.
@@ -245,7 +261,7 @@ fn receipts(subs: &[&Subscriber]) -> Vec<(f64, u64)> {
 }
 
 /// What each fault cost, for the record (the closing note of issue 13 quotes these lines).
-fn report(name: &str, faults: &[(&str, f64, f64)], received: &[(f64, u64)], upto: u64) {
+fn report(name: &str, faults: &[Fault], received: &[(f64, u64)], upto: u64) {
     let values: Vec<u64> = received.iter().map(|(_, v)| *v).collect();
     let r = SeqReport::of(&values);
     eprintln!(
@@ -254,11 +270,12 @@ fn report(name: &str, faults: &[(&str, f64, f64)], received: &[(f64, u64)], upto
         r.duplicates,
         r.missing.len()
     );
-    for (what, at, relinked) in faults {
+    for f in faults {
         eprintln!(
-            "FIGURES {name}: {what}: without a link {:.2} s (fault to CONNACK), no delivery for {:.2} s",
-            relinked - at,
-            delivery_gap(received, *at)
+            "FIGURES {name}: {}: without a link {:.2} s (fault to CONNACK), first reading taken after the fault delivered after {:.2} s",
+            f.what,
+            f.relinked - f.at,
+            f.first_new_delivery(received)
         );
     }
 }
@@ -294,20 +311,12 @@ fn nats_cluster_node_killed() {
     });
 
     let mut faults = Vec::new();
-    for (victim, to) in [(0, p1), (1, p0)] {
+    for (victim, to, what) in [(0, p1, "n0 SIGKILLed"), (1, p0, "n1 SIGKILLed")] {
         let (_, connects) = current_server(&env.daemon.log());
-        let at = unix_now();
+        let mut fault = Fault::now(what, &counter);
         cluster.kill(victim);
-        let relinked = wait_connected_to(&env, connects, to);
-        faults.push((
-            if victim == 0 {
-                "n0 SIGKILLed"
-            } else {
-                "n1 SIGKILLed"
-            },
-            at,
-            relinked,
-        ));
+        fault.relinked = wait_connected_to(&env, connects, to);
+        faults.push(fault);
         readings_go_on(&counter, 20);
         cluster.restart(victim);
         readings_go_on(&counter, 20);
@@ -361,20 +370,15 @@ fn nats_cluster_partition() {
     });
 
     let mut faults = Vec::new();
-    for (cut, mode, to) in [(0, Mode::Silent, 1), (1, Mode::Down, 0)] {
+    for (cut, mode, to, what) in [
+        (0, Mode::Silent, 1, "link to n0 blackholed"),
+        (1, Mode::Down, 0, "link to n1 cut"),
+    ] {
         let (_, connects) = current_server(&env.daemon.log());
-        let at = unix_now();
+        let mut fault = Fault::now(what, &counter);
         proxies[cut].set_mode(mode);
-        let relinked = wait_connected_to(&env, connects, ports[to]);
-        faults.push((
-            if cut == 0 {
-                "link to n0 blackholed"
-            } else {
-                "link to n1 cut"
-            },
-            at,
-            relinked,
-        ));
+        fault.relinked = wait_connected_to(&env, connects, ports[to]);
+        faults.push(fault);
         readings_go_on(&counter, 20);
         proxies[cut].set_mode(Mode::Forward);
     }
@@ -430,13 +434,10 @@ fn mosquitto_pair_mqtt5() {
 
     let mut faults = Vec::new();
     let (_, connects) = current_server(&env.daemon.log());
-    let at = unix_now();
+    let mut fault = Fault::now("broker a SIGKILLed", &counter);
     brokers[0].kill();
-    faults.push((
-        "broker a SIGKILLed",
-        at,
-        wait_connected_to(&env, connects, ports[1]),
-    ));
+    fault.relinked = wait_connected_to(&env, connects, ports[1]);
+    faults.push(fault);
     // The stats JSON names the server we are on now.
     let stats_topic = "telemetryd/td-mosquitto_pair_mqtt5/stats";
     let on_b = format!("\"server\":\"127.0.0.1:{}\"", ports[1]);
@@ -451,13 +452,10 @@ fn mosquitto_pair_mqtt5() {
     readings_go_on(&counter, 20);
 
     let (_, connects) = current_server(&env.daemon.log());
-    let at = unix_now();
+    let mut fault = Fault::now("link to broker b blackholed", &counter);
     proxies[1].set_mode(Mode::Silent);
-    faults.push((
-        "link to broker b blackholed",
-        at,
-        wait_connected_to(&env, connects, ports[0]),
-    ));
+    fault.relinked = wait_connected_to(&env, connects, ports[0]);
+    faults.push(fault);
     readings_go_on(&counter, 20);
     proxies[1].set_mode(Mode::Forward);
 
