@@ -101,6 +101,30 @@ fn systemd_notifications() {
     assert!(ready < first_ping, "READY=1 must come first: {lines:?}");
 }
 
+/// With `servers`, STATUS names the server we are on: waiting for the first (it does not
+/// answer), then connected to the second.
+#[test]
+fn status_names_the_current_server() {
+    let mut env = Env::with_broker("status_names_the_current_server");
+    let (dead, live) = (free_port(), env.port());
+    let cfg = tweak(
+        env.config("", ""),
+        &[(
+            &format!("host = \"127.0.0.1\"\nport = {live}\n"),
+            &format!("servers = [\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\"]\n"),
+        )],
+    );
+    env.write_config(&cfg);
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+    let connected = format!("STATUS=connected to 127.0.0.1:{live};");
+    wait_until(DEADLINE, "a status naming the second server", || {
+        notify.lines().iter().any(|l| l.starts_with(&connected))
+    });
+    env.daemon.stop_expect_success();
+}
+
 /// A reload that lowers `max_messages` far below a big backlog (the broker away): the excess
 /// is dropped in bounded batches, so the runtime thread, which takes the outbox lock for the
 /// status line, keeps feeding the watchdog all along (it froze for the whole drop when the
