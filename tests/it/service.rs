@@ -466,7 +466,14 @@ fn buffer_subcommand() {
 #[test]
 fn journald_priority_prefixes() {
     let env = Env::new("journald_priority_prefixes");
-    let cfg = env.config_for_port(free_port(), "", "");
+    // A config needs a sensor; this one reads a file that is there.
+    let level = env.path("level");
+    fs::write(&level, "1\n").unwrap();
+    let sensor = format!(
+        "[[sensor]]\nname = \"level\"\nkind = \"file\"\npath = {}\ninterval = \"1s\"\ntopic = \"test/level\"\nqos = 0\n",
+        toml_str(&level.display().to_string())
+    );
+    let cfg = env.config_for_port(free_port(), "", &sensor);
     env.write_config(&cfg);
     let log_path = env.path("journal.log");
     let log = File::create(&log_path).unwrap();
