@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;
+pub mod sandbox;
 pub mod schedule;
 pub mod sensor;
 pub mod service;

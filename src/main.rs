@@ -41,13 +41,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check the config, then read every sensor once and show what it would publish.
+    /// Check the config, the buffer and the broker, then read every sensor once and show what
+    /// it would publish.
     ///
-    /// Exits 0 when all is well, 78 on a config error, 1 when a sensor failed.
+    /// Run it as the service's user (`sudo -u telemetryd telemetryd check`): the buffer is
+    /// tried as that user. Exits 0 when all is well, 78 on a config error, 1 when the buffer
+    /// cannot be written, the broker cannot be reached, a sensor failed, or the service's
+    /// sandbox hides something the config needs.
     Check {
         /// Only validate the config and print nothing on success (for `systemctl reload`).
         #[arg(long, short)]
         quiet: bool,
+        /// Do not try to connect to the broker.
+        #[arg(long)]
+        no_broker: bool,
+        /// The systemd unit whose sandbox to check against [default: the installed
+        /// telemetryd.service; if none, the shipped one, whose findings are then only notes].
+        #[arg(long, value_name = "PATH")]
+        unit: Option<PathBuf>,
     },
     /// List the sensors this machine has, each as a ready-to-paste [[sensor]] block.
     Sensors {
@@ -63,7 +74,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => daemon(&cli.config),
-        Some(Command::Check { quiet }) => check(&cli.config, quiet),
+        Some(Command::Check {
+            quiet,
+            no_broker,
+            unit,
+        }) => check(&cli.config, quiet, no_broker, unit.as_deref()),
         Some(Command::Sensors { sysfs_root }) => {
             let found = block_on(discover::scan(&sysfs_root));
             print!("{}", discover::render(&found, &sysfs_root));
@@ -128,7 +143,10 @@ fn daemon(path: &Path) -> ExitCode {
     }
 }
 
-fn check(path: &Path, quiet: bool) -> ExitCode {
+/// How long `check` waits for the broker's CONNACK.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -136,15 +154,107 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     if quiet {
         return ExitCode::SUCCESS;
     }
+    let mut failed: Vec<String> = Vec::new();
     println!("{}: ok, {} sensors", path.display(), config.sensors.len());
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
-    let results = block_on(inspect::read_all(&config));
+
+    let buffer = config.buffer.path.display();
+    match inspect::buffer_writable(&config.buffer.path) {
+        Ok(inspect::BufferAccess::Exists) => println!("buffer: {buffer}: writable"),
+        Ok(inspect::BufferAccess::WillBeCreated { under }) => println!(
+            "buffer: {buffer}: not there yet; the daemon will create it ({} is writable)",
+            under.display()
+        ),
+        Err(e) => {
+            println!(
+                "buffer: FAILED: {e}. The daemon would keep readings in memory only (up to \
+                 10,000) and lose them when it stops"
+            );
+            failed.push("the buffer cannot be written".into());
+        }
+    }
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        println!(
+            "note: check runs as root, who can write almost anything: run it as the service's \
+             user (`sudo -u telemetryd telemetryd check`) to know that the service can"
+        );
+    }
+
+    let (results, probe) = block_on(async {
+        let probe = async {
+            if no_broker {
+                None
+            } else {
+                Some(telemetryd::mqtt::probe(&config.mqtt, PROBE_TIMEOUT).await)
+            }
+        };
+        tokio::join!(inspect::read_all(&config), probe)
+    });
+    let broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
+    match probe {
+        None => {}
+        Some(telemetryd::mqtt::Probe::Connected { client_id }) => println!(
+            "broker: connected to the broker {broker} (a test connection as {client_id}: \
+             nothing published)"
+        ),
+        Some(telemetryd::mqtt::Probe::Failed(error)) => {
+            println!(
+                "broker: FAILED: cannot connect to the broker {broker}: {error}. The daemon would \
+                 keep retrying, buffering readings meanwhile"
+            );
+            failed.push("the broker cannot be reached".into());
+        }
+    }
+
+    let (sandbox, from) = match unit {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => (
+                telemetryd::sandbox::Sandbox::from_unit(&text),
+                Some(p.to_owned()),
+            ),
+            Err(e) => {
+                eprintln!("telemetryd: cannot read the unit {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => telemetryd::sandbox::Sandbox::installed_or_shipped(),
+    };
+    let findings = sandbox.findings(&config);
+    let place = match &from {
+        Some(p) => format!("under systemd ({})", p.display()),
+        None => "under the shipped systemd unit (not installed here)".to_owned(),
+    };
+    if findings.is_empty() {
+        println!("{place}: the sandbox hides nothing this config needs");
+    }
+    for f in &findings {
+        let what = match (f.fails, &from) {
+            (true, Some(_)) => {
+                failed.push("the service's sandbox hides something".into());
+                "FAILED"
+            }
+            (true, None) => "would fail",
+            (false, _) => "note",
+        };
+        println!("{place}: {what}: {}", f.text);
+    }
+
     print!("{}", inspect::render_readings(&results));
-    if results.iter().all(|r| r.value.is_ok()) {
+    let sensors_failed = results.iter().filter(|r| r.value.is_err()).count();
+    if sensors_failed > 0 {
+        failed.push(format!(
+            "{sensors_failed} of {} sensors failed",
+            results.len()
+        ));
+    }
+    failed.dedup();
+    if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
+        println!("check failed: {}", failed.join("; "));
         ExitCode::FAILURE
     }
 }
