@@ -197,7 +197,8 @@ pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_dir() => Err(format!("{} is not a directory", path.display())),
         Ok(_) => {
-            for file in files_within(path, 2)? {
+            let files = files_within(path, 2).map_err(|(dir, e)| cannot(&dir, &e))?;
+            for file in files {
                 std::fs::OpenOptions::new()
                     .append(true)
                     .open(&file)
@@ -253,12 +254,14 @@ fn try_create_in(dir: &Path) -> std::io::Result<()> {
 
 /// The regular files in `dir`, `depth` levels down (sled keeps blobs in a subdirectory), at
 /// most 10,000 of them.
-fn files_within(dir: &Path, depth: usize) -> Result<Vec<std::path::PathBuf>, String> {
+fn files_within(
+    dir: &Path,
+    depth: usize,
+) -> Result<Vec<std::path::PathBuf>, (std::path::PathBuf, std::io::Error)> {
     let mut files = Vec::new();
     let mut dirs = vec![(dir.to_owned(), 0)];
     while let Some((d, level)) = dirs.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
+        let entries = std::fs::read_dir(&d).map_err(|e| (d.clone(), e))?;
         for entry in entries.flatten().take(10_000) {
             match entry.file_type() {
                 Ok(t) if t.is_dir() && level + 1 < depth => dirs.push((entry.path(), level + 1)),

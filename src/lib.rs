@@ -11,6 +11,7 @@ pub mod filter;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod homeassistant;
 pub mod inspect;
 pub mod logging;
@@ -62,6 +63,8 @@ pub struct Stats {
     pub connects: AtomicU64,
     /// Failed reads per sensor name, for the self-metrics.
     pub errors_by_sensor: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Which sensors are failing now, for STATUS and the summary.
+    pub health: health::Health,
 }
 
 /// How many readings may wait between the sensors and the committer.

@@ -155,7 +155,9 @@ fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> Exit
         return ExitCode::SUCCESS;
     }
     let mut failed: Vec<String> = Vec::new();
-    println!("{}: ok, {} sensors", path.display(), config.sensors.len());
+    let n = config.sensors.len();
+    let plural = if n == 1 { "sensor" } else { "sensors" };
+    println!("{}: ok, {n} {plural}", path.display());
     for warning in &config.warnings {
         println!("warning: {warning}");
     }

@@ -32,6 +32,8 @@ pub struct Snapshot {
     /// Readings an MQTT 5 broker refused for good (quarantined).
     pub refused: u64,
     pub read_errors: std::collections::BTreeMap<String, u64>,
+    /// The sensors whose last read failed (or that have not read once yet).
+    pub failing_sensors: Vec<String>,
     pub reconnects: u64,
     pub connected: bool,
     pub uptime_s: u64,
@@ -56,6 +58,7 @@ impl Snapshot {
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_default(),
+            failing_sensors: stats.health.failing_names(),
             reconnects: stats.connects.load(Ordering::Relaxed).saturating_sub(1),
             connected: stats.connected.load(Ordering::Relaxed),
             uptime_s: service::uptime().as_secs(),
@@ -90,6 +93,7 @@ pub async fn run(
             expired = s.expired,
             refused = s.refused,
             read_errors = s.read_errors.values().sum::<u64>(),
+            failing = %stats.health.describe(),
             reconnects = s.reconnects,
             connected = s.connected,
             "summary"

@@ -394,10 +394,12 @@ fn sensors_then_check_on_a_fake_sysfs() {
     );
 }
 
-/// Runs `telemetryd check` on the env's config: its output and its stdout as text.
+/// Runs `telemetryd check` on the env's config (no broker: port 1): its output and its
+/// stdout as text.
 fn check(env: &Env) -> (std::process::Output, String) {
     let out = Command::new(bin())
         .arg("check")
+        .arg("--no-broker")
         .arg("--config")
         .arg(&env.daemon.config)
         .output()
