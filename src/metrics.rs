@@ -93,7 +93,8 @@ pub async fn run(
             expired = s.expired,
             refused = s.refused,
             read_errors = s.read_errors.values().sum::<u64>(),
-            failing = %stats.health.describe(),
+            sensors_failing = s.failing_sensors.len(),
+            failing = %s.failing_sensors.join(","),
             reconnects = s.reconnects,
             connected = s.connected,
             "summary"
