@@ -125,6 +125,7 @@ impl Sandbox {
             }
         };
         hidden("[buffer] path".into(), &config.buffer.path);
+        hidden("sysfs_root".into(), &config.sysfs_root);
         for sensor in &config.sensors {
             let name = &sensor.name;
             match &sensor.source {
@@ -296,6 +297,18 @@ topic = "t/cpu"
         let found = Sandbox::from_unit(SHIPPED_UNIT).findings(&config);
         assert!(
             !found.iter().any(|f| f.text.contains("[buffer]")),
+            "{found:#?}"
+        );
+        let config = Config::parse(
+            &format!("sysfs_root = \"/tmp/fake-sys\"\n{text}"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let found = Sandbox::from_unit(SHIPPED_UNIT).findings(&config);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.fails && f.text.starts_with("sysfs_root /tmp/fake-sys is hidden")),
             "{found:#?}"
         );
         let config = Config::parse(
