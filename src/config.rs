@@ -553,6 +553,8 @@ fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
 }
 
 fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, Bad> {
+    // A default topic that fails is the client id's doing (`{client_id}` in it).
+    let client_id_at = raw.client_id.as_ref().map_or(0..0, At::span);
     let client_id = match raw.client_id {
         Some(id) if id.get_ref().is_empty() => {
             return bad(
@@ -636,9 +638,12 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         Some(t) => expand(t.get_ref(), &client_id, None)
             .map(Some)
             .map_err(|m| (t.span(), format!("[mqtt] {key}: {m}"))),
-        None => expand(default, &client_id, None)
-            .map(Some)
-            .map_err(|m| (0..0, format!("[mqtt] {key}: {m}"))),
+        None => expand(default, &client_id, None).map(Some).map_err(|m| {
+            (
+                client_id_at.clone(),
+                format!("[mqtt] client_id makes the default {key} {default:?} invalid: {m}"),
+            )
+        }),
     };
     let availability = topic(
         "status_topic",
@@ -1627,6 +1632,14 @@ decimals = 1
         );
 
         // Top level, and a mistake in topic_prefix at its own line, not at a sensor's.
+        // A client id that makes a default topic invalid: at the client id.
+        let err = parse(&SEED.replace("\"pi-garden\"", "\"pi#1\"")).unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/telemetryd/t.toml:4:13: [mqtt] client_id makes the default status_topic"
+            ),
+            "{err}"
+        );
         let err = parse(&format!("stats_interval = \"5ms\"\n{SEED}")).unwrap_err();
         assert!(
             err.starts_with(

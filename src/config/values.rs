@@ -326,4 +326,30 @@ mod tests {
         assert!(no("50000d").contains("too long"));
         assert!(no("-5s").contains("not a duration"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// Any text gives a duration or an error, never a panic; what it accepts is made of
+        /// whole numbers and the five units only.
+        #[test]
+        fn any_text_is_a_duration_or_an_error(text in "\\PC{0,24}") {
+            if parse_duration(&text).is_ok() {
+                proptest::prop_assert!(text.chars().all(|c| c.is_ascii_digit() || "mshd".contains(c)), "{text:?}");
+            }
+        }
+
+        /// Parts run together add up ("1h30m" is 90 minutes), up to 136 years.
+        #[test]
+        fn parts_add_up(parts in proptest::collection::vec((0u32..100_000, 0usize..5), 1..4)) {
+            let units = [("ms", 1u64), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)];
+            let text: String = parts.iter().map(|(n, u)| format!("{n}{}", units[*u].0)).collect();
+            let ms: u64 = parts.iter().map(|(n, u)| u64::from(*n) * units[*u].1).sum();
+            if Duration::from_millis(ms) <= LONGEST {
+                proptest::prop_assert_eq!(parse_duration(&text), Ok(Duration::from_millis(ms)));
+            } else {
+                proptest::prop_assert!(parse_duration(&text).unwrap_err().contains("too long"));
+            }
+        }
+    }
 }
