@@ -180,14 +180,24 @@ impl fmt::Display for BufferView {
 /// (up to 10,000) and loses them at a restart. `check` says so before it happens.
 pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
     let cannot = |what: &Path, e: &std::io::Error| {
+        let fix = if path.exists() {
+            format!(
+                "the buffer must belong to the service's user (`sudo chown -R telemetryd: {}`)",
+                path.display()
+            )
+        } else {
+            format!(
+                "make the buffer's directory for the service's user (`sudo install -d -o \
+                 telemetryd -g telemetryd {}`)",
+                path.display()
+            )
+        };
         let why = match e.raw_os_error() {
             Some(libc::EROFS) => "a read-only file system".to_owned(),
             Some(libc::EACCES) => format!(
-                "permission denied for this user (uid {}): the directory must belong to the \
-                 service's user (`sudo chown -R telemetryd: {}`)",
+                "permission denied for this user (uid {}): {fix}",
                 // SAFETY: geteuid(2) cannot fail and touches no memory.
                 unsafe { libc::geteuid() },
-                path.display()
             ),
             Some(libc::EPERM) => "not permitted (an immutable file or directory?)".to_owned(),
             _ => e.to_string(),

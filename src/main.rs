@@ -162,8 +162,31 @@ fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> Exit
         println!("warning: {warning}");
     }
 
+    let (sandbox, from) = match unit {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => (
+                telemetryd::sandbox::Sandbox::from_unit(&text),
+                Some(p.to_owned()),
+            ),
+            Err(e) => {
+                eprintln!("telemetryd: cannot read the unit {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => telemetryd::sandbox::Sandbox::installed_or_shipped(),
+    };
     let buffer = config.buffer.path.display();
+    // With a unit installed, systemd makes its StateDirectory= at the service's start.
+    let made_by_systemd = sandbox
+        .state_dirs
+        .iter()
+        .find(|w| from.is_some() && config.buffer.path.starts_with(w) && !w.exists());
     match inspect::buffer_writable(&config.buffer.path) {
+        Err(_) if made_by_systemd.is_some() => println!(
+            "buffer: {buffer}: not there yet; systemd makes {} for the service when it starts \
+             (StateDirectory=)",
+            made_by_systemd.map_or_else(String::new, |w| w.display().to_string())
+        ),
         Ok(inspect::BufferAccess::Exists) => println!("buffer: {buffer}: writable"),
         Ok(inspect::BufferAccess::WillBeCreated { under }) => println!(
             "buffer: {buffer}: not there yet; the daemon will create it ({} is writable)",
@@ -211,19 +234,6 @@ fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> Exit
         }
     }
 
-    let (sandbox, from) = match unit {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => (
-                telemetryd::sandbox::Sandbox::from_unit(&text),
-                Some(p.to_owned()),
-            ),
-            Err(e) => {
-                eprintln!("telemetryd: cannot read the unit {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => telemetryd::sandbox::Sandbox::installed_or_shipped(),
-    };
     let findings = sandbox.findings(&config);
     let place = match &from {
         Some(p) => format!("under systemd ({})", p.display()),

@@ -27,6 +27,8 @@ pub struct Sandbox {
     pub read_only_system: bool,
     /// `StateDirectory=` (under /var/lib) and `ReadWritePaths=`.
     pub writable: Vec<PathBuf>,
+    /// `StateDirectory=`: made by systemd, for the service's user, when the service starts.
+    pub state_dirs: Vec<PathBuf>,
     /// `ProtectProc=invisible`: other users' processes are not in /proc.
     pub own_processes_only: bool,
     /// `NoNewPrivileges=yes`: sudo and setuid programs cannot gain anything.
@@ -62,11 +64,13 @@ impl Sandbox {
                 "ProtectSystem" => s.read_only_system = value == "strict",
                 "ProtectProc" => s.own_processes_only = value == "invisible",
                 "NoNewPrivileges" => s.no_new_privileges = yes,
-                "StateDirectory" => s.writable.extend(
-                    value
+                "StateDirectory" => {
+                    let dirs = value
                         .split_whitespace()
-                        .map(|d| Path::new("/var/lib").join(d)),
-                ),
+                        .map(|d| Path::new("/var/lib").join(d.split(':').next().unwrap_or(d)));
+                    s.state_dirs.extend(dirs.clone());
+                    s.writable.extend(dirs);
+                }
                 "ReadWritePaths" => s.writable.extend(
                     value
                         .split_whitespace()
@@ -219,6 +223,7 @@ mod tests {
                 hide_home: true,
                 read_only_system: true,
                 writable: vec![PathBuf::from("/var/lib/telemetryd")],
+                state_dirs: vec![PathBuf::from("/var/lib/telemetryd")],
                 own_processes_only: true,
                 no_new_privileges: true,
             }

@@ -128,6 +128,42 @@ fn check_fails_when_the_buffer_cannot_be_written() {
                 && text.contains("sudo chown -R telemetryd:"),
             "{text}"
         );
+
+        // Missing, in a StateDirectory= that does not exist yet: systemd makes it for the
+        // service, so check as that user (who cannot write /var/lib) is content.
+        let state = format!("telemetryd-it-{}", std::process::id());
+        let unit = env.path("test.service");
+        fs::write(&unit, format!("[Service]\nStateDirectory={state}\n")).unwrap();
+        fs::set_permissions(&unit, fs::Permissions::from_mode(0o644)).unwrap();
+        let missing = Path::new("/var/lib").join(&state).join("buffer");
+        env.write_config(&with_buffer(&missing));
+        fs::set_permissions(&env.daemon.config, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut nobody = Command::new("setpriv");
+        nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        let (out, text) = check_with(
+            nobody,
+            &env,
+            &["--no-broker", "--unit", unit.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "systemd makes /var/lib/{state} for the service when it starts"
+            )),
+            "{text}"
+        );
+        // Without the unit it is a failure, with the way to make it.
+        let mut nobody = Command::new("setpriv");
+        nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        let (out, text) = check_with(nobody, &env, &["--no-broker"]);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains(&format!(
+                "sudo install -d -o telemetryd -g telemetryd {}",
+                missing.display()
+            )),
+            "{text}"
+        );
     } else {
         eprintln!("not root or no setpriv: the wrong-owner case is skipped");
     }
