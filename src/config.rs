@@ -1691,6 +1691,23 @@ decimals = 1
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// Any line of the seed replaced by any text: a config, or an error that names the
+        /// file (and renders its place without panicking).
+        #[test]
+        fn any_edit_gives_a_config_or_a_located_error(line in 0usize..16, text in "\\PC{0,40}") {
+            let mut lines: Vec<&str> = SEED.lines().collect();
+            let at = line % lines.len();
+            lines[at] = &text;
+            let edited = lines.join("\n");
+            if let Err(e) = parse(&edited) {
+                proptest::prop_assert!(e.starts_with("/etc/telemetryd/t.toml") || e.starts_with("invalid config file /etc/telemetryd/t.toml"), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn every_shipped_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
