@@ -30,8 +30,11 @@ fn check_with(mut cmd: Command, env: &Env, args: &[&str]) -> (Output, String) {
 
 /// A file sensor reading a file that holds 21.5.
 fn file_sensor(env: &Env) -> String {
-    let value = env.path("value");
-    fs::write(&value, "21.5\n").unwrap();
+    file_sensor_at(&env.path("value"))
+}
+
+fn file_sensor_at(value: &Path) -> String {
+    fs::write(value, "21.5\n").unwrap();
     format!(
         "[[sensor]]\nname = \"room\"\nkind = \"file\"\npath = {}\ninterval = \"250ms\"\ntopic = \"t/room\"\nqos = 0\nformat = \"json\"\n",
         toml_str(&value.display().to_string())
@@ -229,18 +232,28 @@ fn check_tries_the_broker() {
 #[test]
 fn check_shows_what_the_units_sandbox_hides() {
     let env = Env::new("check_shows_what_the_units_sandbox_hides");
-    // The test's temp dir is under /tmp, like a file a Pi owner put there.
-    assert!(env.dir().starts_with("/tmp"), "{}", env.dir().display());
+    // Under /tmp whatever TMPDIR says, like a file a Pi owner put there.
+    let tmp = tempfile::Builder::new()
+        .prefix("telemetryd-it-sandbox-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let value = tmp.path().join("value");
+    let buffer = tmp.path().join("buffer");
+    let in_tmp = |cfg: String| {
+        cfg.replace(
+            &toml_str(&env.buffer_path().display().to_string()),
+            &toml_str(&buffer.display().to_string()),
+        )
+    };
     let sensors = format!(
         "{}\n[[sensor]]\nname = \"procs\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"ps -e | wc -l\"]\ninterval = \"1s\"\ntopic = \"t/procs\"\n\n[[sensor]]\nname = \"ps\"\nkind = \"command\"\ncommand = [\"ps\", \"-e\"]\ninterval = \"1s\"\ntopic = \"t/ps\"\n",
-        file_sensor(&env)
+        file_sensor_at(&value)
     );
-    env.write_config(&env.config_for_port(free_port(), "", &sensors));
+    env.write_config(&in_tmp(env.config_for_port(free_port(), "", &sensors)));
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/telemetryd.service");
     let (out, text) = check(&env, &["--no-broker", "--unit", unit.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let place = format!("under systemd ({}): ", unit.display());
-    let value = env.path("value");
     for line in [
         format!(
             "{place}FAILED: sensor \"room\": path {} is hidden from the service: the service has a private /tmp and /var/tmp of its own (PrivateTmp=yes)",
@@ -248,7 +261,7 @@ fn check_shows_what_the_units_sandbox_hides() {
         ),
         format!(
             "{place}FAILED: [buffer] path {} is hidden from the service",
-            env.buffer_path().display()
+            buffer.display()
         ),
         format!("{place}note: sensor \"ps\": `ps -e` sees only the service's own processes"),
     ] {
@@ -265,7 +278,7 @@ fn check_shows_what_the_units_sandbox_hides() {
         && !Path::new("/usr/lib/systemd/system/telemetryd.service").exists()
         && !Path::new("/lib/systemd/system/telemetryd.service").exists()
     {
-        let only_file = env.config_for_port(free_port(), "", &file_sensor(&env));
+        let only_file = in_tmp(env.config_for_port(free_port(), "", &file_sensor_at(&value)));
         env.write_config(&only_file);
         let (out, text) = check(&env, &["--no-broker"]);
         assert!(out.status.success(), "{text}");
