@@ -31,6 +31,9 @@ const MAX_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
 /// The longest time a `command` sensor may run.
 const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// The longest `online_payload` / `offline_payload`.
+const MAX_STATUS_PAYLOAD: usize = 1024;
+
 /// The longest `[buffer] commit_interval`: the window of readings a crash can lose.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -290,8 +293,8 @@ struct RawMqtt {
     password_file: Option<At<PathBuf>>,
     tls: Option<At<RawTls>>,
     status_topic: Option<At<String>>,
-    online_payload: Option<String>,
-    offline_payload: Option<String>,
+    online_payload: Option<At<String>>,
+    offline_payload: Option<At<String>>,
     stats_topic: Option<At<String>>,
     protocol: Option<At<Protocol>>,
     session_expiry: Option<At<Dur>>,
@@ -645,6 +648,17 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
             )
         }),
     };
+    // Far below rumqttc's 10 KiB packet limit: a Last Will it refuses fails every connect.
+    let payload = |key: &str, p: Option<At<String>>, default: &str| match p {
+        Some(p) if p.get_ref().len() > MAX_STATUS_PAYLOAD => bad(
+            p.span(),
+            format!("[mqtt] {key} is longer than {MAX_STATUS_PAYLOAD} bytes"),
+        ),
+        Some(p) => Ok(p.into_inner()),
+        None => Ok(default.to_owned()),
+    };
+    let online = payload("online_payload", raw.online_payload, "online")?;
+    let offline = payload("offline_payload", raw.offline_payload, "offline")?;
     let availability = topic(
         "status_topic",
         raw.status_topic,
@@ -652,8 +666,8 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
     )?
     .map(|topic| Availability {
         topic,
-        online: raw.online_payload.unwrap_or_else(|| "online".into()),
-        offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
+        online,
+        offline,
     });
     let stats_topic = topic(
         "stats_topic",
@@ -1572,6 +1586,10 @@ decimals = 1
                 "{err}"
             );
         }
+        let long = format!("offline_payload = \"{}\"", "x".repeat(1025));
+        assert!(mqtt_line(&long).starts_with(
+            "/etc/telemetryd/t.toml:3:19: [mqtt] offline_payload is longer than 1024 bytes"
+        ));
         let err = parse(&SEED.replace("host = \"localhost\"", "host = \"\"")).unwrap_err();
         assert!(
             err.starts_with("/etc/telemetryd/t.toml:3:8: [mqtt] host must not be empty"),
