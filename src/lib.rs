@@ -4,6 +4,7 @@
 //! group-commits readings into the [`outbox`]) → the [`mqtt`] feeder, which publishes from the
 //! outbox and deletes a reading only when its PUBACK arrives.
 
+pub mod check;
 pub mod committer;
 pub mod config;
 pub mod discover;

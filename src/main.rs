@@ -143,9 +143,6 @@ fn daemon(path: &Path) -> ExitCode {
     }
 }
 
-/// How long `check` waits for the broker's CONNACK.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
@@ -154,120 +151,13 @@ fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> Exit
     if quiet {
         return ExitCode::SUCCESS;
     }
-    let mut failed: Vec<String> = Vec::new();
-    let n = config.sensors.len();
-    let plural = if n == 1 { "sensor" } else { "sensors" };
-    println!("{}: ok, {n} {plural}", path.display());
-    for warning in &config.warnings {
-        println!("warning: {warning}");
-    }
-
-    let (sandbox, from) = match unit {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => (
-                telemetryd::sandbox::Sandbox::from_unit(&text),
-                Some(p.to_owned()),
-            ),
-            Err(e) => {
-                eprintln!("telemetryd: cannot read the unit {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => telemetryd::sandbox::Sandbox::installed_or_shipped(),
-    };
-    let buffer = config.buffer.path.display();
-    // With a unit installed, systemd makes its StateDirectory= at the service's start.
-    let made_by_systemd = sandbox
-        .state_dirs
-        .iter()
-        .find(|w| from.is_some() && config.buffer.path.starts_with(w) && !w.exists());
-    match inspect::buffer_writable(&config.buffer.path) {
-        Err(_) if made_by_systemd.is_some() => println!(
-            "buffer: {buffer}: not there yet; systemd makes {} for the service when it starts \
-             (StateDirectory=)",
-            made_by_systemd.map_or_else(String::new, |w| w.display().to_string())
-        ),
-        Ok(inspect::BufferAccess::Exists) => println!("buffer: {buffer}: writable"),
-        Ok(inspect::BufferAccess::WillBeCreated { under }) => println!(
-            "buffer: {buffer}: not there yet; the daemon will create it ({} is writable)",
-            under.display()
-        ),
+    match block_on(telemetryd::check::run(path, &config, no_broker, unit)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            println!(
-                "buffer: FAILED: {e}. The daemon would keep readings in memory only (up to \
-                 10,000) and lose them when it stops"
-            );
-            failed.push("the buffer cannot be written".into());
+            eprintln!("telemetryd: {e}");
+            ExitCode::FAILURE
         }
-    }
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } == 0 {
-        println!(
-            "note: check runs as root, who can write almost anything: run it as the service's \
-             user (`sudo -u telemetryd telemetryd check`) to know that the service can"
-        );
-    }
-
-    let (results, probe) = block_on(async {
-        let probe = async {
-            if no_broker {
-                None
-            } else {
-                Some(telemetryd::mqtt::probe(&config.mqtt, PROBE_TIMEOUT).await)
-            }
-        };
-        tokio::join!(inspect::read_all(&config), probe)
-    });
-    let broker = format!("{}:{}", config.mqtt.host, config.mqtt.port);
-    match probe {
-        None => {}
-        Some(telemetryd::mqtt::Probe::Connected { client_id }) => println!(
-            "broker: connected to the broker {broker} (a test connection as {client_id}: \
-             nothing published)"
-        ),
-        Some(telemetryd::mqtt::Probe::Failed(error)) => {
-            println!(
-                "broker: FAILED: cannot connect to the broker {broker}: {error}. The daemon would \
-                 keep retrying, buffering readings meanwhile"
-            );
-            failed.push("the broker cannot be reached".into());
-        }
-    }
-
-    let findings = sandbox.findings(&config);
-    let place = match &from {
-        Some(p) => format!("under systemd ({})", p.display()),
-        None => "under the shipped systemd unit (not installed here)".to_owned(),
-    };
-    if findings.is_empty() {
-        println!("{place}: the sandbox hides nothing this config needs");
-    }
-    for f in &findings {
-        let what = match (f.fails, &from) {
-            (true, Some(_)) => {
-                failed.push("the service's sandbox hides something".into());
-                "FAILED"
-            }
-            (true, None) => "would fail",
-            (false, _) => "note",
-        };
-        println!("{place}: {what}: {}", f.text);
-    }
-
-    print!("{}", inspect::render_readings(&results));
-    let sensors_failed = results.iter().filter(|r| r.value.is_err()).count();
-    if sensors_failed > 0 {
-        failed.push(format!(
-            "{sensors_failed} of {} sensors failed",
-            results.len()
-        ));
-    }
-    failed.dedup();
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        println!("check failed: {}", failed.join("; "));
-        ExitCode::FAILURE
     }
 }
 
