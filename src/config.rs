@@ -12,6 +12,10 @@ use toml::Spanned;
 use crate::filter::Policy;
 use crate::sensor::SourceSpec;
 
+mod values;
+pub use values::parse_duration;
+use values::{Argv, Dur, Level, Number, Port, Whole, show};
+
 /// Where the packaged config lives; `--config` overrides it.
 pub const DEFAULT_PATH: &str = "/etc/telemetryd/telemetryd.toml";
 
@@ -20,6 +24,15 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// 0 panicked the metrics task. Not 1 s: the benchmark suite (BENCHMARKS.md) reads the
 /// summary every 10 ms, the shortest sensor interval too.
 const MIN_STATS_INTERVAL: Duration = MIN_INTERVAL;
+
+/// The longest sensor interval (and `stats_interval`, `heartbeat`): a week.
+const MAX_INTERVAL: Duration = Duration::from_secs(7 * 86_400);
+
+/// The longest time a `command` sensor may run.
+const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The longest `online_payload` / `offline_payload`.
+const MAX_STATUS_PAYLOAD: usize = 1024;
 
 /// The longest `[buffer] commit_interval`: the window of readings a crash can lose.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(60);
@@ -86,8 +99,7 @@ pub struct MqttConfig {
 }
 
 /// The MQTT version spoken: 3.1.1 (`protocol = 4`, the default) or 5 (`protocol = 5`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u8")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     V4,
     V5,
@@ -191,8 +203,7 @@ pub struct SensorConfig {
 }
 
 /// QoS 2 is deliberately absent: the outbox gives at-least-once, and `seq` lets consumers dedupe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "u8")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Qos {
     AtMostOnce,
     AtLeastOnce,
@@ -218,7 +229,9 @@ pub enum Format {
     Json,
 }
 
-/// A config that cannot be used; the message names the file, the place and what was expected.
+/// A config that cannot be used; the message names the file, the line and column, the key and
+/// what was expected, then shows the line. Policy: the daemon refuses to start on it (exit
+/// 78), a reload keeps the old config.
 #[derive(Debug)]
 pub struct ConfigError(String);
 
@@ -230,56 +243,83 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = values::integer(d, "4 (MQTT 3.1.1) or 5 (MQTT 5)")?;
+        Protocol::try_from(u8::try_from(v).unwrap_or(u8::MAX)).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{v} is not supported: use 4 (MQTT 3.1.1, the default) or 5 (MQTT 5)"
+            ))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Qos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = values::integer(d, "1 (stored until acknowledged) or 0 (fire and forget)")?;
+        Qos::try_from(u8::try_from(v).unwrap_or(u8::MAX)).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{v} is not supported: use 1 (stored until acknowledged) or 0 (fire and forget)"
+            ))
+        })
+    }
+}
+
+/// A value (or a table) and where it is in the file.
+type At<T> = Spanned<T>;
+
+/// A rejected value: where it is and why.
+type Bad = (Range<usize>, String);
+
+fn bad<T>(at: Range<usize>, msg: impl Into<String>) -> Result<T, Bad> {
+    Err((at, msg.into()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    log_level: Option<String>,
+    log_level: Option<Level>,
     sysfs_root: Option<PathBuf>,
-    topic_prefix: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    stats_interval: Option<Duration>,
+    topic_prefix: Option<At<String>>,
+    stats_interval: Option<At<Dur>>,
     #[serde(default)]
     mqtt: RawMqtt,
     #[serde(default)]
     buffer: RawBuffer,
     homeassistant: Option<RawHomeAssistant>,
     #[serde(default, rename = "sensor")]
-    sensors: Vec<Spanned<RawSensor>>,
+    sensors: Vec<At<RawSensor>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMqtt {
-    host: Option<String>,
-    port: Option<u16>,
-    servers: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde")]
-    reconnect_max: Option<Duration>,
-    client_id: Option<String>,
+    host: Option<At<String>>,
+    port: Option<Port>,
+    servers: Option<At<Vec<String>>>,
+    reconnect_max: Option<At<Dur>>,
+    client_id: Option<At<String>>,
     clean_session: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    keep_alive: Option<Duration>,
-    username: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    tls: Option<RawTls>,
-    status_topic: Option<String>,
-    online_payload: Option<String>,
-    offline_payload: Option<String>,
-    stats_topic: Option<String>,
-    protocol: Option<Protocol>,
-    #[serde(default, with = "humantime_serde")]
-    session_expiry: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    max_age: Option<Duration>,
+    keep_alive: Option<At<Dur>>,
+    username: Option<At<String>>,
+    password: Option<At<String>>,
+    password_file: Option<At<PathBuf>>,
+    tls: Option<At<RawTls>>,
+    status_topic: Option<At<String>>,
+    online_payload: Option<At<String>>,
+    offline_payload: Option<At<String>>,
+    stats_topic: Option<At<String>>,
+    protocol: Option<At<Protocol>>,
+    session_expiry: Option<At<Dur>>,
+    max_age: Option<At<Dur>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    ca_file: Option<PathBuf>,
-    client_cert: Option<PathBuf>,
-    client_key: Option<PathBuf>,
+    ca_file: Option<At<PathBuf>>,
+    client_cert: Option<At<PathBuf>>,
+    client_key: Option<At<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,13 +330,15 @@ struct RawHomeAssistant {
     device_name: Option<String>,
 }
 
+/// The most readings the buffer may be told to hold: about 28 GB at 280 bytes each.
+const MAX_MAX_MESSAGES: u64 = 100_000_000;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
     path: Option<PathBuf>,
-    max_messages: Option<u64>,
-    #[serde(default, with = "humantime_serde")]
-    commit_interval: Option<Duration>,
+    max_messages: Option<Whole<1, MAX_MAX_MESSAGES>>,
+    commit_interval: Option<At<Dur>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -314,223 +356,322 @@ enum Kind {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSensor {
-    name: String,
-    kind: Kind,
-    #[serde(with = "humantime_serde")]
-    interval: Duration,
-    topic: String,
+    name: At<String>,
+    kind: At<Kind>,
+    interval: At<Dur>,
+    topic: At<String>,
     qos: Option<Qos>,
     retain: Option<bool>,
-    decimals: Option<u8>,
-    scale: Option<f64>,
-    offset: Option<f64>,
-    min: Option<f64>,
-    max: Option<f64>,
-    unit: Option<String>,
+    decimals: Option<Whole<0, 9>>,
+    scale: Option<Number>,
+    offset: Option<Number>,
+    min: Option<Number>,
+    max: Option<At<Number>>,
+    unit: Option<At<String>>,
     format: Option<Format>,
-    deadband: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
-    heartbeat: Option<Duration>,
-    average: Option<u32>,
-    max_step: Option<f64>,
+    deadband: Option<At<Number>>,
+    heartbeat: Option<At<Dur>>,
+    average: Option<Whole<1, 10_000>>,
+    max_step: Option<At<Number>>,
     // Kind-specific keys.
-    path: Option<PathBuf>,
-    device: Option<String>,
-    channel: Option<String>,
-    chip: Option<String>,
-    input: Option<String>,
-    zone: Option<String>,
-    command: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
+    path: Option<At<PathBuf>>,
+    device: Option<At<String>>,
+    channel: Option<At<String>>,
+    chip: Option<At<String>>,
+    input: Option<At<String>>,
+    zone: Option<At<String>>,
+    command: Option<At<Argv>>,
+    timeout: Option<At<Dur>>,
 }
 
 /// A config file is a few KiB; a bigger one is a mistaken path (a log, `/dev/zero`).
 const CONFIG_MAX: u64 = 4 * 1024 * 1024;
 
+/// A duration that must lie in `min..=max`; the error says which end and why.
+fn bounded(
+    d: &At<Dur>,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    why: &str,
+) -> Result<Duration, Bad> {
+    let v = d.get_ref().get();
+    if v < min {
+        return bad(
+            d.span(),
+            format!(
+                "{key} {} is too short: the minimum is {}{why}",
+                show(v),
+                show(min)
+            ),
+        );
+    }
+    if v > max {
+        return bad(
+            d.span(),
+            format!(
+                "{key} {} is too long: the maximum is {}{why}",
+                show(v),
+                show(max)
+            ),
+        );
+    }
+    Ok(v)
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        use std::io::Read;
         let cannot = |e: &dyn fmt::Display| {
             ConfigError(format!("cannot read config file {}: {e}", path.display()))
         };
-        let text = crate::sensor::read_bounded(path, CONFIG_MAX).map_err(|e| cannot(&e))?;
-        Config::parse(&text, path)
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(CONFIG_MAX + 1).read_to_end(&mut bytes))
+            .map_err(|e| cannot(&e))?;
+        if bytes.len() as u64 > CONFIG_MAX {
+            return Err(cannot(&format!("more than {} KiB", CONFIG_MAX / 1024)));
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) => {
+                let good = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let text = String::from_utf8_lossy(&bytes[..good]);
+                let (line, col) = line_col(&text, good);
+                Err(ConfigError(format!(
+                    "{}:{line}:{col}: the file is not UTF-8 text here (byte 0x{:02x}): save it as UTF-8",
+                    path.display(),
+                    bytes[good]
+                )))
+            }
+        }
     }
 
     /// Validates config text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError(format!("invalid config file {}: {e}", path.display())))?;
-        let at = |span: Range<usize>, msg: String| {
-            let (line, col) = line_col(text, span.start);
-            ConfigError(format!("{}:{line}:{col}: {msg}", path.display()))
-        };
-
-        let mut warnings = Vec::new();
-        // Settings outside a sensor table have no span (they may be defaults): the error
-        // points at the line of the key that was rejected, when the file sets it.
-        let in_table = |table: &str, label: &str, r: Rejected| match key_offset(text, table, r.key)
-        {
-            Some(offset) => {
-                let (line, col) = line_col(text, offset);
-                ConfigError(format!("{}:{line}:{col}: {label}{}", path.display(), r.msg))
-            }
+        let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
+            // toml's messages (and those of the typed values) do not name the key.
+            Some(span) => located(path, text, span, e.message().trim_end(), true),
             None => ConfigError(format!(
-                "invalid config file {}: {label}{}",
+                "invalid config file {}: {}",
                 path.display(),
-                r.msg
+                e.message().trim_end()
             )),
-        };
-        let mqtt = validate_mqtt(raw.mqtt, &mut warnings).map_err(|r| {
-            let table = if r.tls { "mqtt.tls" } else { "mqtt" };
-            in_table(table, "[mqtt] ", r)
         })?;
-        let buffer = BufferConfig {
-            path: raw
-                .buffer
-                .path
-                .unwrap_or_else(|| PathBuf::from("/var/lib/telemetryd/buffer")),
-            max_messages: raw.buffer.max_messages.unwrap_or(500_000),
-            commit_interval: raw.buffer.commit_interval.unwrap_or(Duration::ZERO),
-        };
-        if buffer.max_messages == 0 {
-            let r = Rejected::new("max_messages", "max_messages must be at least 1".into());
-            return Err(in_table("buffer", "[buffer] ", r));
-        }
-        if buffer.commit_interval > MAX_COMMIT_INTERVAL {
-            let m = format!(
-                "commit_interval {} is too long: readings wait that long in memory, unpublished, and a crash loses them; the maximum is 1m",
-                humantime::format_duration(buffer.commit_interval)
-            );
-            return Err(in_table(
-                "buffer",
-                "[buffer] ",
-                Rejected::new("commit_interval", m),
-            ));
-        }
-
-        let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
-        if !crate::logging::LEVELS.contains(&log_level.as_str()) {
-            let m = format!(
-                "log_level {log_level:?} is not one of {}",
-                crate::logging::LEVELS.join(", ")
-            );
-            return Err(in_table("", "", Rejected::new("log_level", m)));
-        }
-        let stats_interval = raw.stats_interval.unwrap_or(Duration::from_secs(300));
-        if stats_interval < MIN_STATS_INTERVAL {
-            let m = format!(
-                "stats_interval {} is too short: the minimum is {}",
-                humantime::format_duration(stats_interval),
-                humantime::format_duration(MIN_STATS_INTERVAL)
-            );
-            return Err(in_table("", "", Rejected::new("stats_interval", m)));
-        }
-
-        let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
-        for spanned in raw.sensors {
-            let span = spanned.span();
-            let mut sensor =
-                validate_sensor(spanned.into_inner()).map_err(|m| at(span.clone(), m))?;
-            sensor.topic = topic_for(raw.topic_prefix.as_deref(), &sensor, &mqtt.client_id)
-                .map_err(|m| at(span.clone(), m))?;
-            if sensors.iter().any(|s| s.name == sensor.name) {
-                let msg = format!(
-                    "sensor name {:?} is used twice: names must be unique",
-                    sensor.name
-                );
-                return Err(at(span, msg));
-            }
-            sensors.push(sensor);
-        }
-
-        let homeassistant = raw.homeassistant.map(|ha| {
-            // Discovery ids allow [a-zA-Z0-9_-] only.
-            let node_id: String = ha
-                .node_id
-                .unwrap_or_else(|| mqtt.client_id.clone())
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            HomeAssistant {
-                discovery_prefix: ha
-                    .discovery_prefix
-                    .unwrap_or_else(|| "homeassistant".into()),
-                device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
-                node_id,
-            }
-        });
-        Ok(Config {
-            homeassistant,
-            log_level,
-            sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
-            stats_interval,
-            mqtt,
-            buffer,
-            sensors,
-            warnings,
-        })
+        validate(raw).map_err(|(span, msg)| located(path, text, span, &msg, false))?
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "{}: no sensors: add a [[sensor]] table (`telemetryd sensors` lists what this machine has, ready to paste)",
+                    path.display()
+                ))
+            })
     }
 }
 
-fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, Rejected> {
-    let no = Rejected::new;
-    let client_id = raw.client_id.unwrap_or_else(default_client_id);
-    if client_id.is_empty() {
-        let msg = "client_id must not be empty: it names the persistent session";
-        return Err(no("client_id", msg.into()));
-    }
-    let keep_alive = raw.keep_alive.unwrap_or(Duration::from_secs(30));
-    if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(u16::MAX as u64) {
-        let msg = format!(
-            "keep_alive must be between 1s and 18h, got {}",
-            humantime::format_duration(keep_alive)
-        );
-        return Err(no("keep_alive", msg));
-    }
-    let raw_has_password_file = raw.password_file.is_some();
-    let password = match (raw.password, raw.password_file) {
-        (Some(_), Some(_)) => {
-            let msg = "give either `password` or `password_file`, not both";
-            return Err(no("password_file", msg.into()));
+/// The config, or `None` when it has no sensor.
+fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
+    let mut warnings = Vec::new();
+    let mqtt = validate_mqtt(raw.mqtt, &mut warnings)?;
+    let buffer = BufferConfig {
+        path: raw
+            .buffer
+            .path
+            .unwrap_or_else(|| PathBuf::from("/var/lib/telemetryd/buffer")),
+        max_messages: raw.buffer.max_messages.map_or(500_000, |w| w.0),
+        commit_interval: match &raw.buffer.commit_interval {
+            Some(d) => bounded(
+                d,
+                "[buffer] commit_interval",
+                Duration::ZERO,
+                MAX_COMMIT_INTERVAL,
+                ": readings wait that long in memory, unpublished, and a crash loses them",
+            )?,
+            None => Duration::ZERO,
+        },
+    };
+    let log_level = raw.log_level.map_or_else(|| "info".to_owned(), |l| l.0);
+    let stats_interval = match &raw.stats_interval {
+        Some(d) => bounded(d, "stats_interval", MIN_STATS_INTERVAL, MAX_INTERVAL, "")?,
+        None => Duration::from_secs(300),
+    };
+    // The prefix on its own: its mistakes point at it, not at every sensor.
+    let prefix = match raw.topic_prefix {
+        Some(p) => {
+            let span = p.span();
+            let p = p.into_inner();
+            let trimmed = p.trim_end_matches('/');
+            if !trimmed.is_empty() {
+                expand(trimmed, &mqtt.client_id, Some("sensor"))
+                    .map_err(|m| (span, format!("topic_prefix: {m}")))?;
+            }
+            Some(p)
         }
-        (Some(p), None) => Some(Secret(p)),
-        (None, Some(file)) => Some(Secret(
-            read_password(&file, warnings).map_err(|m| no("password_file", m))?,
-        )),
+        None => None,
+    };
+
+    let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
+    for spanned in raw.sensors {
+        let raw = spanned.into_inner();
+        let name_at = raw.name.span();
+        let topic_at = raw.topic.span();
+        let mut sensor = validate_sensor(raw)?;
+        sensor.topic = topic_for(prefix.as_deref(), &sensor, &mqtt.client_id)
+            .map_err(|m| (topic_at, format!("sensor {:?}: {m}", sensor.name)))?;
+        if sensors.iter().any(|s| s.name == sensor.name) {
+            return bad(
+                name_at,
+                format!(
+                    "sensor name {:?} is used twice: names must be unique",
+                    sensor.name
+                ),
+            );
+        }
+        sensors.push(sensor);
+    }
+    if sensors.is_empty() {
+        return Ok(None);
+    }
+
+    let homeassistant = raw.homeassistant.map(|ha| {
+        // Discovery ids allow [a-zA-Z0-9_-] only.
+        let node_id: String = ha
+            .node_id
+            .unwrap_or_else(|| mqtt.client_id.clone())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        HomeAssistant {
+            discovery_prefix: ha
+                .discovery_prefix
+                .unwrap_or_else(|| "homeassistant".into()),
+            device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
+            node_id,
+        }
+    });
+    Ok(Some(Config {
+        homeassistant,
+        log_level,
+        sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
+        stats_interval,
+        mqtt,
+        buffer,
+        sensors,
+        warnings,
+    }))
+}
+
+fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig, Bad> {
+    // A default topic that fails is the client id's doing (`{client_id}` in it).
+    let client_id_at = raw.client_id.as_ref().map_or(0..0, At::span);
+    let client_id = match raw.client_id {
+        Some(id) if id.get_ref().is_empty() => {
+            return bad(
+                id.span(),
+                "[mqtt] client_id must not be empty: it names the persistent session",
+            );
+        }
+        Some(id) => id.into_inner(),
+        None => default_client_id(),
+    };
+    let host = match raw.host {
+        Some(h) if h.get_ref().trim().is_empty() => {
+            return bad(
+                h.span(),
+                "[mqtt] host must not be empty: the broker's name or address",
+            );
+        }
+        Some(h) => Some(h.into_inner()),
+        None => None,
+    };
+    let protocol = raw.protocol.as_ref().map_or(Protocol::V4, |p| *p.get_ref());
+    let keep_alive = match &raw.keep_alive {
+        // MQTT carries keep-alive in whole seconds, at most 65535.
+        Some(k) => {
+            let min = if protocol == Protocol::V5 {
+                MIN_KEEP_ALIVE_V5
+            } else {
+                Duration::from_secs(1)
+            };
+            let why = if protocol == Protocol::V5 {
+                " with protocol = 5 (rumqttc's MQTT 5 client refuses less)"
+            } else {
+                " (MQTT counts it in whole seconds, up to 65535)"
+            };
+            bounded(
+                k,
+                "[mqtt] keep_alive",
+                min,
+                Duration::from_secs(u16::MAX as u64),
+                why,
+            )?
+        }
+        None => Duration::from_secs(30),
+    };
+    let has_password_file = raw.password_file.is_some();
+    let password = match (raw.password, raw.password_file) {
+        (Some(_), Some(file)) => {
+            return bad(
+                file.span(),
+                "[mqtt] give either `password` or `password_file`, not both",
+            );
+        }
+        (Some(p), None) => Some((p.span(), Secret(p.into_inner()))),
+        (None, Some(file)) => {
+            let span = file.span();
+            let secret = read_password(file.get_ref(), warnings)
+                .map_err(|m| (span.clone(), format!("[mqtt] {m}")))?;
+            Some((span, Secret(secret)))
+        }
         (None, None) => None,
     };
     let credentials = match (raw.username, password) {
-        (Some(user), password) => Some((user, password.unwrap_or_else(|| Secret(String::new())))),
-        (None, Some(_)) => {
-            let key = if raw_has_password_file {
+        (Some(user), password) => Some((
+            user.into_inner(),
+            password.map_or_else(|| Secret(String::new()), |(_, p)| p),
+        )),
+        (None, Some((span, _))) => {
+            let key = if has_password_file {
                 "password_file"
             } else {
                 "password"
             };
-            return Err(no(key, "a password needs a `username`".into()));
+            return bad(span, format!("[mqtt] {key}: a password needs a `username`"));
         }
         (None, None) => None,
     };
-    let tls = raw
-        .tls
-        .map(validate_tls)
-        .transpose()
-        .map_err(|r| Rejected { tls: true, ..r })?;
+    let tls = raw.tls.map(validate_tls).transpose()?;
     // An empty topic turns the feature off.
-    let topic = |key, t: Option<String>, default: &str| match t.as_deref() {
-        Some("") => Ok(None),
-        t => expand(t.unwrap_or(default), &client_id, None)
+    let topic = |key: &str, t: Option<At<String>>, default: &str| match t {
+        Some(t) if t.get_ref().is_empty() => Ok(None),
+        Some(t) => expand(t.get_ref(), &client_id, None)
             .map(Some)
-            .map_err(|m| no(key, m)),
+            .map_err(|m| (t.span(), format!("[mqtt] {key}: {m}"))),
+        None => expand(default, &client_id, None).map(Some).map_err(|m| {
+            (
+                client_id_at.clone(),
+                format!("[mqtt] client_id makes the default {key} {default:?} invalid: {m}"),
+            )
+        }),
     };
+    // Far below rumqttc's 10 KiB packet limit: a Last Will it refuses fails every connect.
+    let payload = |key: &str, p: Option<At<String>>, default: &str| match p {
+        Some(p) if p.get_ref().len() > MAX_STATUS_PAYLOAD => bad(
+            p.span(),
+            format!("[mqtt] {key} is longer than {MAX_STATUS_PAYLOAD} bytes"),
+        ),
+        Some(p) => Ok(p.into_inner()),
+        None => Ok(default.to_owned()),
+    };
+    let online = payload("online_payload", raw.online_payload, "online")?;
+    let offline = payload("offline_payload", raw.offline_payload, "offline")?;
     let availability = topic(
         "status_topic",
         raw.status_topic,
@@ -538,70 +679,69 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
     )?
     .map(|topic| Availability {
         topic,
-        online: raw.online_payload.unwrap_or_else(|| "online".into()),
-        offline: raw.offline_payload.unwrap_or_else(|| "offline".into()),
+        online,
+        offline,
     });
     let stats_topic = topic(
         "stats_topic",
         raw.stats_topic,
         "telemetryd/{client_id}/stats",
     )?;
-    let protocol = raw.protocol.unwrap_or(Protocol::V4);
-    if protocol == Protocol::V4 && raw.session_expiry.is_some() {
-        let msg = "session_expiry is an MQTT 5 setting: add `protocol = 5` (with MQTT 3.1.1 the \
-                   broker decides how long a session lasts)";
-        return Err(no("session_expiry", msg.into()));
-    }
-    if protocol == Protocol::V5 && keep_alive < MIN_KEEP_ALIVE_V5 {
-        let msg = format!(
-            "keep_alive must be at least 5s with protocol = 5 (rumqttc's MQTT 5 client refuses \
-             less), got {}",
-            humantime::format_duration(keep_alive)
-        );
-        return Err(no("keep_alive", msg));
-    }
-    let session_expiry = raw.session_expiry.unwrap_or(DEFAULT_SESSION_EXPIRY);
-    if session_expiry.as_secs() > u64::from(u32::MAX) {
-        let msg = format!(
-            "session_expiry {} is too long: MQTT 5 allows at most 4294967295 seconds (136 years, \
-             which means never)",
-            humantime::format_duration(session_expiry)
-        );
-        return Err(no("session_expiry", msg));
-    }
-    if let Some(age) = raw.max_age
-        && (age < MIN_MAX_AGE || age.as_secs() > u64::from(u32::MAX))
-    {
-        let msg = format!(
-            "max_age {} is out of range: give at least 1s (MQTT 5 counts message expiry in \
-             seconds), or leave it out to keep readings however old",
-            humantime::format_duration(age)
-        );
-        return Err(no("max_age", msg));
-    }
-    let default_port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
-    let servers = match (raw.host, raw.servers) {
-        (Some(_), Some(_)) => {
-            let msg = "servers and host are both set: give one or the other (servers lists \
-                       every broker, the first one first)";
-            return Err(no("servers", msg.into()));
+    let session_expiry = match &raw.session_expiry {
+        Some(s) if protocol == Protocol::V4 => {
+            return bad(
+                s.span(),
+                "[mqtt] session_expiry is an MQTT 5 setting: add `protocol = 5` (with MQTT 3.1.1 \
+                 the broker decides how long a session lasts)",
+            );
         }
-        (None, Some(list)) => {
-            crate::mqtt::servers::parse_list(&list, default_port).map_err(|m| no("servers", m))?
+        Some(s) => bounded(
+            s,
+            "[mqtt] session_expiry",
+            Duration::ZERO,
+            Duration::from_secs(u32::MAX as u64),
+            ": MQTT 5 allows at most 4294967295 seconds (136 years, which means never)",
+        )?,
+        None => DEFAULT_SESSION_EXPIRY,
+    };
+    let max_age = match &raw.max_age {
+        Some(a) => Some(bounded(
+            a,
+            "[mqtt] max_age",
+            MIN_MAX_AGE,
+            Duration::from_secs(u32::MAX as u64),
+            " (MQTT 5 counts message expiry in whole seconds); leave it out to keep readings however old",
+        )?),
+        None => None,
+    };
+    let default_port = raw
+        .port
+        .map_or(if tls.is_some() { 8883 } else { 1883 }, |p| p.0);
+    let servers = match (host, raw.servers) {
+        (Some(_), Some(list)) => {
+            return bad(
+                list.span(),
+                "[mqtt] servers and host are both set: give one or the other (servers lists \
+                 every broker, the first one first)",
+            );
         }
+        (None, Some(list)) => crate::mqtt::servers::parse_list(list.get_ref(), default_port)
+            .map_err(|m| (list.span(), format!("[mqtt] {m}")))?,
         (host, None) => vec![crate::mqtt::servers::Server {
             host: host.unwrap_or_else(|| "localhost".to_owned()),
             port: default_port,
         }],
     };
-    let reconnect_max = raw.reconnect_max.unwrap_or(DEFAULT_RECONNECT_MAX);
-    if !(MIN_RECONNECT_MAX..=MAX_RECONNECT_MAX).contains(&reconnect_max) {
-        let msg = format!(
-            "reconnect_max must be between 1s and 10m, got {}",
-            humantime::format_duration(reconnect_max)
-        );
-        return Err(no("reconnect_max", msg));
-    }
+    let reconnect_max = match &raw.reconnect_max {
+        Some(r) => bounded(
+            r,
+            "[mqtt] reconnect_max",
+            MIN_RECONNECT_MAX,
+            MAX_RECONNECT_MAX,
+            "",
+        )?,
+        None => DEFAULT_RECONNECT_MAX,
+    };
     Ok(MqttConfig {
         host: servers[0].host.clone(),
         port: servers[0].port,
@@ -609,16 +749,15 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
         reconnect_max,
         client_id,
         clean_session: raw.clean_session.unwrap_or(false),
-        // MQTT carries keep-alive in whole seconds.
+        // MQTT carries these in whole seconds.
         keep_alive: Duration::from_secs(keep_alive.as_secs()),
         credentials,
         tls,
         availability,
         stats_topic,
         protocol,
-        // MQTT carries these in whole seconds.
         session_expiry: Duration::from_secs(session_expiry.as_secs()),
-        max_age: raw.max_age.map(|a| Duration::from_secs(a.as_secs())),
+        max_age: max_age.map(|a| Duration::from_secs(a.as_secs())),
     })
 }
 
@@ -639,158 +778,158 @@ fn read_password(file: &Path, warnings: &mut Vec<String>) -> Result<String, Stri
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
-fn validate_tls(raw: RawTls) -> Result<TlsConfig, Rejected> {
-    let read = |key: &'static str, p: &Path| {
-        crate::sensor::read_bounded(p, CONFIG_MAX)
+fn validate_tls(raw: At<RawTls>) -> Result<TlsConfig, Bad> {
+    let table = raw.span();
+    let raw = raw.into_inner();
+    let read = |key: &str, p: &At<PathBuf>| {
+        crate::sensor::read_bounded(p.get_ref(), CONFIG_MAX)
             .map(String::into_bytes)
-            .map_err(|e| Rejected::new(key, format!("tls.{key} {}: {e}", p.display())))
+            .map_err(|e| {
+                (
+                    p.span(),
+                    format!("tls.{key} {}: {e}", p.get_ref().display()),
+                )
+            })
     };
     let ca = raw
         .ca_file
-        .as_deref()
+        .as_ref()
         .map(|p| read("ca_file", p))
         .transpose()?;
-    let client = match (raw.client_cert, raw.client_key) {
+    let client = match (&raw.client_cert, &raw.client_key) {
         (Some(cert), Some(key)) => {
-            let key = String::from_utf8(read("client_key", &key)?).map_err(|_| {
-                Rejected::new("client_key", "tls.client_key is not a PEM file".into())
-            })?;
-            Some((read("client_cert", &cert)?, Secret(key)))
+            let pem = String::from_utf8(read("client_key", key)?)
+                .map_err(|_| (key.span(), "tls.client_key is not a PEM file".to_owned()))?;
+            Some((read("client_cert", cert)?, Secret(pem)))
         }
         (None, None) => None,
-        (cert, _) => {
-            let key = if cert.is_some() {
-                "client_cert"
-            } else {
-                "client_key"
-            };
-            let msg = "tls needs both `client_cert` and `client_key` for a client certificate";
-            return Err(Rejected::new(key, msg.into()));
+        (cert, key) => {
+            let at = cert.as_ref().or(key.as_ref()).map_or(table, |p| p.span());
+            return bad(
+                at,
+                "tls needs both `client_cert` and `client_key` for a client certificate",
+            );
         }
     };
     let rustls = crate::mqtt::tls::client_config(ca.as_deref(), client.as_ref()).map_err(|m| {
         // tls.rs names the file at fault first ("tls.client_cert is not a PEM ...").
-        let key = ["ca_file", "client_cert", "client_key"]
-            .into_iter()
-            .find(|k| m.starts_with(&format!("tls.{k}")))
-            .unwrap_or("ca_file");
-        Rejected::new(key, m)
+        let at = [
+            ("ca_file", &raw.ca_file),
+            ("client_cert", &raw.client_cert),
+            ("client_key", &raw.client_key),
+        ]
+        .into_iter()
+        .find(|(k, _)| m.starts_with(&format!("tls.{k}")))
+        .and_then(|(_, p)| p.as_ref().map(|p| p.span()))
+        .unwrap_or(table.clone());
+        (at, m)
     })?;
     Ok(TlsConfig { ca, client, rustls })
 }
 
-fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
-    let name = raw.name.clone();
-    let fail = |msg: String| format!("sensor {name:?}: {msg}");
-    if raw.name.trim().is_empty() {
-        return Err("sensor: name must not be empty".into());
+fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, Bad> {
+    let name = raw.name.get_ref().clone();
+    let fail = |at: Range<usize>, msg: String| (at, format!("sensor {name:?}: {msg}"));
+    if name.trim().is_empty() {
+        return bad(raw.name.span(), "sensor: name must not be empty");
     }
-    if raw.interval < MIN_INTERVAL {
-        return Err(fail(format!(
-            "interval {} is too short: the minimum is 10ms",
-            humantime::format_duration(raw.interval)
-        )));
-    }
+    let interval = bounded(&raw.interval, "interval", MIN_INTERVAL, MAX_INTERVAL, "")
+        .map_err(|(at, m)| fail(at, m))?;
     // Bounds keep every publish far below rumqttc's 10 KiB packet limit: a reading the client
     // refuses would otherwise sit at the head of the outbox forever.
-    for (key, value, max) in [
-        ("name", raw.name.as_str(), 128),
-        ("topic", &raw.topic, 1024),
-    ]
-    .into_iter()
-    .chain(raw.unit.as_deref().map(|u| ("unit", u, 32)))
+    for (key, value, max) in [("name", &raw.name, 128), ("topic", &raw.topic, 1024)]
+        .into_iter()
+        .chain(raw.unit.as_ref().map(|u| ("unit", u, 32)))
     {
-        if value.len() > max {
-            return Err(fail(format!("{key} is longer than {max} bytes")));
+        if value.get_ref().len() > max {
+            return Err(fail(
+                value.span(),
+                format!("{key} is longer than {max} bytes"),
+            ));
         }
     }
-    if !is_publish_topic(&raw.topic) {
-        return Err(fail(format!(
-            "topic {:?} is not a publish topic: it must be non-empty without + or # wildcards",
-            raw.topic
-        )));
+    let topic = raw.topic.get_ref();
+    if !is_publish_topic(topic) {
+        return Err(fail(
+            raw.topic.span(),
+            format!(
+                "topic {topic:?} is not a publish topic: it must be non-empty without + or # wildcards"
+            ),
+        ));
     }
-    // TOML accepts `inf` and `nan`; any of them here would turn every reading into a
-    // non-finite value (or make every bound check false).
-    for (key, value) in [
-        ("scale", raw.scale),
-        ("offset", raw.offset),
-        ("min", raw.min),
-        ("max", raw.max),
-    ] {
-        if let Some(v) = value.filter(|v| !v.is_finite()) {
-            return Err(fail(format!("{key} must be a finite number, got {v}")));
-        }
-    }
-    if let (Some(min), Some(max)) = (raw.min, raw.max)
-        && min > max
+    let (min, max) = (
+        raw.min.map(|n| n.0),
+        raw.max.as_ref().map(|n| n.get_ref().0),
+    );
+    if let (Some(lo), Some(hi), Some(at)) = (min, max, raw.max.as_ref())
+        && lo > hi
     {
-        return Err(fail(format!("min ({min}) is greater than max ({max})")));
+        return Err(fail(
+            at.span(),
+            format!("min ({lo}) is greater than max ({hi})"),
+        ));
     }
-    if raw.decimals.is_some_and(|d| d > 9) {
-        return Err(fail("decimals must be between 0 and 9".into()));
-    }
-    let source = source_spec(&raw).map_err(fail)?;
-    let policy = policy(&raw).map_err(fail)?;
+    let source = source_spec(&raw).map_err(|(at, m)| fail(at, m))?;
+    let policy = policy(&raw, interval).map_err(|(at, m)| fail(at, m))?;
     Ok(SensorConfig {
-        name: raw.name,
+        name,
         source,
-        interval: raw.interval,
-        topic: raw.topic,
+        interval,
+        topic: raw.topic.into_inner(),
         qos: raw.qos.unwrap_or(Qos::AtLeastOnce),
         retain: raw.retain.unwrap_or(false),
-        decimals: raw.decimals,
-        scale: raw.scale.unwrap_or(1.0),
-        offset: raw.offset.unwrap_or(0.0),
-        min: raw.min,
-        max: raw.max,
-        unit: raw.unit,
+        decimals: raw.decimals.map(|d| d.0 as u8),
+        scale: raw.scale.map_or(1.0, |n| n.0),
+        offset: raw.offset.map_or(0.0, |n| n.0),
+        min,
+        max,
+        unit: raw.unit.map(At::into_inner),
         format: raw.format.unwrap_or(Format::Plain),
         policy,
     })
 }
 
-fn policy(raw: &RawSensor) -> Result<Policy, String> {
-    let positive = |key: &str, v: Option<f64>, zero_ok: bool| match v {
-        Some(x) if !x.is_finite() || x < 0.0 || (x == 0.0 && !zero_ok) => {
-            Err(format!("{key} must be a positive number, got {x}"))
-        }
-        _ => Ok(v),
+fn policy(raw: &RawSensor, interval: Duration) -> Result<Policy, Bad> {
+    let positive = |key: &str, v: &Option<At<Number>>, zero_ok: bool| match v {
+        Some(x) if x.get_ref().0 < 0.0 || (x.get_ref().0 == 0.0 && !zero_ok) => bad(
+            x.span(),
+            format!("{key} must be a positive number, got {}", x.get_ref().0),
+        ),
+        _ => Ok(v.as_ref().map(|x| x.get_ref().0)),
     };
-    let deadband = positive("deadband", raw.deadband, true)?;
-    let max_step = positive("max_step", raw.max_step, false)?;
-    if let Some(h) = raw.heartbeat {
-        if deadband.is_none() {
-            return Err("heartbeat only makes sense with a deadband".into());
+    let deadband = positive("deadband", &raw.deadband, true)?;
+    let max_step = positive("max_step", &raw.max_step, false)?;
+    let heartbeat = match &raw.heartbeat {
+        Some(h) if deadband.is_none() => {
+            return bad(h.span(), "heartbeat only makes sense with a deadband");
         }
-        if h < raw.interval {
-            return Err("heartbeat must be at least the interval".into());
+        Some(h) if h.get_ref().get() < interval => {
+            return bad(h.span(), "heartbeat must be at least the interval");
         }
-    }
-    if raw.average.is_some_and(|n| n == 0 || n > 10_000) {
-        return Err("average must be between 1 and 10000 readings".into());
-    }
+        Some(h) => Some(bounded(h, "heartbeat", interval, MAX_INTERVAL, "")?),
+        None => None,
+    };
     Ok(Policy {
         deadband,
-        heartbeat: raw.heartbeat,
-        average: raw.average,
+        heartbeat,
+        average: raw.average.map(|n| n.0 as u32),
         max_step,
     })
 }
 
 /// Builds the kind-specific part, refusing keys that belong to another kind: a `chip` on a
 /// ds18b20 is a mistake the user wants to hear about, not a silently ignored line.
-fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
-    let kind = raw.kind;
-    let present: [(&str, bool); 8] = [
-        ("path", raw.path.is_some()),
-        ("device", raw.device.is_some()),
-        ("channel", raw.channel.is_some()),
-        ("chip", raw.chip.is_some()),
-        ("input", raw.input.is_some()),
-        ("zone", raw.zone.is_some()),
-        ("command", raw.command.is_some()),
-        ("timeout", raw.timeout.is_some()),
+fn source_spec(raw: &RawSensor) -> Result<SourceSpec, Bad> {
+    let kind = *raw.kind.get_ref();
+    let present: [(&str, Option<Range<usize>>); 8] = [
+        ("path", raw.path.as_ref().map(At::span)),
+        ("device", raw.device.as_ref().map(At::span)),
+        ("channel", raw.channel.as_ref().map(At::span)),
+        ("chip", raw.chip.as_ref().map(At::span)),
+        ("input", raw.input.as_ref().map(At::span)),
+        ("zone", raw.zone.as_ref().map(At::span)),
+        ("command", raw.command.as_ref().map(At::span)),
+        ("timeout", raw.timeout.as_ref().map(At::span)),
     ];
     let allowed: &[&str] = match kind {
         Kind::Ds18b20 => &["path", "device"],
@@ -801,30 +940,42 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
         Kind::Command => &["command", "timeout"],
     };
     let kind_name = format!("{kind:?}").to_lowercase();
-    if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
-        return Err(format!(
-            "key `{key}` does not apply to kind \"{kind_name}\" (its keys: {})",
-            allowed.join(", ")
-        ));
+    if let Some((key, Some(at))) = present
+        .iter()
+        .find(|(k, at)| at.is_some() && !allowed.contains(k))
+    {
+        return bad(
+            at.clone(),
+            format!(
+                "key `{key}` does not apply to kind \"{kind_name}\" (its keys: {})",
+                allowed.join(", ")
+            ),
+        );
     }
-    let need = |key: &str, v: &Option<String>| -> Result<String, String> {
+    // A missing key is pointed at by the table's `kind`.
+    let kind_at = raw.kind.span();
+    let need = |key: &str, v: &Option<At<String>>| -> Result<String, Bad> {
         match v {
-            Some(s) if !s.trim().is_empty() => Ok(s.clone()),
-            _ => Err(format!("kind \"{kind_name}\" needs `{key}`")),
+            Some(s) if !s.get_ref().trim().is_empty() => Ok(s.get_ref().clone()),
+            Some(s) => bad(s.span(), format!("`{key}` must not be empty")),
+            None => bad(
+                kind_at.clone(),
+                format!("kind \"{kind_name}\" needs `{key}`"),
+            ),
         }
     };
     Ok(match kind {
         Kind::Ds18b20 => match (&raw.path, &raw.device) {
             (None, None) => {
-                return Err(
-                    "kind \"ds18b20\" needs `path` (a w1_slave file) or `device` (e.g. \"28-0316a2795aff\")"
-                        .into(),
+                return bad(
+                    kind_at,
+                    "kind \"ds18b20\" needs `path` (a w1_slave file) or `device` (e.g. \"28-0316a2795aff\")",
                 );
             }
-            (Some(_), Some(_)) => return Err("give either `path` or `device`, not both".into()),
+            (Some(_), Some(d)) => return bad(d.span(), "give either `path` or `device`, not both"),
             _ => SourceSpec::Ds18b20 {
-                path: raw.path.clone(),
-                device: raw.device.clone(),
+                path: raw.path.as_ref().map(|p| p.get_ref().clone()),
+                device: raw.device.as_ref().map(|d| d.get_ref().clone()),
             },
         },
         Kind::Iio => SourceSpec::Iio {
@@ -839,20 +990,25 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
             zone: need("zone", &raw.zone)?,
         },
         Kind::File => SourceSpec::File {
-            path: raw.path.clone().ok_or("kind \"file\" needs `path`")?,
+            path: match &raw.path {
+                Some(p) => p.get_ref().clone(),
+                None => return bad(kind_at, "kind \"file\" needs `path`"),
+            },
         },
         Kind::Command => {
-            let argv = raw.command.clone().unwrap_or_default();
-            if argv.is_empty() || argv[0].is_empty() {
-                return Err(
-                    "kind \"command\" needs `command`, e.g. [\"vcgencmd\", \"measure_temp\"]"
-                        .into(),
-                );
-            }
-            SourceSpec::Command {
-                argv,
-                timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
-            }
+            let example = "kind \"command\" needs `command`, e.g. [\"vcgencmd\", \"measure_temp\"]";
+            let argv = match &raw.command {
+                Some(c) if c.get_ref().0.first().is_some_and(|a| !a.is_empty()) => {
+                    c.get_ref().0.clone()
+                }
+                Some(c) => return bad(c.span(), example),
+                None => return bad(kind_at, example),
+            };
+            let timeout = match &raw.timeout {
+                Some(t) => bounded(t, "timeout", MIN_INTERVAL, MAX_COMMAND_TIMEOUT, "")?,
+                None => Duration::from_secs(10),
+            };
+            SourceSpec::Command { argv, timeout }
         }
     })
 }
@@ -928,50 +1084,43 @@ fn is_publish_topic(topic: &str) -> bool {
     !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
-/// A setting outside the sensor tables that validation rejected: its key and why.
-struct Rejected {
-    key: &'static str,
-    /// The key is in `[mqtt.tls]`, not `[mqtt]`.
-    tls: bool,
-    msg: String,
-}
-
-impl Rejected {
-    fn new(key: &'static str, msg: String) -> Rejected {
-        Rejected {
-            key,
-            tls: false,
-            msg,
-        }
-    }
-}
-
-/// Where `key` is set under `[table]` ("" for the top level) in `text`, if it is. A line scan
-/// rather than a TOML parse: it only has to find `key =` in a file that already parsed.
-fn key_offset(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(header) = trimmed.strip_prefix('[') {
-            current = header.split(']').next().unwrap_or("").trim().to_owned();
-        } else if current == table
-            && let Some(rest) = trimmed.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            return Some(offset + (line.len() - trimmed.len()));
-        }
-        offset += line.len();
-    }
-    None
-}
-
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// `path:line:col: message`, then the line itself with the place marked, as a compiler shows
+/// it. With `name_key`, the key is put in front of the message (taken from the marked line,
+/// when the mark is on a value after `key =`).
+fn located(path: &Path, text: &str, span: Range<usize>, msg: &str, name_key: bool) -> ConfigError {
+    let start = span.start.min(text.len());
+    let (line, col) = line_col(text, start);
+    let content = text.lines().nth(line - 1).unwrap_or("");
+    let key = content
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            name_key
+                && !k.is_empty()
+                && k.len() + 1 < col
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+        })
+        .map_or_else(String::new, |k| format!("{}: ", k.trim_matches('"')));
+    let width = text[start..span.end.clamp(start, text.len())]
+        .lines()
+        .next()
+        .map_or(1, |s| s.chars().count().max(1));
+    let gutter = " ".repeat(line.to_string().len());
+    ConfigError(format!(
+        "{}:{line}:{col}: {key}{msg}\n {gutter} |\n {line} | {content}\n {gutter} | {}{}",
+        path.display(),
+        " ".repeat(col - 1),
+        "^".repeat(width)
+    ))
 }
 
 #[cfg(test)]
@@ -1031,12 +1180,14 @@ decimals = 1
             let err =
                 parse(&SEED.replace("decimals = 1", &format!("{key} = {value}"))).unwrap_err();
             assert!(
-                err.contains(&format!("{key} must be a finite number")),
+                err.contains(&format!(
+                    "{key}: {value} is not a number telemetryd can use"
+                )),
                 "{err}"
             );
         }
         let err = parse(&SEED.replace("decimals = 1", "max_step = inf")).unwrap_err();
-        assert!(err.contains("max_step must be a positive number"), "{err}");
+        assert!(err.contains("max_step: inf is not a number"), "{err}");
     }
 
     #[test]
@@ -1068,33 +1219,42 @@ decimals = 1
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let err = parse(&SEED.replace("decimals = 1", "decimal = 1")).unwrap_err();
-        assert!(err.contains("/etc/telemetryd/t.toml"), "{err}");
-        assert!(err.contains("line 15"), "{err}");
-        assert!(err.contains("unknown field `decimal`"), "{err}");
+        assert!(
+            err.starts_with("/etc/telemetryd/t.toml:15:1: unknown field `decimal`"),
+            "{err}"
+        );
+        assert!(err.contains("\n 15 | decimal = 1\n    | ^^^^^^^"), "{err}");
     }
 
     #[test]
     fn bad_duration_and_qos_are_located() {
         let err = parse(&SEED.replace("\"30s\"", "\"30 parsecs\"")).unwrap_err();
-        assert!(err.contains("line 13") && err.contains("interval"), "{err}");
+        assert!(
+            err.starts_with(
+                "/etc/telemetryd/t.toml:13:12: interval: \"30 parsecs\" is not a duration"
+            ),
+            "{err}"
+        );
         let err = parse(&SEED.replace("decimals = 1", "qos = 2")).unwrap_err();
         assert!(
-            err.contains("line 15") && err.contains("qos 2 is not supported"),
+            err.starts_with("/etc/telemetryd/t.toml:15:7: qos: 2 is not supported"),
             "{err}"
         );
     }
 
     #[test]
-    fn kind_errors_point_at_the_sensor_table() {
+    fn kind_errors_point_at_the_key() {
+        // A missing key: the sensor's `kind`, which asks for it.
         let err = parse(&SEED.replace("device = \"28-0316a2795aff\"", "")).unwrap_err();
         assert!(
-            err.starts_with("/etc/telemetryd/t.toml:9:1: sensor \"outside\""),
+            err.starts_with(
+                "/etc/telemetryd/t.toml:11:8: sensor \"outside\": kind \"ds18b20\" needs `path`"
+            ),
             "{err}"
         );
-        assert!(err.contains("needs `path`"), "{err}");
         let err = parse(&SEED.replace("decimals = 1", "chip = \"x\"")).unwrap_err();
         assert!(
-            err.contains("key `chip` does not apply to kind \"ds18b20\""),
+            err.starts_with("/etc/telemetryd/t.toml:15:8: sensor \"outside\": key `chip` does not apply to kind \"ds18b20\""),
             "{err}"
         );
         let err = parse(&SEED.replace("kind = \"ds18b20\"", "kind = \"dht\"")).unwrap_err();
@@ -1107,7 +1267,9 @@ decimals = 1
         let text = format!("log_level = \"info\"\nstats_interval = \"0s\"\n{SEED}");
         let err = parse(&text).unwrap_err();
         assert!(
-            err.contains("t.toml:2:1:") && err.contains("stats_interval 0s is too short"),
+            err.starts_with(
+                "/etc/telemetryd/t.toml:2:18: stats_interval 0s is too short: the minimum is 10ms"
+            ),
             "{err}"
         );
         assert!(parse(&format!("stats_interval = \"5ms\"\n{SEED}")).is_err());
@@ -1126,7 +1288,7 @@ decimals = 1
         let twice = format!("{SEED}\n{}", &SEED[SEED.find("[[sensor]]").unwrap()..]);
         let err = parse(&twice).unwrap_err();
         assert!(
-            err.contains(":17:1:") && err.contains("used twice"),
+            err.contains(":18:8: sensor name \"outside\" is used twice"),
             "{err}"
         );
     }
@@ -1141,14 +1303,16 @@ decimals = 1
         // The line of the key, not only its name.
         let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 2;
         assert!(
-            err.contains(&format!("t.toml:{line}:1: [mqtt] keep_alive")),
+            err.contains(&format!(
+                "t.toml:{line}:14: [mqtt] keep_alive 100ms is too short"
+            )),
             "{err}"
         );
         let text = SEED.replace("[mqtt]", "[mqtt]\nprotocol = 4\nsession_expiry = \"1h\"");
         let err = parse(&text).unwrap_err();
         let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 3;
         assert!(
-            err.contains(&format!(":{line}:1: [mqtt] session_expiry")),
+            err.contains(&format!(":{line}:18: [mqtt] session_expiry")),
             "{err}"
         );
         // The rejected key's line, not that of another key the message happens to name.
@@ -1156,11 +1320,16 @@ decimals = 1
         let err = parse(&text).unwrap_err();
         let line = SEED.lines().position(|l| l == "[mqtt]").unwrap() + 2;
         assert!(
-            err.contains(&format!(":{line}:1: [mqtt] unknown placeholder")),
+            err.contains(&format!(
+                ":{line}:15: [mqtt] stats_topic: unknown placeholder"
+            )),
             "{err}"
         );
         let err = parse(&format!("log_level = 'loud'\n{SEED}")).unwrap_err();
-        assert!(err.contains("log_level \"loud\""), "{err}");
+        assert!(
+            err.contains(":1:13: log_level: \"loud\" is not one of"),
+            "{err}"
+        );
         let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nport = 70000")).unwrap_err();
         assert!(err.contains("port"), "{err}");
     }
@@ -1294,7 +1463,7 @@ decimals = 1
         );
         let err = parse(&SEED.replace("temperature/outside", "t/{room}")).unwrap_err();
         assert!(
-            err.contains(":9:1:") && err.contains("unknown placeholder {room}"),
+            err.contains(":14:9: sensor \"outside\": unknown placeholder {room}"),
             "{err}"
         );
     }
@@ -1325,7 +1494,10 @@ decimals = 1
             parse(&SEED.replace("decimals = 1", "deadband = 1\nheartbeat = \"1s\"")).unwrap_err();
         assert!(err.contains("at least the interval"), "{err}");
         let err = parse(&SEED.replace("decimals = 1", "average = 0")).unwrap_err();
-        assert!(err.contains("average must be between"), "{err}");
+        assert!(
+            err.contains("average: 0 is out of range: expected a whole number from 1 to 10000"),
+            "{err}"
+        );
         let err = parse(&SEED.replace("decimals = 1", "max_step = 0")).unwrap_err();
         assert!(err.contains("max_step must be a positive number"), "{err}");
     }
@@ -1375,9 +1547,7 @@ decimals = 1
         // An unsupported version is located by toml: file, line, key.
         let err = with("protocol = 3").unwrap_err();
         assert!(
-            err.contains("/etc/telemetryd/t.toml")
-                && err.contains("line 3")
-                && err.contains("protocol 3 is not supported"),
+            err.starts_with("/etc/telemetryd/t.toml:3:12: protocol: 3 is not supported"),
             "{err}"
         );
         let err = with("session_expiry = \"1d\"").unwrap_err();
@@ -1385,17 +1555,217 @@ decimals = 1
             err.contains("[mqtt] session_expiry is an MQTT 5 setting"),
             "{err}"
         );
-        let err = with("protocol = 5\nsession_expiry = \"200years\"").unwrap_err();
+        let err = with("protocol = 5\nsession_expiry = \"49711d\"").unwrap_err();
         assert!(
             err.contains("session_expiry") && err.contains("too long"),
             "{err}"
         );
         let err = with("max_age = \"500ms\"").unwrap_err();
-        assert!(err.contains("max_age 500ms is out of range"), "{err}");
+        assert!(err.contains("max_age 500ms is too short"), "{err}");
         let err = with("protocol = 5\nkeep_alive = \"2s\"").unwrap_err();
-        assert!(err.contains("keep_alive must be at least 5s"), "{err}");
+        assert!(
+            err.contains("keep_alive 2s is too short: the minimum is 5s with protocol = 5"),
+            "{err}"
+        );
         let err = with("protocol = \"5\"").unwrap_err();
         assert!(err.contains("protocol"), "{err}");
+    }
+
+    /// The mistakes of issue 14, each with its place and its message.
+    #[test]
+    fn every_config_mistake_names_its_line_key_and_what_to_write() {
+        let sensor_line =
+            |extra: &str| parse(&SEED.replace("decimals = 1", extra)).expect_err(extra);
+        let mqtt_line = |extra: &str| {
+            parse(&SEED.replace("[mqtt]", &format!("[mqtt]\n{extra}"))).expect_err(extra)
+        };
+        for (value, says) in [
+            (
+                "\"5M\"",
+                "\"M\" would be months, which telemetryd does not take: write minutes as \"m\"",
+            ),
+            (
+                "\"10y\"",
+                "\"y\" is not a unit telemetryd takes: use ms, s, m, h or d",
+            ),
+            (
+                "\"30 s\"",
+                "has a space in it: write it without, like \"30s\"",
+            ),
+            ("\"30sec\"", "\"sec\" is not a unit telemetryd takes"),
+            ("30", "a duration needs a unit and quotes: write \"30s\""),
+            ("\"8d\"", "interval 8days is too long: the maximum is 7days"),
+        ] {
+            let err = parse(&SEED.replace("\"30s\"", value)).expect_err(value);
+            assert!(err.starts_with("/etc/telemetryd/t.toml:13:12: "), "{err}");
+            assert!(err.contains(says), "{value}: {err}");
+        }
+        for (extra, at, says) in [
+            (
+                "port = 0",
+                8,
+                "port: 0 is out of range: expected a whole number from 1 to 65535",
+            ),
+            (
+                "port = 70000",
+                8,
+                "port: 70000 is out of range: expected a whole number from 1 to 65535",
+            ),
+            (
+                "port = \"1883\"",
+                8,
+                "port: \"1883\" is in quotes: write the number without them (1883)",
+            ),
+            (
+                "port = 18.83",
+                8,
+                "port: invalid type: floating point `18.83`, expected a whole number from 1 to 65535",
+            ),
+        ] {
+            let err = mqtt_line(extra);
+            assert!(
+                err.starts_with(&format!("/etc/telemetryd/t.toml:3:{at}: {says}")),
+                "{err}"
+            );
+        }
+        let long = format!("offline_payload = \"{}\"", "x".repeat(1025));
+        assert!(mqtt_line(&long).starts_with(
+            "/etc/telemetryd/t.toml:3:19: [mqtt] offline_payload is longer than 1024 bytes"
+        ));
+        let err = parse(&SEED.replace("host = \"localhost\"", "host = \"\"")).unwrap_err();
+        assert!(
+            err.starts_with("/etc/telemetryd/t.toml:3:8: [mqtt] host must not be empty"),
+            "{err}"
+        );
+        for (extra, at, says) in [
+            (
+                "scale = \"2\"",
+                9,
+                "scale: \"2\" is in quotes: write the number without them",
+            ),
+            (
+                "scale = \"x\"",
+                9,
+                "scale: invalid type: string \"x\", expected a number, like 1.5 or -3",
+            ),
+            (
+                "decimals = 10",
+                12,
+                "decimals: 10 is out of range: expected a whole number from 0 to 9",
+            ),
+            (
+                "qos = \"1\"",
+                7,
+                "qos: \"1\" is in quotes: write the number without them (1)",
+            ),
+            (
+                "retain = \"yes\"",
+                10,
+                "retain: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "path = 3",
+                8,
+                "path: invalid type: integer `3`, expected path string",
+            ),
+        ] {
+            let err = sensor_line(extra);
+            assert!(
+                err.starts_with(&format!("/etc/telemetryd/t.toml:15:{at}: {says}")),
+                "{err}"
+            );
+        }
+        let command = |argv: &str| {
+            let text = SEED
+                .replace("kind = \"ds18b20\"", "kind = \"command\"")
+                .replace("device = \"28-0316a2795aff\"", &format!("command = {argv}"));
+            parse(&text).expect_err(argv)
+        };
+        let err = command("\"vcgencmd measure_temp\"");
+        assert!(err.starts_with("/etc/telemetryd/t.toml:12:11: command: a list of words, run without a shell: write [\"vcgencmd\", \"measure_temp\"]"), "{err}");
+        let err = command("5");
+        assert!(err.contains(":12:11: command: invalid type: integer `5`, expected a list like [\"vcgencmd\", \"measure_temp\"]"), "{err}");
+        let err = command("[]");
+        assert!(
+            err.contains(":12:11: sensor \"outside\": kind \"command\" needs `command`"),
+            "{err}"
+        );
+
+        // Top level, and a mistake in topic_prefix at its own line, not at a sensor's.
+        // A client id that makes a default topic invalid: at the client id.
+        let err = parse(&SEED.replace("\"pi-garden\"", "\"pi#1\"")).unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/telemetryd/t.toml:4:13: [mqtt] client_id makes the default status_topic"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("stats_interval = \"5ms\"\n{SEED}")).unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/telemetryd/t.toml:1:18: stats_interval 5ms is too short: the minimum is 10ms"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("topic_prefix = \"home/{{room}}\"\n{SEED}")).unwrap_err();
+        assert!(
+            err.starts_with(
+                "/etc/telemetryd/t.toml:1:16: topic_prefix: unknown placeholder {room}"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("topic_prefix = \"home/#\"\n{SEED}")).unwrap_err();
+        assert!(
+            err.starts_with("/etc/telemetryd/t.toml:1:16: topic_prefix: "),
+            "{err}"
+        );
+        let err = parse(&SEED.replace("path = \"/tmp/buf\"", "max_messages = 0")).unwrap_err();
+        assert!(err.starts_with("/etc/telemetryd/t.toml:7:16: max_messages: 0 is out of range: expected a whole number from 1 to 100000000"), "{err}");
+
+        // No sensor at all: the daemon would start and do nothing.
+        for text in ["", "# nothing yet\n", "[mqtt]\nhost = \"broker\"\n"] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.starts_with("/etc/telemetryd/t.toml: no sensors: add a [[sensor]] table"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_gets_the_place_of_the_first_bad_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("latin1.toml");
+        let mut bytes = SEED.as_bytes().to_vec();
+        // "temperature/outsidé" in Latin-1, on line 14.
+        let at = SEED.find("outside\"\ndecimals").unwrap() + "outside".len();
+        bytes.insert(at, 0xe9);
+        std::fs::write(&path, bytes).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{}:14:29: the file is not UTF-8 text here (byte 0xe9): save it as UTF-8",
+                path.display()
+            )
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
+        /// Any line of the seed replaced by any text: a config, or an error that names the
+        /// file (and renders its place without panicking).
+        #[test]
+        fn any_edit_gives_a_config_or_a_located_error(line in 0usize..16, text in "\\PC{0,40}") {
+            let mut lines: Vec<&str> = SEED.lines().collect();
+            let at = line % lines.len();
+            lines[at] = &text;
+            let edited = lines.join("\n");
+            if let Err(e) = parse(&edited) {
+                proptest::prop_assert!(e.starts_with("/etc/telemetryd/t.toml") || e.starts_with("invalid config file /etc/telemetryd/t.toml"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
-use crate::config::Config;
-use crate::mqtt::servers::Server;
+use crate::config::{Config, Format, Qos};
 use crate::outbox::{self, BufferReport};
 use crate::payload::format_value;
 use crate::schedule::{calibrate, read_timeout};
@@ -18,6 +17,9 @@ use crate::sensor::Source;
 pub struct CheckedReading {
     pub name: String,
     pub topic: String,
+    pub interval: Duration,
+    pub qos: Qos,
+    pub format: Format,
     pub unit: Option<String>,
     /// The value as it would be published, or why there is none.
     pub value: Result<String, String>,
@@ -44,6 +46,9 @@ pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
             (
                 i,
                 CheckedReading {
+                    interval: sensor.interval,
+                    qos: sensor.qos,
+                    format: sensor.format,
                     name: sensor.name,
                     topic: sensor.topic,
                     unit,
@@ -57,61 +62,40 @@ pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
     out.into_iter().map(|(_, r)| r).collect()
 }
 
-/// How long `check` waits for a server to accept a TCP connection.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One line per server of `[mqtt] servers`, in order, saying whether it accepts connections
-/// now; the first that does is the one the daemon would be on. Only TCP: the broker's own
-/// verdict (login, TLS) comes with the daemon's CONNECT, in its log.
-pub async fn probe_servers(servers: &[Server]) -> String {
-    let mut set = JoinSet::new();
-    for (i, server) in servers.iter().cloned().enumerate() {
-        set.spawn(async move {
-            let addr = (server.host.as_str(), server.port);
-            let answer =
-                match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                    .await
-                {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
-                };
-            (i, server, answer)
-        });
-    }
-    let mut answers = set.join_all().await;
-    answers.sort_by_key(|(i, _, _)| *i);
-    let current = answers.iter().position(|(_, _, a)| a.is_ok());
-    let mut out = String::new();
-    for (i, server, answer) in answers {
-        let line = match answer {
-            Ok(()) if Some(i) == current => {
-                "accepts connections: the daemon connects here".to_owned()
-            }
-            Ok(()) => "accepts connections (a failover server)".to_owned(),
-            Err(e) => format!("not reachable: {e}"),
-        };
-        out.push_str(&format!("server {server}: {line}\n"));
-    }
-    out
-}
-
-/// A table: sensor, value, unit, topic; errors are listed below it in full.
+/// A table: sensor, value, unit, interval, QoS, format, topic; errors are listed below it in
+/// full.
 pub fn render_readings(readings: &[CheckedReading]) -> String {
-    let rows: Vec<[&str; 4]> = readings
+    let rows: Vec<[String; 7]> = readings
         .iter()
-        .map(|r| match &r.value {
-            Ok(v) => [
-                r.name.as_str(),
-                v.as_str(),
-                r.unit.as_deref().unwrap_or(""),
-                r.topic.as_str(),
-            ],
-            Err(_) => [r.name.as_str(), "FAILED", "", r.topic.as_str()],
+        .map(|r| {
+            let (value, unit) = match &r.value {
+                Ok(v) => (v.clone(), r.unit.clone().unwrap_or_default()),
+                Err(_) => ("FAILED".to_owned(), String::new()),
+            };
+            [
+                r.name.clone(),
+                value,
+                unit,
+                humantime::format_duration(r.interval).to_string(),
+                match r.qos {
+                    Qos::AtLeastOnce => "1",
+                    Qos::AtMostOnce => "0",
+                }
+                .to_owned(),
+                match r.format {
+                    Format::Plain => "plain",
+                    Format::Json => "json",
+                }
+                .to_owned(),
+                r.topic.clone(),
+            ]
         })
         .collect();
-    let header = ["SENSOR", "VALUE", "UNIT", "TOPIC"];
-    let mut widths = [0; 3];
+    let header = [
+        "SENSOR", "VALUE", "UNIT", "INTERVAL", "QOS", "FORMAT", "TOPIC",
+    ]
+    .map(String::from);
+    let mut widths = [0; 6];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -119,11 +103,11 @@ pub fn render_readings(readings: &[CheckedReading]) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let [w0, w1, w2] = widths;
-        out.push_str(&format!(
-            "{:w0$}  {:w1$}  {:w2$}  {}\n",
-            row[0], row[1], row[2], row[3]
-        ));
+        for (cell, w) in row.iter().zip(widths) {
+            out.push_str(&format!("{cell:w$}  "));
+        }
+        out.push_str(&row[6]);
+        out.push('\n');
     }
     for r in readings {
         if let Err(e) = &r.value {
@@ -186,4 +170,115 @@ impl fmt::Display for BufferView {
         }
         Ok(())
     }
+}
+
+/// Whether this user can write the buffer at `path`: an existing one's files open for writing
+/// and a file can be made beside them; a missing one's nearest existing parent takes a new
+/// entry (the daemon creates the rest). Leaves nothing behind and changes nothing.
+///
+/// The daemon cannot tell these apart from a full disk at start: it keeps readings in memory
+/// (up to 10,000) and loses them at a restart. `check` says so before it happens.
+pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
+    let cannot = |what: &Path, e: &std::io::Error| {
+        let fix = if path.exists() {
+            format!(
+                "the buffer must belong to the service's user (`sudo chown -R telemetryd: {}`)",
+                path.display()
+            )
+        } else {
+            format!(
+                "make the buffer's directory for the service's user (`sudo install -d -o \
+                 telemetryd -g telemetryd {}`)",
+                path.display()
+            )
+        };
+        let why = match e.raw_os_error() {
+            Some(libc::EROFS) => "a read-only file system".to_owned(),
+            Some(libc::EACCES) => format!(
+                "permission denied for this user (uid {}): {fix}",
+                // SAFETY: geteuid(2) cannot fail and touches no memory.
+                unsafe { libc::geteuid() },
+            ),
+            Some(libc::EPERM) => "not permitted (an immutable file or directory?)".to_owned(),
+            _ => e.to_string(),
+        };
+        format!("cannot write {}: {why}", what.display())
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => Err(format!("{} is not a directory", path.display())),
+        Ok(_) => {
+            let files = files_within(path, 2).map_err(|(dir, e)| cannot(&dir, &e))?;
+            for file in files {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .map_err(|e| cannot(&file, &e))?;
+            }
+            try_create_in(path).map_err(|e| cannot(path, &e))?;
+            Ok(BufferAccess::Exists)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path
+                .ancestors()
+                .skip(1)
+                .find(|p| p.as_os_str().is_empty() || p.exists())
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        p
+                    }
+                })
+                .unwrap_or(Path::new("/"));
+            if !parent.is_dir() {
+                return Err(format!("{} is not a directory", parent.display()));
+            }
+            try_create_in(parent).map_err(|e| cannot(parent, &e))?;
+            Ok(BufferAccess::WillBeCreated {
+                under: parent.to_owned(),
+            })
+        }
+        Err(e) => Err(cannot(path, &e)),
+    }
+}
+
+/// What [`buffer_writable`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BufferAccess {
+    Exists,
+    /// Missing; the daemon creates it in `under`.
+    WillBeCreated {
+        under: std::path::PathBuf,
+    },
+}
+
+/// Creates and removes a file in `dir`.
+fn try_create_in(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".telemetryd-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+/// The regular files in `dir`, `depth` levels down (sled keeps blobs in a subdirectory), at
+/// most 10,000 of them.
+fn files_within(
+    dir: &Path,
+    depth: usize,
+) -> Result<Vec<std::path::PathBuf>, (std::path::PathBuf, std::io::Error)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![(dir.to_owned(), 0)];
+    while let Some((d, level)) = dirs.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| (d.clone(), e))?;
+        for entry in entries.flatten().take(10_000) {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && level + 1 < depth => dirs.push((entry.path(), level + 1)),
+                Ok(t) if t.is_file() && files.len() < 10_000 => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    Ok(files)
 }

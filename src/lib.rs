@@ -4,6 +4,7 @@
 //! group-commits readings into the [`outbox`]) → the [`mqtt`] feeder, which publishes from the
 //! outbox and deletes a reading only when its PUBACK arrives.
 
+pub mod check;
 pub mod committer;
 pub mod config;
 pub mod discover;
@@ -11,6 +12,7 @@ pub mod filter;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod homeassistant;
 pub mod inspect;
 pub mod logging;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod payload;
+pub mod sandbox;
 pub mod schedule;
 pub mod sensor;
 pub mod service;
@@ -63,6 +66,8 @@ pub struct Stats {
     pub connects: AtomicU64,
     /// Failed reads per sensor name, for the self-metrics.
     pub errors_by_sensor: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Which sensors are failing now, for STATUS and the summary.
+    pub health: health::Health,
 }
 
 impl Stats {

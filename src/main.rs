@@ -41,13 +41,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check the config, then read every sensor once and show what it would publish.
+    /// Check the config, the buffer and the broker, then read every sensor once and show what
+    /// it would publish.
     ///
-    /// Exits 0 when all is well, 78 on a config error, 1 when a sensor failed.
+    /// Run it as the service's user (`sudo -u telemetryd telemetryd check`): the buffer is
+    /// tried as that user. Exits 0 when all is well, 78 on a config error, 1 when the buffer
+    /// cannot be written, the broker cannot be reached, a sensor failed, or the service's
+    /// sandbox hides something the config needs.
     Check {
         /// Only validate the config and print nothing on success (for `systemctl reload`).
         #[arg(long, short)]
         quiet: bool,
+        /// Do not try to connect to the broker.
+        #[arg(long)]
+        no_broker: bool,
+        /// The systemd unit whose sandbox to check against [default: the installed
+        /// telemetryd.service; if none, the shipped one, whose findings are then only notes].
+        #[arg(long, value_name = "PATH")]
+        unit: Option<PathBuf>,
     },
     /// List the sensors this machine has, each as a ready-to-paste [[sensor]] block.
     Sensors {
@@ -63,7 +74,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => daemon(&cli.config),
-        Some(Command::Check { quiet }) => check(&cli.config, quiet),
+        Some(Command::Check {
+            quiet,
+            no_broker,
+            unit,
+        }) => check(&cli.config, quiet, no_broker, unit.as_deref()),
         Some(Command::Sensors { sysfs_root }) => {
             let found = block_on(discover::scan(&sysfs_root));
             print!("{}", discover::render(&found, &sysfs_root));
@@ -128,7 +143,7 @@ fn daemon(path: &Path) -> ExitCode {
     }
 }
 
-fn check(path: &Path, quiet: bool) -> ExitCode {
+fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -136,17 +151,13 @@ fn check(path: &Path, quiet: bool) -> ExitCode {
     if quiet {
         return ExitCode::SUCCESS;
     }
-    println!("{}: ok, {} sensors", path.display(), config.sensors.len());
-    for warning in &config.warnings {
-        println!("warning: {warning}");
-    }
-    print!("{}", block_on(inspect::probe_servers(&config.mqtt.servers)));
-    let results = block_on(inspect::read_all(&config));
-    print!("{}", inspect::render_readings(&results));
-    if results.iter().all(|r| r.value.is_ok()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    match block_on(telemetryd::check::run(path, &config, no_broker, unit)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("telemetryd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct Snapshot {
     /// Readings an MQTT 5 broker refused for good (quarantined).
     pub refused: u64,
     pub read_errors: std::collections::BTreeMap<String, u64>,
+    /// The sensors whose last read failed (or that have not read once yet).
+    pub failing_sensors: Vec<String>,
     pub reconnects: u64,
     pub connected: bool,
     /// The server (`host:port`) of `[mqtt] servers` we are connected to, or trying.
@@ -58,6 +60,7 @@ impl Snapshot {
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_default(),
+            failing_sensors: stats.health.failing_names(),
             reconnects: stats.connects.load(Ordering::Relaxed).saturating_sub(1),
             connected: stats.connected.load(Ordering::Relaxed),
             server: stats.server(),
@@ -93,6 +96,8 @@ pub async fn run(
             expired = s.expired,
             refused = s.refused,
             read_errors = s.read_errors.values().sum::<u64>(),
+            sensors_failing = s.failing_sensors.len(),
+            failing = %s.failing_sensors.join(","),
             reconnects = s.reconnects,
             connected = s.connected,
             server = %s.server,

@@ -65,6 +65,7 @@ impl Sensors {
 
     /// Starts, stops and restarts tasks so that exactly `wanted` run; logs each change.
     pub fn apply(&mut self, wanted: &[SensorConfig], sysfs_root: &Path) {
+        self.stats.health.set_sensors(wanted.len());
         let names: HashSet<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
         self.running.retain(|name, (_, _, stop)| {
             let keep = names.contains(name.as_str());
@@ -148,6 +149,10 @@ pub async fn run_sensor(
     let mut source = Some(source);
     let mut hung: Option<InFlight> = None;
     let mut said_hung = false;
+    // Failing until a first read works; a transient error (a DHT's EIO) after that does not
+    // count, a lasting one does. Cleared when the task ends (a removed sensor).
+    let health = HealthGuard::new(stats.clone(), sensor.name.clone());
+    let mut ever_ok = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return abandon(hung),
@@ -236,6 +241,8 @@ pub async fn run_sensor(
         });
         match outcome {
             Ok((value, outcome)) => {
+                ever_ok = true;
+                health.ok();
                 if throttle.recovered() {
                     info!(sensor = name, value, "sensor recovered");
                 }
@@ -263,6 +270,13 @@ pub async fn run_sensor(
                 }
             }
             Err(error) => {
+                if stop.is_cancelled() {
+                    // Stopping: a read cut short by the stop is no failure of the sensor.
+                    return;
+                }
+                if !ever_ok || !error.is_transient() {
+                    health.failing();
+                }
                 stats.sensor_errors.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut by_name) = stats.errors_by_sensor.lock() {
                     *by_name.entry(sensor.name.clone()).or_default() += 1;
@@ -293,6 +307,34 @@ fn log_failure(throttle: &mut Throttle, name: &str, error: &ReadError) {
             warn!(sensor = name, cause, detail = %error, held_back, "sensor read still failing; retrying on schedule")
         }
         None => {}
+    }
+}
+
+/// A sensor task's entry in [`crate::health::Health`]; removed when the task ends.
+struct HealthGuard {
+    stats: Arc<Stats>,
+    name: String,
+    task: u64,
+}
+
+impl HealthGuard {
+    fn new(stats: Arc<Stats>, name: String) -> HealthGuard {
+        let task = stats.health.task();
+        HealthGuard { stats, name, task }
+    }
+
+    fn failing(&self) {
+        self.stats.health.failing(&self.name, self.task);
+    }
+
+    fn ok(&self) {
+        self.stats.health.ok(&self.name, self.task);
+    }
+}
+
+impl Drop for HealthGuard {
+    fn drop(&mut self) {
+        self.ok();
     }
 }
 

@@ -131,9 +131,9 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// E.g. `connected to localhost:1883; 0 buffered, 0 dropped` or
-/// `waiting for localhost:1883; 1234 buffered (oldest 2h 5m ago), 0 dropped`: the current
-/// server of `[mqtt] servers`.
+/// E.g. `connected to localhost:1883; 0 buffered, 0 dropped; 2 sensors ok` or
+/// `waiting for localhost:1883; 1234 buffered (oldest 2h 5m ago), 0 dropped; 1 of 2 sensors
+/// failing: outside`: the current server of `[mqtt] servers`.
 pub fn status_line(outbox: &Outbox, stats: &Stats) -> String {
     let broker = stats.server();
     let link = if stats.connected.load(Ordering::Relaxed) {
@@ -159,7 +159,8 @@ pub fn status_line(outbox: &Outbox, stats: &Stats) -> String {
         ""
     };
     format!(
-        "{link}; {depth} buffered{age}, {} dropped{store}",
-        outbox.dropped()
+        "{link}; {depth} buffered{age}, {} dropped{store}; {}",
+        outbox.dropped(),
+        stats.health.describe()
     )
 }

@@ -14,6 +14,7 @@ mod backoff;
 mod connection;
 mod describe;
 mod feeder;
+mod probe;
 pub(crate) mod properties;
 mod protocol;
 mod puback;
@@ -36,6 +37,7 @@ use crate::homeassistant::Discovery;
 use crate::outbox::Outbox;
 
 pub use feeder::LiveMessage;
+pub use probe::{Probe, probe};
 
 /// Unacknowledged QoS 1 publishes we allow at once (fewer when an MQTT 5 broker's Receive
 /// Maximum is lower than [`PKID_SLOTS`]: half of that).

@@ -3,6 +3,7 @@
 //! dir and client ids, so they run in parallel.
 
 mod brokers;
+mod check;
 mod cli;
 mod cluster;
 mod delivery;

@@ -418,10 +418,12 @@ fn sensors_then_check_on_a_fake_sysfs() {
     );
 }
 
-/// Runs `telemetryd check` on the env's config: its output and its stdout as text.
+/// Runs `telemetryd check` on the env's config (no broker: port 1): its output and its
+/// stdout as text.
 fn check(env: &Env) -> (std::process::Output, String) {
     let out = Command::new(bin())
         .arg("check")
+        .arg("--no-broker")
         .arg("--config")
         .arg(&env.daemon.config)
         .output()
@@ -490,7 +492,14 @@ fn buffer_subcommand() {
 #[test]
 fn journald_priority_prefixes() {
     let env = Env::new("journald_priority_prefixes");
-    let cfg = env.config_for_port(free_port(), "", "");
+    // A config needs a sensor; this one reads a file that is there.
+    let level = env.path("level");
+    fs::write(&level, "1\n").unwrap();
+    let sensor = format!(
+        "[[sensor]]\nname = \"level\"\nkind = \"file\"\npath = {}\ninterval = \"1s\"\ntopic = \"test/level\"\nqos = 0\n",
+        toml_str(&level.display().to_string())
+    );
+    let cfg = env.config_for_port(free_port(), "", &sensor);
     env.write_config(&cfg);
     let log_path = env.path("journal.log");
     let log = File::create(&log_path).unwrap();
@@ -612,4 +621,97 @@ fn availability_and_self_metrics() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "offline");
+}
+
+/// A daemon whose sensors fail must not look healthy: STATUS (and the summary line) say how
+/// many of them fail and name them, and stop saying so once they read again.
+#[test]
+fn status_names_failing_sensors() {
+    let mut env = Env::with_broker("status_names_failing_sensors");
+    let counter = Counter::new(env.dir(), "counter");
+    let missing = env.path("not-wired-yet");
+    let sensors = format!(
+        "{}\n[[sensor]]\nname = \"outside\"\nkind = \"file\"\npath = {}\ninterval = \"100ms\"\ntopic = \"test/outside\"\n",
+        counter.sensor_toml("counter", TOPIC, "100ms", 1),
+        toml_str(&missing.display().to_string())
+    );
+    env.write_config(&env.config("stats_interval = \"200ms\"\n", &sensors));
+    let notify = NotifySocket::bind(env.dir());
+    let socket = notify.path.display().to_string();
+    env.daemon.start_with_env(&[("NOTIFY_SOCKET", &socket)]);
+
+    let connected = format!("STATUS=connected to 127.0.0.1:{}; ", env.port());
+    let status_ends = |end: &str| {
+        notify
+            .lines()
+            .iter()
+            .any(|l| l.starts_with(&connected) && l.ends_with(end))
+    };
+    wait_until(DEADLINE, "STATUS naming the failing sensor", || {
+        status_ends(" 0 dropped; 1 of 2 sensors failing: outside")
+    });
+    wait_until(DEADLINE, "a summary naming it", || {
+        env.daemon
+            .log()
+            .lines()
+            .any(|l| l.contains("summary") && l.contains("sensors_failing=1 failing=outside "))
+    });
+
+    // Wired up: it reads, and the status says all is well.
+    fs::write(&missing, "12.5\n").unwrap();
+    wait_until(DEADLINE, "STATUS with every sensor ok", || {
+        status_ends(" 0 dropped; 2 sensors ok")
+    });
+    env.daemon.stop_expect_success();
+}
+
+/// systemd stops the unit as its `KillMode=` says: with the default (control-group) every
+/// process of the unit gets SIGTERM, a command sensor's child included, and its read failed
+/// with "killed by signal 15" at every stop. With `KillMode=mixed` only the daemon gets it,
+/// and stops the child itself: no failure is logged and no child is left behind.
+#[test]
+fn a_stop_under_the_units_kill_mode_logs_no_failed_read() {
+    let unit = include_str!("../../systemd/telemetryd.service");
+    let mixed = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("KillMode="))
+        .next_back()
+        .is_some_and(|m| m.trim() == "mixed");
+    let mut env = Env::new("a_stop_under_the_units_kill_mode");
+    let pidfile = env.path("child.pid");
+    let script = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+    let sensor = format!(
+        "[[sensor]]\nname = \"slow\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", {}]\ntimeout = \"60s\"\ninterval = \"1s\"\ntopic = \"test/slow\"\n",
+        toml_str(&script)
+    );
+    env.write_config(&env.config_for_port(free_port(), "", &sensor));
+    env.daemon.start();
+    let child: i32 = wait_for(DEADLINE, "the sensor's child runs", || {
+        fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let alive = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(alive(child));
+
+    if !mixed {
+        // control-group: the child's SIGTERM may come first; here it does.
+        // SAFETY: kill(2) with a pid this test started (through the daemon).
+        unsafe { libc::kill(child, libc::SIGTERM) };
+        wait_until(DEADLINE, "the child ends", || !alive(child));
+    }
+    env.daemon.stop_expect_success();
+    let log = env.daemon.log();
+    assert!(
+        !log.contains("sensor read failed"),
+        "a failed read logged at the stop (KillMode=mixed: {mixed}):\n{log}"
+    );
+    assert!(
+        !alive(child),
+        "the sensor's child {child} outlived the daemon"
+    );
 }
