@@ -93,7 +93,7 @@ pub(crate) fn why_missing(path: &Path, bus: &Path) -> String {
             bus.display()
         );
     }
-    if found.iter().any(|f| *f == wanted) {
+    if found.contains(&wanted) {
         // The device is there but has no w1_slave: not a thermometer, or w1_therm is not loaded.
         return format!(
             "{wanted} has no w1_slave: not a thermometer, or the w1_therm module is not loaded"

@@ -5,6 +5,7 @@
 mod brokers;
 mod cli;
 mod delivery;
+mod demo;
 mod fake_broker;
 mod fake_broker_v5;
 mod faults;
