@@ -117,7 +117,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         story.pump(Duration::from_secs(outage), |_, _| false);
         runtime.block_on(door.open())?;
         let back = SystemTime::now();
-        say("the broker is back: the daemon reconnects and sends the backlog first, in order");
+        say(
+            "the broker is back: the daemon reconnects at its next attempt (it waits 0.5 s, \
+             doubling up to 60 s, between attempts) and sends the backlog first, in order",
+        );
         story.pump(Duration::from_secs(60), |t, _| {
             t.newest() > back && t.verdict().missing.is_empty()
         });
@@ -269,7 +272,9 @@ impl Daemon {
         unsafe { libc::kill(self.0.id() as i32, signal) };
     }
 
+    /// SIGTERM, then up to 20 s for the daemon to finish; a second Ctrl-C cuts that short.
     fn stop(&mut self, story: &mut Story) {
+        story.interrupted.store(false, Ordering::Relaxed);
         self.signal(libc::SIGTERM);
         let mut exited = false;
         story.pump(Duration::from_secs(20), |_, _| {
@@ -277,7 +282,11 @@ impl Daemon {
             exited
         });
         if !exited {
-            say("the daemon did not stop within 20 s: killing it");
+            say(if story.stopped() {
+                "Ctrl-C again: killing the daemon"
+            } else {
+                "the daemon did not stop within 20 s: killing it"
+            });
             let _ = self.0.kill();
         }
         let _ = self.0.wait();
