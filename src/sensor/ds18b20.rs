@@ -14,13 +14,16 @@ pub struct Ds18b20 {
     /// `None` only when the config gave neither `path` nor `device`; reported at read time
     /// because [`super::Source::new`] never fails.
     path: Option<PathBuf>,
+    /// `<sysfs_root>/bus/w1/devices`: looked at when `w1_slave` is missing, to say why.
+    bus: PathBuf,
 }
 
 impl Ds18b20 {
     pub(crate) fn new(path: Option<PathBuf>, device: Option<String>, sysfs_root: &Path) -> Self {
         let path = path
             .or_else(|| device.map(|d| sysfs_root.join("bus/w1/devices").join(d).join("w1_slave")));
-        Ds18b20 { path }
+        let bus = sysfs_root.join("bus/w1/devices");
+        Ds18b20 { path, bus }
     }
 
     /// Reads °C. Reading `w1_slave` triggers a ~750 ms conversion, hence the blocking pool.
@@ -31,13 +34,81 @@ impl Ds18b20 {
                 "ds18b20 sensor has neither `path` nor `device` set",
             ));
         };
+        let bus = self.bus.clone();
         blocking(move || {
-            let text = read_bounded(&path, ATTR_MAX).map_err(|e| bounded_error(&path, &e))?;
+            let text = read_bounded(&path, ATTR_MAX).map_err(|e| {
+                let err = bounded_error(&path, &e);
+                match err.cause() {
+                    Cause::NotFound => ReadError::new(
+                        Cause::NotFound,
+                        format!("{err}: {}", why_missing(&path, &bus)),
+                    ),
+                    _ => err,
+                }
+            })?;
             parse_w1_slave(&text)
                 .map_err(|why| ReadError::new(Cause::BadData, format!("{}: {why}", path.display())))
         })
         .await
     }
+}
+
+/// At most this many 1-Wire device names are listed in an error, the first in name order of
+/// at most `SCANNED_MAX` entries (a bus has a few dozen devices at most; sysfs could lie).
+const LISTED_MAX: usize = 8;
+const SCANNED_MAX: usize = 1024;
+
+/// Why `w1_slave` is missing, in the words of someone wiring a Pi: the 1-Wire bus is off (no
+/// `dtoverlay=w1-gpio`), or it is on and the thermometers on it are listed (a wrong id, or none
+/// answering: wiring). `bus` is `<sysfs_root>/bus/w1/devices`.
+pub(crate) fn why_missing(path: &Path, bus: &Path) -> String {
+    let entries = match std::fs::read_dir(bus) {
+        Ok(entries) => entries,
+        Err(_) => {
+            return format!(
+                "1-Wire is off ({} does not exist): add the line dtoverlay=w1-gpio to \
+                 /boot/firmware/config.txt (/boot/config.txt before Raspberry Pi OS bookworm) \
+                 and reboot; the DS18B20's data line then goes to GPIO4",
+                bus.display()
+            );
+        }
+    };
+    // The bus masters (w1_bus_master1) are listed there too; the devices are `<family>-<id>`.
+    let mut found: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with("w1_bus_master"))
+        .take(SCANNED_MAX)
+        .collect();
+    found.sort();
+    let wanted = path
+        .parent()
+        .and_then(Path::file_name)
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if found.is_empty() {
+        return format!(
+            "1-Wire is on but no device answers on it (ls {} shows none): check the wiring \
+             (data to GPIO4, a 4.7 kOhm pull-up between data and 3.3 V, ground)",
+            bus.display()
+        );
+    }
+    if found.contains(&wanted) {
+        // The device is there but has no w1_slave: not a thermometer, or w1_therm is not loaded.
+        return format!(
+            "{wanted} has no w1_slave: not a thermometer, or the w1_therm module is not loaded"
+        );
+    }
+    let more = if found.len() > LISTED_MAX {
+        ", ..."
+    } else {
+        ""
+    };
+    found.truncate(LISTED_MAX);
+    format!(
+        "no 1-Wire device {wanted:?}; the bus has: {}{more} (`telemetryd sensors` prints them as [[sensor]] blocks)",
+        found.join(", ")
+    )
 }
 
 /// Parses the two-line `w1_slave` format into °C:
@@ -164,12 +235,60 @@ mod tests {
         let mut s = Ds18b20::new(None, Some("28-000000000000".into()), tmp.path());
         let err = s.read().await.unwrap_err();
         let expected = tmp.path().join("bus/w1/devices/28-000000000000/w1_slave");
+        let bus = tmp.path().join("bus/w1/devices");
         assert_eq!(
             err.to_string(),
-            format!("{}: no such file", expected.display())
+            format!(
+                "{}: no such file: 1-Wire is off ({} does not exist): add the line \
+                 dtoverlay=w1-gpio to /boot/firmware/config.txt (/boot/config.txt before \
+                 Raspberry Pi OS bookworm) and reboot; the DS18B20's data line then goes to GPIO4",
+                expected.display(),
+                bus.display()
+            )
         );
+        assert_eq!(err.cause(), Cause::NotFound);
         // Same failure, same error: deterministic, so it can be compared.
         assert_eq!(s.read().await.unwrap_err(), err);
+    }
+
+    #[tokio::test]
+    async fn a_bus_without_devices_points_at_the_wiring() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("bus/w1/devices/w1_bus_master1")).unwrap();
+        let mut s = Ds18b20::new(None, Some("28-000000000000".into()), tmp.path());
+        let err = s.read().await.unwrap_err().to_string();
+        assert!(
+            err.contains("no such file: 1-Wire is on but no device answers"),
+            "{err}"
+        );
+        assert!(err.contains("4.7 kOhm pull-up"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_id_lists_the_thermometers_present() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("bus/w1/devices/w1_bus_master1")).unwrap();
+        for i in 0..10 {
+            put(
+                tmp.path(),
+                &format!("bus/w1/devices/28-00000000000{i}/w1_slave"),
+                YES,
+            );
+        }
+        let mut s = Ds18b20::new(None, Some("28-0316a2795aff".into()), tmp.path());
+        let err = s.read().await.unwrap_err();
+        assert_eq!(err.cause(), Cause::NotFound);
+        let err = err.to_string();
+        // Sorted, at most eight, never the bus master.
+        assert!(
+            err.ends_with(
+                "no 1-Wire device \"28-0316a2795aff\"; the bus has: 28-000000000000, \
+                 28-000000000001, 28-000000000002, 28-000000000003, 28-000000000004, \
+                 28-000000000005, 28-000000000006, 28-000000000007, ... \
+                 (`telemetryd sensors` prints them as [[sensor]] blocks)"
+            ),
+            "{err}"
+        );
     }
 
     #[tokio::test]

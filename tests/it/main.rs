@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod cluster;
 mod delivery;
+mod demo;
 mod fake_broker;
 mod fake_broker_v5;
 mod faults;
