@@ -22,7 +22,8 @@
 //! Every run checks what its figure rests on: the drain and the big backlog, every reading
 //! acknowledged and the store empty; footprint and wear, a clean stop without warnings with at
 //! most the readings taken as the stop came left in the store; ingest and latency (no
-//! broker), the readings committed. No timing is ever checked: these machines are noisy.
+//! broker), the readings committed; reconnect, a reading arrives after the outage and the
+//! daemon stops cleanly. No timing is ever checked: these machines are noisy.
 
 // The integration tests' process harness (Proc, Broker, polling, /proc readings), shared rather
 // than copied, as tests/soak.rs does.

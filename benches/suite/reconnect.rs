@@ -117,7 +117,7 @@ pub fn reconnect(s: &Settings, work: &Path) -> Vec<Row> {
                 Some(r) => r.values.push(v),
                 None => {
                     let target = if cap == "default" { "<= 10 s" } else { "" };
-                    rows.push(Row::new("5", measure, target, Fmt::Secs, vec![v]))
+                    rows.push(Row::new("6", measure, target, Fmt::Secs, vec![v]))
                 }
             }
         }

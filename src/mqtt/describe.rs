@@ -17,7 +17,7 @@ pub(super) fn v4(error: &rumqttc::ConnectionError) -> String {
 }
 
 /// An MQTT 5 connection error.
-/// `connected_once`: a CONNACK came before on this daemon run, so a closed link is not a
+/// `connected_once`: this server sent a CONNACK before on this daemon run, so a closed link is not a
 /// protocol mismatch.
 pub(super) fn v5(error: &rumqttc::v5::ConnectionError, connected_once: bool) -> String {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;

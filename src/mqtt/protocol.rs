@@ -36,8 +36,11 @@ pub(super) enum EventLoop {
         servers: Vec<r5::MqttOptions>,
         /// Ours, from the config: rumqttc adopts a broker's Server Keep Alive for good.
         keep_alive: std::time::Duration,
-        /// A CONNACK came at least once: a closed link is then not a protocol mismatch.
-        connected_once: bool,
+        /// Per server: a CONNACK came from it at least once, so a link it closes is not a
+        /// protocol mismatch.
+        connected_once: Vec<bool>,
+        /// The index of the server in use.
+        current: usize,
     },
 }
 
@@ -109,7 +112,8 @@ pub(super) fn connect(cfg: &MqttConfig, cap: usize) -> (Client, EventLoop) {
                 el: eventloop,
                 servers,
                 keep_alive: cfg.keep_alive,
-                connected_once: false,
+                connected_once: vec![false; cfg.servers.len()],
+                current: 0,
             };
             (Client::V5(client), eventloop)
         }
@@ -251,8 +255,10 @@ impl EventLoop {
                 el,
                 keep_alive,
                 connected_once,
+                current,
                 ..
             } => {
+                let connected_once = &mut connected_once[*current];
                 let event = el
                     .poll()
                     .await
@@ -302,10 +308,16 @@ impl EventLoop {
                     el.mqtt_options = o.clone();
                 }
             }
-            EventLoop::V5 { el, servers, .. } => {
+            EventLoop::V5 {
+                el,
+                servers,
+                current,
+                ..
+            } => {
                 if let Some(o) = servers.get(index) {
                     // Also forgets a Server Keep Alive the previous server set.
                     el.options = o.clone();
+                    *current = index;
                 }
             }
         }

@@ -537,3 +537,35 @@ fn refusing_servers_are_skipped_with_their_reasons() {
     readings_go_on(&counter, 10);
     env.drain_and_stop(&counter, TOPIC, 0);
 }
+
+/// While no server answers, each one's failure is a warning once, then quiet (debug) until
+/// its cause changes: a round's causes alternate, which must not let every attempt through.
+#[test]
+fn unanswered_servers_warn_once_each() {
+    let mut env = Env::new("unanswered_servers_warn_once_each");
+    let (a, b) = (free_port(), free_port());
+    let counter = Counter::new(env.dir(), "counter");
+    env.write_config(&servers_config(&env, &[a, b], "", &counter));
+    env.daemon.start();
+    // Rounds come 0.25-0.5 s, 0.5-1 s, 1-2 s ... apart: six attempts take a few seconds.
+    wait_until(DEADLINE, "three rounds of attempts", || {
+        env.daemon
+            .log()
+            .matches("cannot connect to the broker")
+            .count()
+            >= 6
+    });
+    let log = env.daemon.log();
+    for port in [a, b] {
+        let warned = log
+            .lines()
+            .filter(|l| {
+                l.contains(" WARN ")
+                    && l.contains("cannot connect to the broker")
+                    && log_field(l, "server") == Some(&format!("127.0.0.1:{port}"))
+            })
+            .count();
+        assert_eq!(warned, 1, "127.0.0.1:{port} warned {warned} times:\n{log}");
+    }
+    env.daemon.stop_expect_success();
+}
