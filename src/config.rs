@@ -41,6 +41,8 @@ const MIN_MAX_AGE: Duration = Duration::from_secs(1);
 pub struct Config {
     pub log_level: String,
     pub sysfs_root: PathBuf,
+    /// Where procfs lives, for `system` sensors (tests point it at a fake tree).
+    pub procfs_root: PathBuf,
     pub stats_interval: Duration,
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
@@ -103,6 +105,12 @@ pub struct HomeAssistant {
     pub node_id: String,
     /// The device name shown in Home Assistant.
     pub device_name: String,
+    /// Sensors publish retained unless they say `retain = false`: Home Assistant shows the
+    /// last value at once after a restart of its own or of the broker.
+    pub retain_states: bool,
+    /// The daemon's own figures (buffered readings, oldest unsent age, connected) as
+    /// diagnostic entities, read from the stats topic.
+    pub diagnostics: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +185,8 @@ pub struct SensorConfig {
     pub unit: Option<String>,
     pub format: Format,
     pub policy: Policy,
+    /// How Home Assistant shows it (`[sensor.ha]`), with discovery on.
+    pub ha: crate::homeassistant::EntityOptions,
 }
 
 /// QoS 2 is deliberately absent: the outbox gives at-least-once, and `seq` lets consumers dedupe.
@@ -224,6 +234,7 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     log_level: Option<String>,
     sysfs_root: Option<PathBuf>,
+    procfs_root: Option<PathBuf>,
     topic_prefix: Option<String>,
     #[serde(default, with = "humantime_serde")]
     stats_interval: Option<Duration>,
@@ -274,6 +285,8 @@ struct RawHomeAssistant {
     discovery_prefix: Option<String>,
     node_id: Option<String>,
     device_name: Option<String>,
+    retain_states: Option<bool>,
+    diagnostics: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -294,6 +307,7 @@ enum Kind {
     Thermal,
     File,
     Command,
+    System,
 }
 
 /// One `[[sensor]]` table; which of the optional keys are required depends on `kind`.
@@ -329,6 +343,10 @@ struct RawSensor {
     command: Option<Vec<String>>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    metric: Option<String>,
+    interface: Option<String>,
+    /// How Home Assistant shows it (`[sensor.ha]`).
+    ha: Option<crate::homeassistant::EntityOptions>,
 }
 
 /// A config file is a few KiB; a bigger one is a mistaken path (a log, `/dev/zero`).
@@ -414,11 +432,20 @@ impl Config {
             return Err(in_table("", "", Rejected::new("stats_interval", m)));
         }
 
+        let procfs_root = raw.procfs_root.unwrap_or_else(|| PathBuf::from("/proc"));
+        let defaults = SensorDefaults {
+            procfs_root: &procfs_root,
+            retain: raw
+                .homeassistant
+                .as_ref()
+                .and_then(|ha| ha.retain_states)
+                .unwrap_or(false),
+        };
         let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
         for spanned in raw.sensors {
             let span = spanned.span();
-            let mut sensor =
-                validate_sensor(spanned.into_inner()).map_err(|m| at(span.clone(), m))?;
+            let mut sensor = validate_sensor(spanned.into_inner(), &defaults)
+                .map_err(|m| at(span.clone(), m))?;
             sensor.topic = topic_for(raw.topic_prefix.as_deref(), &sensor, &mqtt.client_id)
                 .map_err(|m| at(span.clone(), m))?;
             if sensors.iter().any(|s| s.name == sensor.name) {
@@ -451,12 +478,15 @@ impl Config {
                     .unwrap_or_else(|| "homeassistant".into()),
                 device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
                 node_id,
+                retain_states: ha.retain_states.unwrap_or(false),
+                diagnostics: ha.diagnostics.unwrap_or(true),
             }
         });
         Ok(Config {
             homeassistant,
             log_level,
             sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
+            procfs_root,
             stats_interval,
             mqtt,
             buffer,
@@ -641,7 +671,14 @@ fn validate_tls(raw: RawTls) -> Result<TlsConfig, Rejected> {
     Ok(TlsConfig { ca, client, rustls })
 }
 
-fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
+/// What a sensor takes from outside its own table.
+struct SensorDefaults<'a> {
+    procfs_root: &'a Path,
+    /// `[homeassistant] retain_states`.
+    retain: bool,
+}
+
+fn validate_sensor(raw: RawSensor, defaults: &SensorDefaults) -> Result<SensorConfig, String> {
     let name = raw.name.clone();
     let fail = |msg: String| format!("sensor {name:?}: {msg}");
     if raw.name.trim().is_empty() {
@@ -692,7 +729,9 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
     if raw.decimals.is_some_and(|d| d > 9) {
         return Err(fail("decimals must be between 0 and 9".into()));
     }
-    let source = source_spec(&raw).map_err(fail)?;
+    let source = source_spec(&raw, defaults.procfs_root).map_err(fail)?;
+    let ha = raw.ha.clone().unwrap_or_default();
+    ha.validate().map_err(fail)?;
     let policy = policy(&raw).map_err(fail)?;
     Ok(SensorConfig {
         name: raw.name,
@@ -700,7 +739,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
         interval: raw.interval,
         topic: raw.topic,
         qos: raw.qos.unwrap_or(Qos::AtLeastOnce),
-        retain: raw.retain.unwrap_or(false),
+        retain: raw.retain.unwrap_or(defaults.retain),
         decimals: raw.decimals,
         scale: raw.scale.unwrap_or(1.0),
         offset: raw.offset.unwrap_or(0.0),
@@ -709,6 +748,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, String> {
         unit: raw.unit,
         format: raw.format.unwrap_or(Format::Plain),
         policy,
+        ha,
     })
 }
 
@@ -742,9 +782,9 @@ fn policy(raw: &RawSensor) -> Result<Policy, String> {
 
 /// Builds the kind-specific part, refusing keys that belong to another kind: a `chip` on a
 /// ds18b20 is a mistake the user wants to hear about, not a silently ignored line.
-fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
+fn source_spec(raw: &RawSensor, procfs_root: &Path) -> Result<SourceSpec, String> {
     let kind = raw.kind;
-    let present: [(&str, bool); 8] = [
+    let present: [(&str, bool); 10] = [
         ("path", raw.path.is_some()),
         ("device", raw.device.is_some()),
         ("channel", raw.channel.is_some()),
@@ -753,6 +793,8 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
         ("zone", raw.zone.is_some()),
         ("command", raw.command.is_some()),
         ("timeout", raw.timeout.is_some()),
+        ("metric", raw.metric.is_some()),
+        ("interface", raw.interface.is_some()),
     ];
     let allowed: &[&str] = match kind {
         Kind::Ds18b20 => &["path", "device"],
@@ -761,6 +803,7 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
         Kind::Thermal => &["zone"],
         Kind::File => &["path"],
         Kind::Command => &["command", "timeout"],
+        Kind::System => &["metric", "path", "interface"],
     };
     let kind_name = format!("{kind:?}").to_lowercase();
     if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
@@ -816,6 +859,14 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, String> {
                 timeout: raw.timeout.unwrap_or(Duration::from_secs(10)),
             }
         }
+        Kind::System => SourceSpec::System {
+            metric: crate::sensor::system::Metric::parse(
+                &need("metric", &raw.metric)?,
+                raw.path.clone(),
+                raw.interface.clone(),
+            )?,
+            procfs_root: procfs_root.to_owned(),
+        },
     })
 }
 

@@ -54,6 +54,9 @@ enum Command {
         /// Where sysfs is mounted.
         #[arg(long, value_name = "PATH", default_value = "/sys")]
         sysfs_root: PathBuf,
+        /// Where procfs is mounted (for the `system` metrics).
+        #[arg(long, value_name = "PATH", default_value = "/proc")]
+        procfs_root: PathBuf,
     },
     /// Show the buffer: readings waiting, the oldest one and its age, size on disk.
     Buffer,
@@ -64,8 +67,11 @@ fn main() -> ExitCode {
     match cli.command {
         None => daemon(&cli.config),
         Some(Command::Check { quiet }) => check(&cli.config, quiet),
-        Some(Command::Sensors { sysfs_root }) => {
-            let found = block_on(discover::scan(&sysfs_root));
+        Some(Command::Sensors {
+            sysfs_root,
+            procfs_root,
+        }) => {
+            let found = block_on(discover::scan(&sysfs_root, &procfs_root));
             print!("{}", discover::render(&found, &sysfs_root));
             ExitCode::SUCCESS
         }

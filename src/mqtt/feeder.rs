@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
 use super::puback::{self, Verdict};
@@ -71,9 +72,11 @@ struct Feeder {
     reconnect_requested: bool,
     availability: Option<Availability>,
     discovery: watch::Receiver<Option<Discovery>>,
-    /// Retained QoS 1 messages that are not readings (birth, discovery), sent before the
-    /// backlog as the window allows.
-    control: VecDeque<(String, Vec<u8>)>,
+    /// QoS 1 messages that are not readings (birth, discovery, copies of the last states),
+    /// sent before the backlog as the window allows.
+    control: VecDeque<Control>,
+    /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
+    states: LastStates,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
 }
@@ -119,9 +122,13 @@ pub(super) async fn run(
         availability,
         discovery,
         control: VecDeque::new(),
+        states: LastStates::default(),
         subscribe_log: Throttle::default(),
         may_subscribe: subscribe,
     };
+    if let Some(d) = f.discovery.borrow().as_ref() {
+        f.states.watch(&d.state_topics);
+    }
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
     loop {
@@ -214,6 +221,7 @@ impl Feeder {
     fn fill(&mut self) -> bool {
         self.send_control();
         let mut wire = ToClient {
+            states: &mut self.states,
             client: &self.client,
             unsent: &mut self.unsent,
             max_age: self.settings.max_age,
@@ -242,7 +250,7 @@ impl Feeder {
                 // First on the new link, ahead of the backlog.
                 if let Some(a) = &self.availability {
                     self.control
-                        .push_back((a.topic.clone(), a.online.clone().into_bytes()));
+                        .push_back(Control::retained(&a.topic, a.online.as_bytes()));
                 }
                 let discovery = self.discovery.borrow_and_update().clone();
                 if let Some(d) = discovery {
@@ -274,6 +282,7 @@ impl Feeder {
                 // Everything unacknowledged is still in the outbox and is read again, in key
                 // order, after the next CONNACK, whatever `session_present` says.
                 self.window.down();
+                self.states.link_down();
                 self.reconnect_requested = false;
                 let _ = done.send(());
             }
@@ -285,23 +294,34 @@ impl Feeder {
     /// deletes nothing.
     fn send_control(&mut self) {
         while self.has_room() {
-            let Some((topic, payload)) = self.control.front() else {
+            let Some(c) = self.control.front() else {
                 return;
+            };
+            let props = match c.stamp {
+                None => Properties::default(),
+                Some(stamp) => match self.fate(stamp, now_ms()) {
+                    Fate::Send(props) => props,
+                    // A copy of a state older than `max_age`: not sent, like the reading.
+                    Fate::TooOld { .. } => {
+                        self.control.pop_front();
+                        continue;
+                    }
+                },
             };
             // Taken off the queue only once the client has it: a refused one is offered again.
             let accepted = self.client.try_publish(
-                topic.clone(),
+                c.topic.clone(),
                 QoS::AtLeastOnce,
-                true,
-                payload.clone(),
-                Properties::default(),
+                c.retain,
+                c.payload.clone(),
+                props,
             );
             if accepted.is_err() {
                 return;
             }
-            let (topic, _) = self.control.pop_front().expect("just looked at it");
+            let c = self.control.pop_front().expect("just looked at it");
             self.window
-                .track(None, Some(topic), Instant::now().into_std());
+                .track(None, Some(c.topic), Instant::now().into_std());
         }
     }
 
@@ -311,6 +331,7 @@ impl Feeder {
         match puback::verdict(code) {
             Verdict::Delivered => {
                 if let Some(key) = o.key {
+                    self.states.acked(key);
                     self.acked.push(key);
                     if self.window.delivered(key) {
                         self.retry_backoff.reset();
@@ -318,10 +339,16 @@ impl Feeder {
                 }
             }
             Verdict::Quarantine => {
+                if let Some(key) = o.key {
+                    self.states.refused(key);
+                }
                 let topic = self.topic_of(&o);
                 self.unsent.refused(o.key, &topic, code, reason)
             }
             Verdict::Retry => {
+                if let Some(key) = o.key {
+                    self.states.refused(key);
+                }
                 // One pause per episode: a whole window refused at once (quota exceeded) must
                 // not step the backoff once per publish.
                 let now = Instant::now().into_std();
@@ -369,10 +396,10 @@ impl Feeder {
         {
             return;
         }
-        if self
-            .client
-            .try_subscribe(&[&d.status_topic, &d.config_filter])
-        {
+        let filters: Vec<&String> = std::iter::once(&d.status_topic)
+            .chain(&d.config_filters)
+            .collect();
+        if self.client.try_subscribe(&filters) {
             self.window.subscribed();
         }
     }
@@ -381,7 +408,7 @@ impl Feeder {
         self.control.extend(
             d.announcements
                 .iter()
-                .map(|a| (a.topic.clone(), a.payload.clone())),
+                .map(|a| Control::retained(&a.topic, &a.payload)),
         );
     }
 
@@ -392,8 +419,15 @@ impl Feeder {
             return;
         };
         if topic == d.status_topic && payload == b"online" {
-            info!("Home Assistant is online: announcing the sensors");
+            let copies = self.states.to_resend();
+            info!(
+                states = copies.len(),
+                "Home Assistant is online: announcing the sensors and sending their last states"
+            );
             self.announce(&d);
+            // After the configs (Home Assistant subscribes to a state topic when it reads the
+            // config), before the backlog; see last_state.rs for which state and why.
+            self.control.extend(copies.into_iter().map(Control::copy));
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
             && !d.announcements.iter().any(|a| a.topic == topic)
@@ -402,7 +436,7 @@ impl Feeder {
                 topic,
                 "removing a Home Assistant entity that is no longer configured"
             );
-            self.control.push_back((topic.to_owned(), Vec::new()));
+            self.control.push_back(Control::retained(topic, b""));
         }
     }
 
@@ -410,6 +444,8 @@ impl Feeder {
     /// its retained config comes back on our subscription, as after a restart.
     fn discovery_changed(&mut self) {
         let new = self.discovery.borrow_and_update().clone();
+        self.states
+            .watch(new.as_ref().map_or(&[][..], |d| &d.state_topics));
         if !self.window.is_connected() {
             return; // everything is announced on the next CONNACK
         }
@@ -440,6 +476,13 @@ impl Feeder {
             plain: msg.plain,
             retain: msg.retain,
         };
+        let state = self.states.watches(&msg.topic).then(|| State {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            retain: msg.retain,
+            taken_ms: msg.taken_ms,
+            plain: msg.plain,
+        });
         let props = match self.fate(stamp, now_ms()) {
             Fate::Send(props) => props,
             Fate::TooOld { .. } => {
@@ -452,6 +495,9 @@ impl Feeder {
             .try_publish(msg.topic, QoS::AtMostOnce, msg.retain, msg.payload, props)
         {
             Ok(()) => {
+                if let Some(state) = state {
+                    self.states.sent_live(state);
+                }
                 self.window.live_handed();
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -478,6 +524,7 @@ impl Backlog for Outbox {
 /// The client as the window hands readings to it: a reading older than `max_age` is dropped
 /// here (collected in `unsent`), the rest get their properties and go to the request channel.
 struct ToClient<'a> {
+    states: &'a mut LastStates,
     client: &'a Client,
     unsent: &'a mut Unsent,
     max_age: Option<Duration>,
@@ -498,6 +545,13 @@ impl Wire<Record> for ToClient<'_> {
                 return Handed::Expired;
             }
         };
+        let state = self.states.watches(&record.topic).then(|| State {
+            topic: record.topic.clone(),
+            payload: record.payload.clone(),
+            retain: record.retain,
+            taken_ms: record.taken_ms,
+            plain: record.plain,
+        });
         match self.client.try_publish(
             record.topic,
             QoS::AtLeastOnce,
@@ -505,7 +559,12 @@ impl Wire<Record> for ToClient<'_> {
             record.payload,
             props,
         ) {
-            Ok(()) => Handed::Sent,
+            Ok(()) => {
+                if let Some(state) = state {
+                    self.states.handed(key, state);
+                }
+                Handed::Sent
+            }
             Err(e) => {
                 // Full (the window's accounting leaves room for it, so this should not
                 // happen) or closed (the connection task is gone). Either way the reading
@@ -513,6 +572,42 @@ impl Wire<Record> for ToClient<'_> {
                 debug!(error = %e, "publish request not accepted");
                 Handed::Refused
             }
+        }
+    }
+}
+
+/// A QoS 1 message that is not a reading: acked, it deletes nothing.
+#[derive(Debug)]
+struct Control {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    /// A copy of a reading: its `max_age` and MQTT 5 properties, as for the reading.
+    stamp: Option<Stamp>,
+}
+
+impl Control {
+    /// Birth, discovery configs and their removal: retained, no properties.
+    fn retained(topic: &str, payload: &[u8]) -> Control {
+        Control {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+            retain: true,
+            stamp: None,
+        }
+    }
+
+    /// A fresh copy of a state, published as the reading was (retained or not).
+    fn copy(s: State) -> Control {
+        Control {
+            stamp: Some(Stamp {
+                taken_ms: s.taken_ms,
+                plain: s.plain,
+                retain: s.retain,
+            }),
+            topic: s.topic,
+            payload: s.payload,
+            retain: s.retain,
         }
     }
 }

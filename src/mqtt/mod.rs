@@ -14,6 +14,7 @@ mod backoff;
 mod connection;
 mod describe;
 mod feeder;
+mod last_state;
 pub(crate) mod properties;
 mod protocol;
 mod puback;

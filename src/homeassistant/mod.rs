@@ -1,0 +1,455 @@
+//! Home Assistant MQTT discovery: one retained config message per sensor, one device per
+//! daemon, with the daemon's own figures as diagnostic entities.
+
+mod options;
+
+pub use options::{EntityOptions, expire_after_s, silence_bound};
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, Format, SensorConfig};
+use crate::sensor::{Source, SourceSpec};
+
+/// A retained discovery message: an empty payload removes the entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announcement {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the publisher needs to keep Home Assistant's view in step with the config.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Discovery {
+    /// Home Assistant says `online` here when it (re)starts: announce again.
+    pub status_topic: String,
+    /// Match every config topic of this daemon's node (to find stale entities): one per
+    /// component (`sensor`, `binary_sensor`).
+    pub config_filters: Vec<String>,
+    pub announcements: Vec<Announcement>,
+    /// The sensors' state topics: their last state is sent again when Home Assistant comes
+    /// online, after the announcements.
+    pub state_topics: Vec<String>,
+}
+
+impl Discovery {
+    /// The config topic's object id, if `topic` is one of this node's config topics.
+    pub fn object_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        self.config_filters.iter().find_map(|filter| {
+            let (prefix, suffix) = filter.split_once('+')?;
+            topic.strip_prefix(prefix)?.strip_suffix(suffix)
+        })
+    }
+}
+
+/// The Home Assistant platform an entity is announced as.
+#[derive(Clone, Copy, PartialEq)]
+enum Component {
+    Sensor,
+    BinarySensor,
+}
+
+impl Component {
+    fn as_str(self) -> &'static str {
+        match self {
+            Component::Sensor => "sensor",
+            Component::BinarySensor => "binary_sensor",
+        }
+    }
+}
+
+/// The discovery messages for `config`, or `None` without a `[homeassistant]` table.
+pub fn discovery(config: &Config) -> Option<Discovery> {
+    let ha = config.homeassistant.as_ref()?;
+    let node = |c: Component| format!("{}/{}/{}", ha.discovery_prefix, c.as_str(), ha.node_id);
+    let device = json!({
+        "identifiers": [ha.node_id],
+        "name": ha.device_name,
+        "manufacturer": "telemetryd",
+        "sw_version": env!("CARGO_PKG_VERSION"),
+    });
+    let mut entities: Vec<(Component, String, Value)> = config
+        .sensors
+        .iter()
+        .map(|s| {
+            let (component, entity) = entity(s, config);
+            (component, object_id(&s.name), entity)
+        })
+        .collect();
+    if ha.diagnostics
+        && let Some(stats) = &config.mqtt.stats_topic
+    {
+        entities.extend(diagnostics(stats, config.stats_interval));
+    }
+    let announcements = entities
+        .into_iter()
+        .map(|(component, object, mut entity)| {
+            entity["unique_id"] = json!(format!("{}_{object}", ha.node_id));
+            entity["device"] = device.clone();
+            if let Some(a) = &config.mqtt.availability {
+                entity["availability_topic"] = json!(a.topic);
+                entity["payload_available"] = json!(a.online);
+                entity["payload_not_available"] = json!(a.offline);
+            }
+            Announcement {
+                topic: format!("{}/{object}/config", node(component)),
+                payload: serde_json::to_vec(&entity).expect("JSON values serialize"),
+            }
+        })
+        .collect();
+    Some(Discovery {
+        status_topic: format!("{}/status", ha.discovery_prefix),
+        config_filters: [Component::Sensor, Component::BinarySensor]
+            .map(|c| format!("{}/+/config", node(c)))
+            .to_vec(),
+        announcements,
+        state_topics: config.sensors.iter().map(|s| s.topic.clone()).collect(),
+    })
+}
+
+fn entity(s: &SensorConfig, config: &Config) -> (Component, Value) {
+    let source = Source::new(s.source.clone(), &config.sysfs_root);
+    let unit = s.unit.clone().or_else(|| source.unit().map(str::to_owned));
+    let flag = matches!(&s.source, SourceSpec::System { metric, .. } if metric.is_flag());
+    let o = &s.ha;
+    let mut e = json!({
+        "name": o.name.as_deref().unwrap_or(&s.name),
+        "state_topic": s.topic,
+    });
+    let expire = match o.expire_after {
+        Some(d) => expire_after_s(Some(d)),
+        None => expire_after_s(silence_bound(s.interval, &s.policy)),
+    };
+    if let Some(secs) = expire {
+        e["expire_after"] = json!(secs);
+    }
+    let value = if s.format == Format::Json {
+        "value_json.value"
+    } else {
+        "value | float(0)"
+    };
+    let component = if flag {
+        // 1 or 0, whatever `decimals` makes of it ("1.0"): compared as a number.
+        e["value_template"] = json!(format!("{{{{ 'ON' if {value} > 0 else 'OFF' }}}}"));
+        Component::BinarySensor
+    } else {
+        match o.state_class.as_deref() {
+            Some("none") => {}
+            class => e["state_class"] = json!(class.unwrap_or("measurement")),
+        }
+        if let Some(unit) = &unit {
+            e["unit_of_measurement"] = json!(unit);
+        }
+        if let Some(p) = o.suggested_display_precision.or(s.decimals) {
+            e["suggested_display_precision"] = json!(p);
+        }
+        if s.format == Format::Json {
+            e["value_template"] = json!("{{ value_json.value }}");
+        }
+        Component::Sensor
+    };
+    let class = o
+        .device_class
+        .clone()
+        .or_else(|| device_class(&s.source, unit.as_deref()).map(str::to_owned));
+    if let Some(class) = class {
+        e["device_class"] = json!(class);
+    }
+    if let Some(icon) = &o.icon {
+        e["icon"] = json!(icon);
+    }
+    if let Some(category) = &o.entity_category {
+        e["entity_category"] = json!(category);
+    }
+    (component, e)
+}
+
+/// The daemon's own figures, read by Home Assistant from the retained stats JSON: readings
+/// waiting in the buffer, the age of the oldest, and whether the broker link is up.
+fn diagnostics(stats_topic: &str, every: std::time::Duration) -> Vec<(Component, String, Value)> {
+    let expire = expire_after_s(silence_bound(every, &Default::default()));
+    let entity = |name: &str, template: &str| {
+        let mut e = json!({
+            "name": name,
+            "state_topic": stats_topic,
+            "value_template": template,
+            "entity_category": "diagnostic",
+        });
+        if let Some(secs) = expire {
+            e["expire_after"] = json!(secs);
+        }
+        e
+    };
+    let mut buffered = entity("Buffered readings", "{{ value_json.buffered }}");
+    buffered["state_class"] = json!("measurement");
+    buffered["icon"] = json!("mdi:tray-full");
+    // null while nothing waits.
+    let mut age = entity(
+        "Oldest unsent reading",
+        "{{ value_json.oldest_unsent_age_s or 0 }}",
+    );
+    age["state_class"] = json!("measurement");
+    age["device_class"] = json!("duration");
+    age["unit_of_measurement"] = json!("s");
+    let mut connected = entity(
+        "Broker connection",
+        "{{ 'ON' if value_json.connected else 'OFF' }}",
+    );
+    connected["device_class"] = json!("connectivity");
+    vec![
+        (Component::Sensor, "telemetryd_buffered".into(), buffered),
+        (
+            Component::Sensor,
+            "telemetryd_oldest_unsent_age".into(),
+            age,
+        ),
+        (
+            Component::BinarySensor,
+            "telemetryd_connected".into(),
+            connected,
+        ),
+    ]
+}
+
+fn device_class(source: &SourceSpec, unit: Option<&str>) -> Option<&'static str> {
+    let humidity = match source {
+        SourceSpec::System { metric, .. } => return metric.device_class(),
+        SourceSpec::Iio { channel, .. } => channel.starts_with("humidity"),
+        SourceSpec::Hwmon { input, .. } => input.starts_with("humidity"),
+        _ => false,
+    };
+    match unit? {
+        "°C" => Some("temperature"),
+        "%" if humidity => Some("humidity"),
+        "hPa" => Some("atmospheric_pressure"),
+        "V" => Some("voltage"),
+        "A" => Some("current"),
+        "W" => Some("power"),
+        _ => None,
+    }
+}
+
+/// Discovery object ids allow `[a-zA-Z0-9_-]`.
+fn object_id(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[mqtt]
+client_id = "pi-garden"
+[homeassistant]
+[[sensor]]
+name = "outside"
+kind = "ds18b20"
+device = "28-0316a2795aff"
+interval = "30s"
+topic = "temperature/outside"
+[[sensor]]
+name = "bme280 humidity"
+kind = "iio"
+device = "bme280"
+channel = "humidityrelative"
+interval = "1m"
+topic = "garden/humidity"
+format = "json"
+"#;
+
+    #[test]
+    fn one_config_per_sensor_with_device_class_unit_and_availability() {
+        let config = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
+        let d = discovery(&config).unwrap();
+        assert_eq!(d.status_topic, "homeassistant/status");
+        assert_eq!(
+            d.announcements[0].topic,
+            "homeassistant/sensor/pi-garden/outside/config"
+        );
+        let outside: Value = serde_json::from_slice(&d.announcements[0].payload).unwrap();
+        assert_eq!(outside["unique_id"], "pi-garden_outside");
+        assert_eq!(outside["device_class"], "temperature");
+        assert_eq!(outside["unit_of_measurement"], "°C");
+        assert_eq!(outside["state_topic"], "temperature/outside");
+        assert_eq!(outside["expire_after"], 90);
+        assert_eq!(outside["availability_topic"], "telemetryd/pi-garden/status");
+        assert_eq!(outside["device"]["identifiers"][0], "pi-garden");
+        assert!(outside.get("value_template").is_none());
+        let humidity: Value = serde_json::from_slice(&d.announcements[1].payload).unwrap();
+        assert_eq!(
+            d.announcements[1].topic,
+            "homeassistant/sensor/pi-garden/bme280_humidity/config"
+        );
+        assert_eq!(humidity["device_class"], "humidity");
+        assert_eq!(humidity["value_template"], "{{ value_json.value }}");
+        assert_eq!(
+            d.object_of("homeassistant/sensor/pi-garden/old_one/config"),
+            Some("old_one")
+        );
+        assert_eq!(d.object_of("homeassistant/sensor/other-pi/x/config"), None);
+    }
+
+    /// The shipped example's two sensors: neither goes unavailable while it works (the old
+    /// rule gave `outside` 180 s against a 15-minute heartbeat, `cpu` 180 s against one
+    /// publish per 5 minutes).
+    #[test]
+    fn expire_after_follows_the_publishing_policy() {
+        let text = format!(
+            "{CONFIG}[[sensor]]\nname = \"steady\"\nkind = \"file\"\npath = \"/x\"\n\
+             interval = \"1m\"\ntopic = \"t/steady\"\ndeadband = 0.5\n"
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let d = discovery(&config).unwrap();
+        let entity =
+            |i: usize| -> Value { serde_json::from_slice(&d.announcements[i].payload).unwrap() };
+        assert_eq!(entity(0)["expire_after"], 90);
+        assert_eq!(entity(1)["expire_after"], 60 + 120);
+        assert!(
+            entity(2).get("expire_after").is_none(),
+            "a deadband without heartbeat never expires"
+        );
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/homeassistant.toml");
+        let config = Config::load(&shipped).unwrap();
+        let d = discovery(&config).unwrap();
+        let by_name = |name: &str| -> Value {
+            d.announcements
+                .iter()
+                .map(|a| serde_json::from_slice::<Value>(&a.payload).unwrap())
+                .find(|e| e["unique_id"] == format!("pi-garden_{name}"))
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        assert_eq!(by_name("outside")["expire_after"], (15 + 1 + 1 + 2) * 60);
+        assert_eq!(by_name("cpu")["expire_after"], 15 * 60);
+    }
+
+    #[test]
+    fn overrides_flags_and_diagnostics() {
+        let text = r#"
+[mqtt]
+client_id = "pi"
+[homeassistant]
+retain_states = true
+[[sensor]]
+name = "outside"
+kind = "ds18b20"
+device = "28-1"
+interval = "1m"
+topic = "t/outside"
+decimals = 1
+retain = false
+[sensor.ha]
+name = "Outside temperature"
+icon = "mdi:thermometer"
+suggested_display_precision = 2
+expire_after = "0s"
+[[sensor]]
+name = "power"
+kind = "system"
+metric = "under_voltage"
+interval = "1m"
+topic = "t/power"
+ha = { entity_category = "diagnostic" }
+[[sensor]]
+name = "wifi"
+kind = "system"
+metric = "wifi_signal"
+interval = "1m"
+topic = "t/wifi"
+format = "json"
+"#;
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        assert!(!config.sensors[0].retain, "an explicit retain = false wins");
+        assert!(
+            config.sensors[1].retain,
+            "retain_states makes the rest retained"
+        );
+        let d = discovery(&config).unwrap();
+        let topics: Vec<&str> = d.announcements.iter().map(|a| a.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            [
+                "homeassistant/sensor/pi/outside/config",
+                "homeassistant/binary_sensor/pi/power/config",
+                "homeassistant/sensor/pi/wifi/config",
+                "homeassistant/sensor/pi/telemetryd_buffered/config",
+                "homeassistant/sensor/pi/telemetryd_oldest_unsent_age/config",
+                "homeassistant/binary_sensor/pi/telemetryd_connected/config",
+            ]
+        );
+        let e =
+            |i: usize| -> Value { serde_json::from_slice(&d.announcements[i].payload).unwrap() };
+        let outside = e(0);
+        assert_eq!(outside["name"], "Outside temperature");
+        assert_eq!(outside["icon"], "mdi:thermometer");
+        assert_eq!(outside["suggested_display_precision"], 2);
+        assert!(
+            outside.get("expire_after").is_none(),
+            "\"0s\": never expires"
+        );
+        let power = e(1);
+        assert_eq!(power["device_class"], "problem");
+        assert_eq!(power["entity_category"], "diagnostic");
+        assert_eq!(
+            power["value_template"],
+            "{{ 'ON' if value | float(0) > 0 else 'OFF' }}"
+        );
+        assert!(power.get("unit_of_measurement").is_none() && power.get("state_class").is_none());
+        let wifi = e(2);
+        assert_eq!(wifi["device_class"], "signal_strength");
+        assert_eq!(wifi["unit_of_measurement"], "dBm");
+        assert_eq!(wifi["value_template"], "{{ value_json.value }}");
+        let buffered = e(3);
+        assert_eq!(buffered["state_topic"], "telemetryd/pi/stats");
+        assert_eq!(buffered["entity_category"], "diagnostic");
+        assert_eq!(buffered["unique_id"], "pi_telemetryd_buffered");
+        // stats every 5 minutes: 15 minutes.
+        assert_eq!(buffered["expire_after"], 900);
+        assert_eq!(e(5)["device_class"], "connectivity");
+        assert_eq!(d.state_topics, ["t/outside", "t/power", "t/wifi"]);
+        assert_eq!(
+            d.object_of("homeassistant/binary_sensor/pi/gone/config"),
+            Some("gone")
+        );
+        // No stats topic, or diagnostics off: no diagnostic entities.
+        for change in [
+            "[mqtt]\nstats_topic = \"\"",
+            "[homeassistant]\ndiagnostics = false",
+        ] {
+            let (table, key) = change.split_once('\n').unwrap();
+            let text = text.replacen(&format!("{table}\n"), &format!("{table}\n{key}\n"), 1);
+            let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+            assert_eq!(
+                discovery(&config).unwrap().announcements.len(),
+                3,
+                "{change}"
+            );
+        }
+        let bad = text.replace("icon = \"mdi:thermometer\"", "icon = \"thermometer\"");
+        let err = Config::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.toml:6:1: sensor \"outside\": ha.icon"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_table_no_discovery() {
+        let config = Config::parse(
+            &CONFIG.replace("[homeassistant]\n", ""),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(discovery(&config).is_none());
+    }
+}
