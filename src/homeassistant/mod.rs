@@ -26,9 +26,10 @@ pub struct Discovery {
     /// component (`sensor`, `binary_sensor`).
     pub config_filters: Vec<String>,
     pub announcements: Vec<Announcement>,
-    /// The sensors' state topics: their last state is sent again when Home Assistant comes
-    /// online, after the announcements.
-    pub state_topics: Vec<String>,
+    /// The sensors' state topics, with the `expire_after` announced for each: their last
+    /// state is sent again when Home Assistant comes online, after the announcements, and a
+    /// retained one expires on an MQTT 5 broker when Home Assistant would expire it.
+    pub state_topics: Vec<(String, Option<u64>)>,
 }
 
 impl Discovery {
@@ -102,7 +103,11 @@ pub fn discovery(config: &Config) -> Option<Discovery> {
             .map(|c| format!("{}/+/config", node(c)))
             .to_vec(),
         announcements,
-        state_topics: config.sensors.iter().map(|s| s.topic.clone()).collect(),
+        state_topics: config
+            .sensors
+            .iter()
+            .map(|s| (s.topic.clone(), expire_after(s)))
+            .collect(),
     })
 }
 
@@ -115,11 +120,7 @@ fn entity(s: &SensorConfig, config: &Config) -> (Component, Value) {
         "name": o.name.as_deref().unwrap_or(&s.name),
         "state_topic": s.topic,
     });
-    let expire = match o.expire_after {
-        Some(d) => expire_after_s(Some(d)),
-        None => expire_after_s(silence_bound(s.interval, &s.policy)),
-    };
-    if let Some(secs) = expire {
+    if let Some(secs) = expire_after(s) {
         e["expire_after"] = json!(secs);
     }
     let value = if s.format == Format::Json {
@@ -161,6 +162,14 @@ fn entity(s: &SensorConfig, config: &Config) -> (Component, Value) {
         e["entity_category"] = json!(category);
     }
     (component, e)
+}
+
+/// The `expire_after` announced for `s`, in seconds; `None`: it never expires.
+fn expire_after(s: &SensorConfig) -> Option<u64> {
+    match s.ha.expire_after {
+        Some(d) => expire_after_s(Some(d)),
+        None => expire_after_s(silence_bound(s.interval, &s.policy)),
+    }
 }
 
 /// The daemon's own figures, read by Home Assistant from the retained stats JSON: readings
@@ -414,7 +423,12 @@ format = "json"
         // stats every 5 minutes: 15 minutes.
         assert_eq!(buffered["expire_after"], 900);
         assert_eq!(e(5)["device_class"], "connectivity");
-        assert_eq!(d.state_topics, ["t/outside", "t/power", "t/wifi"]);
+        let topics = [
+            ("t/outside", None),
+            ("t/power", Some(180)),
+            ("t/wifi", Some(180)),
+        ];
+        assert_eq!(d.state_topics, topics.map(|(t, e)| (t.to_owned(), e)));
         assert_eq!(
             d.object_of("homeassistant/binary_sensor/pi/gone/config"),
             Some("gone")

@@ -50,6 +50,9 @@ pub(super) struct Settings {
     pub max_age: Option<Duration>,
     /// How many requests the client's channel holds.
     pub channel_capacity: usize,
+    /// `[mqtt] stats_topic`: with Home Assistant discovery, the figures also go out at each
+    /// connect and once the backlog is delivered, so its diagnostic entities are current.
+    pub stats_topic: Option<String>,
 }
 
 struct Feeder {
@@ -77,6 +80,8 @@ struct Feeder {
     control: VecDeque<Control>,
     /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
     states: LastStates,
+    /// A backlog was waiting at connect: send the figures again once it is delivered.
+    stats_after_backlog: bool,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
 }
@@ -123,6 +128,7 @@ pub(super) async fn run(
         discovery,
         control: VecDeque::new(),
         states: LastStates::default(),
+        stats_after_backlog: false,
         subscribe_log: Throttle::default(),
         may_subscribe: subscribe,
     };
@@ -256,6 +262,8 @@ impl Feeder {
                 if let Some(d) = discovery {
                     self.subscribe(&d);
                     self.announce(&d);
+                    self.queue_stats();
+                    self.stats_after_backlog = self.outbox.depth() > 0;
                 }
             }
             Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
@@ -427,7 +435,10 @@ impl Feeder {
             self.announce(&d);
             // After the configs (Home Assistant subscribes to a state topic when it reads the
             // config), before the backlog; see last_state.rs for which state and why.
-            self.control.extend(copies.into_iter().map(Control::copy));
+            for copy in copies {
+                let stale = self.states.stale_after(&copy.topic);
+                self.control.push_back(Control::copy(copy, stale));
+            }
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
             && !d.announcements.iter().any(|a| a.topic == topic)
@@ -464,6 +475,22 @@ impl Feeder {
             .published
             .fetch_add(self.acked.len() as u64, Ordering::Relaxed);
         self.acked.clear();
+        if self.stats_after_backlog && self.outbox.depth() == 0 {
+            self.stats_after_backlog = false;
+            self.queue_stats();
+        }
+    }
+
+    /// The self-metrics JSON, now, as a retained control message (the metrics task sends it
+    /// every `stats_interval` as QoS 0; a Home Assistant diagnostic entity would otherwise
+    /// show the figures from before an outage until the next one).
+    fn queue_stats(&mut self) {
+        let Some(topic) = &self.settings.stats_topic else {
+            return;
+        };
+        let snapshot = crate::metrics::Snapshot::take(&self.outbox, &self.stats);
+        let payload = serde_json::to_vec(&snapshot).expect("numbers and strings serialize");
+        self.control.push_back(Control::retained(topic, &payload));
     }
 
     fn publish_live(&mut self, msg: LiveMessage) {
@@ -475,6 +502,7 @@ impl Feeder {
             taken_ms: msg.taken_ms,
             plain: msg.plain,
             retain: msg.retain,
+            stale_after_s: self.states.stale_after(&msg.topic),
         };
         let state = self.states.watches(&msg.topic).then(|| State {
             topic: msg.topic.clone(),
@@ -537,6 +565,7 @@ impl Wire<Record> for ToClient<'_> {
             taken_ms: record.taken_ms,
             plain: record.plain,
             retain: record.retain,
+            stale_after_s: self.states.stale_after(&record.topic),
         };
         let props = match properties::fate(stamp, self.max_age, self.client.is_v5(), self.now_ms) {
             Fate::Send(props) => props,
@@ -598,12 +627,13 @@ impl Control {
     }
 
     /// A fresh copy of a state, published as the reading was (retained or not).
-    fn copy(s: State) -> Control {
+    fn copy(s: State, stale_after_s: Option<u64>) -> Control {
         Control {
             stamp: Some(Stamp {
                 taken_ms: s.taken_ms,
                 plain: s.plain,
                 retain: s.retain,
+                stale_after_s,
             }),
             topic: s.topic,
             payload: s.payload,

@@ -9,7 +9,7 @@
 //! acknowledged, is both. A reading handed to an earlier link but not acknowledged is back in
 //! the store and goes out again after the copy, so it never counts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// One state, as it went out.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +26,8 @@ const IN_FLIGHT_MAX: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct LastStates {
-    /// The sensors' state topics; nothing else is kept.
-    watched: HashSet<String>,
+    /// The sensors' state topics (nothing else is kept), with their `expire_after`.
+    watched: HashMap<String, Option<u64>>,
     /// Per topic, the newest state acknowledged (its key; QoS 0 ones have none and replace).
     delivered: HashMap<String, (Option<u64>, State)>,
     /// Handed to the current link, not yet acknowledged, by store key.
@@ -35,16 +35,22 @@ pub struct LastStates {
 }
 
 impl LastStates {
-    /// Keeps only `topics` (the configured sensors' topics after a reload).
-    pub fn watch(&mut self, topics: &[String]) {
+    /// Keeps only `topics` (the configured sensors' topics after a reload), each with the
+    /// `expire_after` Home Assistant was given for it.
+    pub fn watch(&mut self, topics: &[(String, Option<u64>)]) {
         self.watched = topics.iter().cloned().collect();
         let watched = &self.watched;
-        self.delivered.retain(|t, _| watched.contains(t));
-        self.in_flight.retain(|_, s| watched.contains(&s.topic));
+        self.delivered.retain(|t, _| watched.contains_key(t));
+        self.in_flight.retain(|_, s| watched.contains_key(&s.topic));
     }
 
     pub fn watches(&self, topic: &str) -> bool {
-        self.watched.contains(topic)
+        self.watched.contains_key(topic)
+    }
+
+    /// How long Home Assistant shows a state of `topic` before it expires, if it does.
+    pub fn stale_after(&self, topic: &str) -> Option<u64> {
+        self.watched.get(topic).copied().flatten()
     }
 
     /// The QoS 1 reading under `key` was handed to the client.
@@ -129,7 +135,9 @@ mod tests {
     #[test]
     fn unwatched_topics_are_never_kept_or_resent() {
         let mut l = LastStates::default();
-        l.watch(&["a".into()]);
+        l.watch(&[("a".into(), Some(90))]);
+        assert_eq!(l.stale_after("a"), Some(90));
+        assert_eq!(l.stale_after("b"), None);
         l.handed(1, st("b", 1));
         l.acked(1);
         l.sent_live(st("b", 2));
@@ -137,7 +145,7 @@ mod tests {
         l.handed(2, st("a", 2));
         l.acked(2);
         assert_eq!(l.to_resend(), vec![st("a", 2)]);
-        l.watch(&["b".into()]);
+        l.watch(&[("b".into(), None)]);
         assert!(l.to_resend().is_empty(), "a reload forgets removed sensors");
     }
 
@@ -177,7 +185,7 @@ mod tests {
         fn a_copy_never_runs_ahead_of_the_store_or_behind_the_wire(ops in proptest::collection::vec(op(), 1..200)) {
             let topics: Vec<String> = (0..3).map(|t| format!("t{t}")).collect();
             let mut l = LastStates::default();
-            l.watch(&topics);
+            l.watch(&topics.iter().map(|t| (t.clone(), None)).collect::<Vec<_>>());
             let mut key = 0u64;
             let mut store: BTreeMap<u64, String> = BTreeMap::new(); // unacknowledged
             let mut link: Vec<u64> = Vec::new(); // in flight, handed order

@@ -117,6 +117,7 @@ impl Publisher {
         let feeder_stop = stop.clone();
         let availability = cfg.availability.clone();
         let cfg_max_age = cfg.max_age;
+        let stats_topic = cfg.stats_topic.clone();
         let feeder = tokio::spawn(async move {
             // Even if the feeder panics, the connection task must stop, or shutdown would hang.
             let _stop_connection = link_done.drop_guard();
@@ -132,6 +133,7 @@ impl Publisher {
                 ack_timeout,
                 max_age: cfg_max_age,
                 channel_capacity: REQUEST_CHANNEL,
+                stats_topic,
             };
             feeder::run(client, outbox, channels, stats, settings, feeder_stop).await
         });

@@ -188,6 +188,15 @@ fn home_assistant_states_come_back_after_its_restart() {
     let buffered = json("sensor", "telemetryd_buffered");
     assert_eq!(buffered["entity_category"], "diagnostic");
     assert_eq!(buffered["state_topic"], format!("telemetryd/{node}/stats"));
+    // The diagnostic entities' figures at connect, not 5 minutes (stats_interval) later.
+    let stats_topic = format!("telemetryd/{node}/stats");
+    wait_until(DEADLINE, "the figures at connect", || {
+        !env.sub().payloads(&stats_topic).is_empty()
+    });
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.sub().payloads(&stats_topic)[0]).unwrap();
+    assert_eq!(stats["connected"], true);
+    assert!(stats["buffered"].is_u64(), "{stats}");
     assert_eq!(env.sub().payloads("garden/load"), ["0.42"]);
     assert_eq!(env.sub().payloads("garden/power"), ["1"]);
     assert_eq!(
@@ -225,6 +234,35 @@ fn home_assistant_states_come_back_after_its_restart() {
     env.daemon.signal(libc::SIGHUP);
     wait_until(DEADLINE, "the new soil reading retained", || {
         retained(&env, "garden/soil").as_deref() == Some("30.0")
+    });
+    env.daemon.stop_expect_success();
+}
+
+/// With `retain_states` on MQTT 5, a retained state expires on the broker when Home Assistant
+/// would expire it, so a Home Assistant that restarts later is not handed a stale value as
+/// current.
+#[test]
+fn retained_states_expire_on_an_mqtt5_broker() {
+    let mut env = Env::with_broker("retained_states_expire_on_an_mqtt5_broker");
+    let soil = env.path("soil");
+    fs::write(&soil, "21.5\n").unwrap();
+    let sensors = format!(
+        "[homeassistant]\nretain_states = true\n\
+         [[sensor]]\nname = \"soil\"\nkind = \"file\"\npath = {}\ninterval = \"1h\"\n\
+         topic = \"garden/soil\"\nha = {{ expire_after = \"3s\" }}\n",
+        toml_str(&soil.display().to_string())
+    );
+    let cfg = env.config("", &sensors).replace(
+        "keep_alive = \"5s\"\n",
+        "keep_alive = \"5s\"\nprotocol = 5\n",
+    );
+    env.write_config(&cfg);
+    env.daemon.start();
+    wait_until(DEADLINE, "the state retained", || {
+        retained(&env, "garden/soil").as_deref() == Some("21.5")
+    });
+    wait_until(DEADLINE, "the retained state gone once stale", || {
+        retained(&env, "garden/soil").is_none()
     });
     env.daemon.stop_expect_success();
 }
