@@ -482,6 +482,14 @@ impl Config {
                 diagnostics: ha.diagnostics.unwrap_or(true),
             }
         });
+        if homeassistant.is_none()
+            && let Some(s) = sensors.iter().find(|s| s.ha != Default::default())
+        {
+            warnings.push(format!(
+                "sensor {:?} has Home Assistant settings (`ha`) but there is no [homeassistant] table: they do nothing",
+                s.name
+            ));
+        }
         Ok(Config {
             homeassistant,
             log_level,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::control::Control;
 use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
@@ -601,43 +602,6 @@ impl Wire<Record> for ToClient<'_> {
                 debug!(error = %e, "publish request not accepted");
                 Handed::Refused
             }
-        }
-    }
-}
-
-/// A QoS 1 message that is not a reading: acked, it deletes nothing.
-#[derive(Debug)]
-struct Control {
-    topic: String,
-    payload: Vec<u8>,
-    retain: bool,
-    /// A copy of a reading: its `max_age` and MQTT 5 properties, as for the reading.
-    stamp: Option<Stamp>,
-}
-
-impl Control {
-    /// Birth, discovery configs and their removal: retained, no properties.
-    fn retained(topic: &str, payload: &[u8]) -> Control {
-        Control {
-            topic: topic.to_owned(),
-            payload: payload.to_vec(),
-            retain: true,
-            stamp: None,
-        }
-    }
-
-    /// A fresh copy of a state, published as the reading was (retained or not).
-    fn copy(s: State, stale_after_s: Option<u64>) -> Control {
-        Control {
-            stamp: Some(Stamp {
-                taken_ms: s.taken_ms,
-                plain: s.plain,
-                retain: s.retain,
-                stale_after_s,
-            }),
-            topic: s.topic,
-            payload: s.payload,
-            retain: s.retain,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod backoff;
 mod connection;
+mod control;
 mod describe;
 mod feeder;
 mod last_state;
