@@ -30,6 +30,9 @@ use crate::outbox::{Entry, Outbox, Record};
 /// is sent again; it doubles while the broker keeps refusing, up to the max.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Control messages waiting: the announcements, copies and removals of a few thousand sensors.
+/// Only a broker sending tens of thousands of stale discovery configs of our node reaches it.
+const CONTROL_MAX: usize = 10_000;
 
 /// A QoS 0 reading: published if connected, otherwise gone. Never stored.
 #[derive(Debug)]
@@ -85,6 +88,8 @@ struct Feeder {
     stats_after_backlog: bool,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
+    /// A full control queue is logged once in a while.
+    control_log: Throttle,
 }
 
 pub(super) struct Channels {
@@ -131,6 +136,7 @@ pub(super) async fn run(
         states: LastStates::default(),
         stats_after_backlog: false,
         subscribe_log: Throttle::default(),
+        control_log: Throttle::default(),
         may_subscribe: subscribe,
     };
     if let Some(d) = f.discovery.borrow().as_ref() {
@@ -256,8 +262,8 @@ impl Feeder {
                 self.control.clear();
                 // First on the new link, ahead of the backlog.
                 if let Some(a) = &self.availability {
-                    self.control
-                        .push_back(Control::retained(&a.topic, a.online.as_bytes()));
+                    let birth = Control::retained(&a.topic, a.online.as_bytes());
+                    self.queue(birth);
                 }
                 let discovery = self.discovery.borrow_and_update().clone();
                 if let Some(d) = discovery {
@@ -414,11 +420,23 @@ impl Feeder {
     }
 
     fn announce(&mut self, d: &Discovery) {
-        self.control.extend(
-            d.announcements
-                .iter()
-                .map(|a| Control::retained(&a.topic, &a.payload)),
-        );
+        for a in &d.announcements {
+            self.queue(Control::retained(&a.topic, &a.payload));
+        }
+    }
+
+    /// Queues a control message. One waiting for the same topic is dropped (the newer one says
+    /// what is current), so repeated `online` messages cannot grow the queue: it holds at most
+    /// one message per topic, and never more than [`CONTROL_MAX`].
+    fn queue(&mut self, c: Control) {
+        self.control.retain(|q| q.topic != c.topic);
+        if self.control.len() >= CONTROL_MAX {
+            if self.control_log.admit("full").is_some() {
+                warn!(topic = %c.topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
+            }
+            return;
+        }
+        self.control.push_back(c);
     }
 
     /// Home Assistant came (back) online: announce again. A retained config of ours for a
@@ -438,7 +456,7 @@ impl Feeder {
             // config), before the backlog; see last_state.rs for which state and why.
             for copy in copies {
                 let stale = self.states.stale_after(&copy.topic);
-                self.control.push_back(Control::copy(copy, stale));
+                self.queue(Control::copy(copy, stale));
             }
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
@@ -448,7 +466,7 @@ impl Feeder {
                 topic,
                 "removing a Home Assistant entity that is no longer configured"
             );
-            self.control.push_back(Control::retained(topic, b""));
+            self.queue(Control::retained(topic, b""));
         }
     }
 
@@ -491,7 +509,8 @@ impl Feeder {
         };
         let snapshot = crate::metrics::Snapshot::take(&self.outbox, &self.stats);
         let payload = serde_json::to_vec(&snapshot).expect("numbers and strings serialize");
-        self.control.push_back(Control::retained(topic, &payload));
+        let stats = Control::retained(topic, &payload);
+        self.queue(stats);
     }
 
     fn publish_live(&mut self, msg: LiveMessage) {
