@@ -2,7 +2,7 @@
 //! the Pi's under-voltage and throttling flags, Wi-Fi signal) read from procfs and sysfs.
 
 mod metric;
-mod parse;
+pub(crate) mod parse;
 
 pub use metric::{METRICS, Metric};
 
