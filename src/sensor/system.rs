@@ -81,7 +81,14 @@ impl System {
                 parse::loadavg(&text, 0).map_err(|m| bad(&path, m))
             }
             Metric::WifiSignal { interface } => {
-                let (path, text) = proc("net/wireless")?;
+                let (path, text) = proc("net/wireless").map_err(|e| {
+                    if e.cause() == Cause::NotFound {
+                        // The file exists once a wireless driver is loaded.
+                        ReadError::new(Cause::NotFound, format!("{e} (no Wi-Fi on this machine?)"))
+                    } else {
+                        e
+                    }
+                })?;
                 parse::wireless_level(&text, interface.as_deref()).map_err(|m| {
                     ReadError::new(Cause::NotFound, format!("{}: {m}", path.display()))
                 })

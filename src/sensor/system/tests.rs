@@ -23,17 +23,24 @@ async fn reads_procfs_figures() {
         "MemTotal:        4000000 kB\nMemFree:  1 kB\nMemAvailable:    1024000 kB\n",
     );
     put(r, "proc/uptime", "12345.67 40000.00\n");
-    put(
-        r,
-        "proc/net/wireless",
-        "Inter-| sta-|   Quality\n face | tus | link level noise\n  wlan0: 0000   56.  -54.  -256  0 0 0 0 0 0\n",
-    );
     assert_eq!(read("load1", r).await, Ok(0.42));
     assert_eq!(read("load5", r).await, Ok(0.35));
     assert_eq!(read("load15", r).await, Ok(0.30));
     assert_eq!(read("memory_available", r).await, Ok(1000.0));
     assert_eq!(read("memory_used", r).await, Ok(74.4));
     assert_eq!(read("uptime", r).await, Ok(12345.67));
+    let err = read("wifi_signal", r).await.unwrap_err();
+    assert_eq!(err.cause(), Cause::NotFound);
+    assert!(
+        err.to_string()
+            .ends_with("no such file (no Wi-Fi on this machine?)"),
+        "{err}"
+    );
+    put(
+        r,
+        "proc/net/wireless",
+        "Inter-| sta-|   Quality\n face | tus | link level noise\n  wlan0: 0000   56.  -54.  -256  0 0 0 0 0 0\n",
+    );
     assert_eq!(read("wifi_signal", r).await, Ok(-54.0));
     let m = Metric::parse("wifi_signal", None, Some("wlan1".into())).unwrap();
     let err = System::new(m, &r.join("proc"), &r.join("sys"))
