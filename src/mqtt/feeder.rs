@@ -84,8 +84,9 @@ struct Feeder {
     control: VecDeque<Control>,
     /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
     states: LastStates,
-    /// A backlog was waiting at connect: send the figures again once it is delivered.
-    stats_after_backlog: bool,
+    /// A backlog was waiting at connect (at this time, ms since the epoch): send the figures
+    /// again once everything taken before then is delivered, looked at at most once a second.
+    stats_after_backlog: Option<(u64, Instant)>,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
     /// A full control queue is logged once in a while.
@@ -134,7 +135,7 @@ pub(super) async fn run(
         discovery,
         control: VecDeque::new(),
         states: LastStates::default(),
-        stats_after_backlog: false,
+        stats_after_backlog: None,
         subscribe_log: Throttle::default(),
         control_log: Throttle::default(),
         may_subscribe: subscribe,
@@ -270,7 +271,8 @@ impl Feeder {
                     self.subscribe(&d);
                     self.announce(&d);
                     self.queue_stats();
-                    self.stats_after_backlog = self.outbox.depth() > 0;
+                    self.stats_after_backlog =
+                        (self.outbox.depth() > 0).then(|| (now_ms(), Instant::now()));
                 }
             }
             Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
@@ -494,9 +496,21 @@ impl Feeder {
             .published
             .fetch_add(self.acked.len() as u64, Ordering::Relaxed);
         self.acked.clear();
-        if self.stats_after_backlog && self.outbox.depth() == 0 {
-            self.stats_after_backlog = false;
-            self.queue_stats();
+        if let Some((connected_ms, looked)) = self.stats_after_backlog {
+            // Sensors keep adding readings, so the depth need not reach 0: the backlog is
+            // delivered once the oldest reading waiting is younger than the connect.
+            let delivered = self.outbox.depth() == 0
+                || (looked.elapsed() >= Duration::from_secs(1)
+                    && self
+                        .outbox
+                        .oldest_taken_ms()
+                        .is_none_or(|t| t > connected_ms));
+            if delivered {
+                self.stats_after_backlog = None;
+                self.queue_stats();
+            } else if looked.elapsed() >= Duration::from_secs(1) {
+                self.stats_after_backlog = Some((connected_ms, Instant::now()));
+            }
         }
     }
 

@@ -266,3 +266,49 @@ fn retained_states_expire_on_an_mqtt5_broker() {
     });
     env.daemon.stop_expect_success();
 }
+
+/// The diagnostic entities after an outage: the figures go out at the reconnect (the backlog
+/// waiting) and once it is delivered (while a sensor keeps adding readings, so the buffer is
+/// never empty), not only every `stats_interval` (5 minutes here).
+#[test]
+fn diagnostics_follow_a_backlog_after_an_outage() {
+    let mut env = Env::with_broker("diagnostics_follow_a_backlog_after_an_outage");
+    let stats_topic = "telemetryd/td-diagnostics_follow_a_backlog_after_an_outage/stats";
+    let counter = Counter::new(env.dir(), "counter");
+    let sensors = format!(
+        "[homeassistant]\n{}",
+        counter.sensor_toml("counter", "test/counter", "100ms", 1)
+    );
+    env.write_config(&env.config("", &sensors));
+    env.daemon.start();
+    let buffered = |env: &Env| -> Vec<u64> {
+        env.sub()
+            .payloads(stats_topic)
+            .iter()
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_str(p).unwrap();
+                v["buffered"].as_u64().unwrap()
+            })
+            .collect()
+    };
+    wait_until(DEADLINE, "the figures at the first connect", || {
+        buffered(&env).len() == 1
+    });
+
+    env.broker().stop();
+    let at_stop = counter.value();
+    counter.wait_value_at_least(at_stop + 30, "30 readings taken while the broker is down");
+    env.broker().restart();
+    // The subscriber also gets the retained figures again when it resubscribes after the
+    // restart: look for the backlog, then its delivery.
+    wait_until(
+        DEADLINE,
+        "the figures at the reconnect and after the backlog",
+        || {
+            let figures = buffered(&env);
+            let backlog = figures.iter().position(|b| *b >= 30);
+            backlog.is_some_and(|i| figures[i + 1..].iter().any(|b| *b < 30))
+        },
+    );
+    env.daemon.stop_expect_success();
+}
