@@ -60,6 +60,8 @@ const MAX_RECONNECT_MAX: Duration = Duration::from_secs(600);
 pub struct Config {
     pub log_level: String,
     pub sysfs_root: PathBuf,
+    /// Where procfs lives, for `system` sensors (tests point it at a fake tree).
+    pub procfs_root: PathBuf,
     pub stats_interval: Duration,
     pub mqtt: MqttConfig,
     pub buffer: BufferConfig,
@@ -126,6 +128,12 @@ pub struct HomeAssistant {
     pub node_id: String,
     /// The device name shown in Home Assistant.
     pub device_name: String,
+    /// Sensors publish retained unless they say `retain = false`: Home Assistant shows the
+    /// last value at once after a restart of its own or of the broker.
+    pub retain_states: bool,
+    /// The daemon's own figures (buffered readings, oldest unsent age, connected) as
+    /// diagnostic entities, read from the stats topic.
+    pub diagnostics: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +208,8 @@ pub struct SensorConfig {
     pub unit: Option<String>,
     pub format: Format,
     pub policy: Policy,
+    /// How Home Assistant shows it (`[sensor.ha]`), with discovery on.
+    pub ha: crate::homeassistant::EntityOptions,
 }
 
 /// QoS 2 is deliberately absent: the outbox gives at-least-once, and `seq` lets consumers dedupe.
@@ -280,6 +290,7 @@ fn bad<T>(at: Range<usize>, msg: impl Into<String>) -> Result<T, Bad> {
 struct RawConfig {
     log_level: Option<Level>,
     sysfs_root: Option<PathBuf>,
+    procfs_root: Option<PathBuf>,
     topic_prefix: Option<At<String>>,
     stats_interval: Option<At<Dur>>,
     #[serde(default)]
@@ -328,6 +339,8 @@ struct RawHomeAssistant {
     discovery_prefix: Option<String>,
     node_id: Option<String>,
     device_name: Option<String>,
+    retain_states: Option<bool>,
+    diagnostics: Option<bool>,
 }
 
 /// The most readings the buffer may be told to hold: about 28 GB at 280 bytes each.
@@ -350,6 +363,7 @@ enum Kind {
     Thermal,
     File,
     Command,
+    System,
 }
 
 /// One `[[sensor]]` table; which of the optional keys are required depends on `kind`.
@@ -382,6 +396,10 @@ struct RawSensor {
     zone: Option<At<String>>,
     command: Option<At<Argv>>,
     timeout: Option<At<Dur>>,
+    metric: Option<At<String>>,
+    interface: Option<At<String>>,
+    /// How Home Assistant shows it (`[sensor.ha]`).
+    ha: Option<At<crate::homeassistant::EntityOptions>>,
 }
 
 /// A config file is a few KiB; a bigger one is a mistaken path (a log, `/dev/zero`).
@@ -511,12 +529,21 @@ fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
         None => None,
     };
 
+    let procfs_root = raw.procfs_root.unwrap_or_else(|| PathBuf::from("/proc"));
+    let defaults = SensorDefaults {
+        procfs_root: &procfs_root,
+        retain: raw
+            .homeassistant
+            .as_ref()
+            .and_then(|ha| ha.retain_states)
+            .unwrap_or(false),
+    };
     let mut sensors: Vec<SensorConfig> = Vec::with_capacity(raw.sensors.len());
     for spanned in raw.sensors {
         let raw = spanned.into_inner();
         let name_at = raw.name.span();
         let topic_at = raw.topic.span();
-        let mut sensor = validate_sensor(raw)?;
+        let mut sensor = validate_sensor(raw, &defaults)?;
         sensor.topic = topic_for(prefix.as_deref(), &sensor, &mqtt.client_id)
             .map_err(|m| (topic_at, format!("sensor {:?}: {m}", sensor.name)))?;
         if sensors.iter().any(|s| s.name == sensor.name) {
@@ -554,12 +581,23 @@ fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
                 .unwrap_or_else(|| "homeassistant".into()),
             device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
             node_id,
+            retain_states: ha.retain_states.unwrap_or(false),
+            diagnostics: ha.diagnostics.unwrap_or(true),
         }
     });
+    if homeassistant.is_none()
+        && let Some(s) = sensors.iter().find(|s| s.ha != Default::default())
+    {
+        warnings.push(format!(
+            "sensor {:?} has Home Assistant settings (`ha`) but there is no [homeassistant] table: they do nothing",
+            s.name
+        ));
+    }
     Ok(Some(Config {
         homeassistant,
         log_level,
         sysfs_root: raw.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
+        procfs_root,
         stats_interval,
         mqtt,
         buffer,
@@ -827,7 +865,14 @@ fn validate_tls(raw: At<RawTls>) -> Result<TlsConfig, Bad> {
     Ok(TlsConfig { ca, client, rustls })
 }
 
-fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, Bad> {
+/// What a sensor takes from outside its own table.
+struct SensorDefaults<'a> {
+    procfs_root: &'a Path,
+    /// `[homeassistant] retain_states`.
+    retain: bool,
+}
+
+fn validate_sensor(raw: RawSensor, defaults: &SensorDefaults) -> Result<SensorConfig, Bad> {
     let name = raw.name.get_ref().clone();
     let fail = |at: Range<usize>, msg: String| (at, format!("sensor {name:?}: {msg}"));
     if name.trim().is_empty() {
@@ -869,7 +914,14 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, Bad> {
             format!("min ({lo}) is greater than max ({hi})"),
         ));
     }
-    let source = source_spec(&raw).map_err(|(at, m)| fail(at, m))?;
+    let source = source_spec(&raw, defaults.procfs_root).map_err(|(at, m)| fail(at, m))?;
+    let ha = match &raw.ha {
+        Some(h) => {
+            h.get_ref().validate().map_err(|m| fail(h.span(), m))?;
+            h.get_ref().clone()
+        }
+        None => Default::default(),
+    };
     let policy = policy(&raw, interval).map_err(|(at, m)| fail(at, m))?;
     Ok(SensorConfig {
         name,
@@ -877,7 +929,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, Bad> {
         interval,
         topic: raw.topic.into_inner(),
         qos: raw.qos.unwrap_or(Qos::AtLeastOnce),
-        retain: raw.retain.unwrap_or(false),
+        retain: raw.retain.unwrap_or(defaults.retain),
         decimals: raw.decimals.map(|d| d.0 as u8),
         scale: raw.scale.map_or(1.0, |n| n.0),
         offset: raw.offset.map_or(0.0, |n| n.0),
@@ -886,6 +938,7 @@ fn validate_sensor(raw: RawSensor) -> Result<SensorConfig, Bad> {
         unit: raw.unit.map(At::into_inner),
         format: raw.format.unwrap_or(Format::Plain),
         policy,
+        ha,
     })
 }
 
@@ -919,9 +972,9 @@ fn policy(raw: &RawSensor, interval: Duration) -> Result<Policy, Bad> {
 
 /// Builds the kind-specific part, refusing keys that belong to another kind: a `chip` on a
 /// ds18b20 is a mistake the user wants to hear about, not a silently ignored line.
-fn source_spec(raw: &RawSensor) -> Result<SourceSpec, Bad> {
+fn source_spec(raw: &RawSensor, procfs_root: &Path) -> Result<SourceSpec, Bad> {
     let kind = *raw.kind.get_ref();
-    let present: [(&str, Option<Range<usize>>); 8] = [
+    let present: [(&str, Option<Range<usize>>); 10] = [
         ("path", raw.path.as_ref().map(At::span)),
         ("device", raw.device.as_ref().map(At::span)),
         ("channel", raw.channel.as_ref().map(At::span)),
@@ -930,6 +983,8 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, Bad> {
         ("zone", raw.zone.as_ref().map(At::span)),
         ("command", raw.command.as_ref().map(At::span)),
         ("timeout", raw.timeout.as_ref().map(At::span)),
+        ("metric", raw.metric.as_ref().map(At::span)),
+        ("interface", raw.interface.as_ref().map(At::span)),
     ];
     let allowed: &[&str] = match kind {
         Kind::Ds18b20 => &["path", "device"],
@@ -938,6 +993,7 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, Bad> {
         Kind::Thermal => &["zone"],
         Kind::File => &["path"],
         Kind::Command => &["command", "timeout"],
+        Kind::System => &["metric", "path", "interface"],
     };
     let kind_name = format!("{kind:?}").to_lowercase();
     if let Some((key, Some(at))) = present
@@ -1009,6 +1065,18 @@ fn source_spec(raw: &RawSensor) -> Result<SourceSpec, Bad> {
                 None => Duration::from_secs(10),
             };
             SourceSpec::Command { argv, timeout }
+        }
+        Kind::System => {
+            let metric_at = raw.metric.as_ref().map_or(kind_at.clone(), At::span);
+            SourceSpec::System {
+                metric: crate::sensor::system::Metric::parse(
+                    &need("metric", &raw.metric)?,
+                    raw.path.as_ref().map(|p| p.get_ref().clone()),
+                    raw.interface.as_ref().map(|i| i.get_ref().clone()),
+                )
+                .map_err(|m| (metric_at, m))?,
+                procfs_root: procfs_root.to_owned(),
+            }
         }
     })
 }
@@ -1813,7 +1881,7 @@ decimals = 1
 
         let err = parse(&SEED.replace("[mqtt]", "[mqtt]\nservers = [\"a\"]")).unwrap_err();
         assert!(
-            err.contains("t.toml:3:1: [mqtt] servers") && err.contains("both set"),
+            err.contains("t.toml:3:11: [mqtt] servers") && err.contains("both set"),
             "{err}"
         );
         for (bad, says) in [
@@ -1829,7 +1897,10 @@ decimals = 1
             );
         }
         let err = with("host = \"a\"\nreconnect_max = \"0s\"").unwrap_err();
-        assert!(err.contains("reconnect_max must be between"), "{err}");
+        assert!(
+            err.contains("[mqtt] reconnect_max 0s is too short: the minimum is 1s"),
+            "{err}"
+        );
         let m = with("host = \"a\"\nreconnect_max = \"1m\"").unwrap();
         assert_eq!(m.reconnect_max, Duration::from_secs(60));
     }

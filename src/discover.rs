@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::payload::format_value;
+use crate::sensor::system::{METRICS, Metric};
 use crate::sensor::{Source, SourceSpec};
 
 /// 1-Wire families read by the kernel's w1_therm driver.
@@ -25,8 +26,8 @@ pub struct Found {
 }
 
 /// Looks for 1-Wire thermometers, IIO channels, hwmon inputs and thermal zones, and reads
-/// each once (all at the same time).
-pub async fn scan(root: &Path) -> Vec<Found> {
+/// each once (all at the same time); then the `system` metrics that read on this machine.
+pub async fn scan(root: &Path, procfs_root: &Path) -> Vec<Found> {
     let mut specs: Vec<(String, String, SourceSpec)> = Vec::new();
     for dir in entries(&root.join("bus/w1/devices")) {
         let id = file_name(&dir);
@@ -96,6 +97,19 @@ pub async fn scan(root: &Path) -> Vec<Found> {
         let what = format!("thermal zone {zone} ({})", file_name(&dir));
         specs.push((zone.clone(), what, SourceSpec::Thermal { zone }));
     }
+    let hardware = specs.len();
+    for name in METRICS {
+        let metric = Metric::parse(name, None, None).expect("a known metric");
+        let what = match &metric {
+            Metric::DiskUsed { path } => format!("system: disk used on {}", path.display()),
+            m => format!("system: {}", m.name().replace('_', " ")),
+        };
+        let spec = SourceSpec::System {
+            metric,
+            procfs_root: procfs_root.to_owned(),
+        };
+        specs.push(((*name).to_owned(), what, spec));
+    }
 
     let mut used = HashSet::new();
     let mut set = JoinSet::new();
@@ -121,7 +135,12 @@ pub async fn scan(root: &Path) -> Vec<Found> {
     }
     let mut found = set.join_all().await;
     found.sort_by_key(|(i, _)| *i);
-    found.into_iter().map(|(_, f)| f).collect()
+    // A system metric this machine does not have (no Wi-Fi, not a Pi) is left out.
+    found
+        .into_iter()
+        .filter(|(i, f)| *i < hardware || f.value.is_ok())
+        .map(|(_, f)| f)
+        .collect()
 }
 
 /// The blocks, or a note saying nothing was found and where it looked.
@@ -163,12 +182,25 @@ pub fn render(found: &[Found], root: &Path) -> String {
                 format!("kind = \"hwmon\"\nchip = \"{chip}\"\ninput = \"{input}\"\n")
             }
             SourceSpec::Thermal { zone } => format!("kind = \"thermal\"\nzone = \"{zone}\"\n"),
+            SourceSpec::System { metric, .. } => {
+                let path = match metric {
+                    Metric::DiskUsed { path } => format!("path = \"{}\"\n", path.display()),
+                    _ => String::new(),
+                };
+                format!("kind = \"system\"\nmetric = \"{}\"\n{path}", metric.name())
+            }
             SourceSpec::File { .. } | SourceSpec::Command { .. } => {
                 unreachable!("never discovered")
             }
         });
+        // Health figures change slowly; a flag is 0 or 1.
+        let (interval, decimals) = match &f.spec {
+            SourceSpec::System { metric, .. } if metric.is_flag() => ("1m", 0),
+            SourceSpec::System { .. } => ("1m", 1),
+            _ => ("30s", 1),
+        };
         out.push_str(&format!(
-            "interval = \"30s\"\ntopic = \"sensors/{}\"\ndecimals = 1\n\n",
+            "interval = \"{interval}\"\ntopic = \"sensors/{}\"\ndecimals = {decimals}\n\n",
             f.name
         ));
     }

@@ -76,3 +76,6 @@ pub fn check_payload(sensor: &SensorConfig, payload: &[u8]) {
         }
     }
 }
+
+/// The `system` kind's procfs/sysfs parsers, as the daemon runs them on outside text.
+pub use crate::sensor::system::parse::{loadavg, meminfo, throttled, wireless_level as wireless};

@@ -65,6 +65,9 @@ enum Command {
         /// Where sysfs is mounted.
         #[arg(long, value_name = "PATH", default_value = "/sys")]
         sysfs_root: PathBuf,
+        /// Where procfs is mounted (for the `system` metrics).
+        #[arg(long, value_name = "PATH", default_value = "/proc")]
+        procfs_root: PathBuf,
     },
     /// Show the buffer: readings waiting, the oldest one and its age, size on disk.
     Buffer,
@@ -79,8 +82,11 @@ fn main() -> ExitCode {
             no_broker,
             unit,
         }) => check(&cli.config, quiet, no_broker, unit.as_deref()),
-        Some(Command::Sensors { sysfs_root }) => {
-            let found = block_on(discover::scan(&sysfs_root));
+        Some(Command::Sensors {
+            sysfs_root,
+            procfs_root,
+        }) => {
+            let found = block_on(discover::scan(&sysfs_root, &procfs_root));
             print!("{}", discover::render(&found, &sysfs_root));
             ExitCode::SUCCESS
         }

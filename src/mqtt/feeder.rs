@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::control::Control;
+use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
 use super::puback::{self, Verdict};
@@ -28,6 +30,9 @@ use crate::outbox::{Entry, Outbox, Record};
 /// is sent again; it doubles while the broker keeps refusing, up to the max.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Control messages waiting: the announcements, copies and removals of a few thousand sensors.
+/// Only a broker sending tens of thousands of stale discovery configs of our node reaches it.
+const CONTROL_MAX: usize = 10_000;
 
 /// A QoS 0 reading: published if connected, otherwise gone. Never stored.
 #[derive(Debug)]
@@ -49,6 +54,9 @@ pub(super) struct Settings {
     pub max_age: Option<Duration>,
     /// How many requests the client's channel holds.
     pub channel_capacity: usize,
+    /// `[mqtt] stats_topic`: with Home Assistant discovery, the figures also go out at each
+    /// connect and once the backlog is delivered, so its diagnostic entities are current.
+    pub stats_topic: Option<String>,
 }
 
 struct Feeder {
@@ -71,11 +79,18 @@ struct Feeder {
     reconnect_requested: bool,
     availability: Option<Availability>,
     discovery: watch::Receiver<Option<Discovery>>,
-    /// Retained QoS 1 messages that are not readings (birth, discovery), sent before the
-    /// backlog as the window allows.
-    control: VecDeque<(String, Vec<u8>)>,
+    /// QoS 1 messages that are not readings (birth, discovery, copies of the last states),
+    /// sent before the backlog as the window allows.
+    control: VecDeque<Control>,
+    /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
+    states: LastStates,
+    /// A backlog was waiting at connect (at this time, ms since the epoch): send the figures
+    /// again once everything taken before then is delivered, looked at at most once a second.
+    stats_after_backlog: Option<(u64, Instant)>,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
+    /// A full control queue is logged once in a while.
+    control_log: Throttle,
 }
 
 pub(super) struct Channels {
@@ -119,9 +134,15 @@ pub(super) async fn run(
         availability,
         discovery,
         control: VecDeque::new(),
+        states: LastStates::default(),
+        stats_after_backlog: None,
         subscribe_log: Throttle::default(),
+        control_log: Throttle::default(),
         may_subscribe: subscribe,
     };
+    if let Some(d) = f.discovery.borrow().as_ref() {
+        f.states.watch(&d.state_topics);
+    }
     let mut grace_end: Option<Instant> = None;
     let mut live_open = true;
     loop {
@@ -214,6 +235,7 @@ impl Feeder {
     fn fill(&mut self) -> bool {
         self.send_control();
         let mut wire = ToClient {
+            states: &mut self.states,
             client: &self.client,
             unsent: &mut self.unsent,
             max_age: self.settings.max_age,
@@ -241,13 +263,16 @@ impl Feeder {
                 self.control.clear();
                 // First on the new link, ahead of the backlog.
                 if let Some(a) = &self.availability {
-                    self.control
-                        .push_back((a.topic.clone(), a.online.clone().into_bytes()));
+                    let birth = Control::retained(&a.topic, a.online.as_bytes());
+                    self.queue(birth);
                 }
                 let discovery = self.discovery.borrow_and_update().clone();
                 if let Some(d) = discovery {
                     self.subscribe(&d);
                     self.announce(&d);
+                    self.queue_stats();
+                    self.stats_after_backlog =
+                        (self.outbox.depth() > 0).then(|| (now_ms(), Instant::now()));
                 }
             }
             Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
@@ -274,6 +299,7 @@ impl Feeder {
                 // Everything unacknowledged is still in the outbox and is read again, in key
                 // order, after the next CONNACK, whatever `session_present` says.
                 self.window.down();
+                self.states.link_down();
                 self.reconnect_requested = false;
                 let _ = done.send(());
             }
@@ -285,23 +311,34 @@ impl Feeder {
     /// deletes nothing.
     fn send_control(&mut self) {
         while self.has_room() {
-            let Some((topic, payload)) = self.control.front() else {
+            let Some(c) = self.control.front() else {
                 return;
+            };
+            let props = match c.stamp {
+                None => Properties::default(),
+                Some(stamp) => match self.fate(stamp, now_ms()) {
+                    Fate::Send(props) => props,
+                    // A copy of a state older than `max_age`: not sent, like the reading.
+                    Fate::TooOld { .. } => {
+                        self.control.pop_front();
+                        continue;
+                    }
+                },
             };
             // Taken off the queue only once the client has it: a refused one is offered again.
             let accepted = self.client.try_publish(
-                topic.clone(),
+                c.topic.clone(),
                 QoS::AtLeastOnce,
-                true,
-                payload.clone(),
-                Properties::default(),
+                c.retain,
+                c.payload.clone(),
+                props,
             );
             if accepted.is_err() {
                 return;
             }
-            let (topic, _) = self.control.pop_front().expect("just looked at it");
+            let c = self.control.pop_front().expect("just looked at it");
             self.window
-                .track(None, Some(topic), Instant::now().into_std());
+                .track(None, Some(c.topic), Instant::now().into_std());
         }
     }
 
@@ -311,6 +348,7 @@ impl Feeder {
         match puback::verdict(code) {
             Verdict::Delivered => {
                 if let Some(key) = o.key {
+                    self.states.acked(key);
                     self.acked.push(key);
                     if self.window.delivered(key) {
                         self.retry_backoff.reset();
@@ -318,10 +356,16 @@ impl Feeder {
                 }
             }
             Verdict::Quarantine => {
+                if let Some(key) = o.key {
+                    self.states.refused(key);
+                }
                 let topic = self.topic_of(&o);
                 self.unsent.refused(o.key, &topic, code, reason)
             }
             Verdict::Retry => {
+                if let Some(key) = o.key {
+                    self.states.refused(key);
+                }
                 // One pause per episode: a whole window refused at once (quota exceeded) must
                 // not step the backoff once per publish.
                 let now = Instant::now().into_std();
@@ -369,20 +413,32 @@ impl Feeder {
         {
             return;
         }
-        if self
-            .client
-            .try_subscribe(&[&d.status_topic, &d.config_filter])
-        {
+        let filters: Vec<&String> = std::iter::once(&d.status_topic)
+            .chain(&d.config_filters)
+            .collect();
+        if self.client.try_subscribe(&filters) {
             self.window.subscribed();
         }
     }
 
     fn announce(&mut self, d: &Discovery) {
-        self.control.extend(
-            d.announcements
-                .iter()
-                .map(|a| (a.topic.clone(), a.payload.clone())),
-        );
+        for a in &d.announcements {
+            self.queue(Control::retained(&a.topic, &a.payload));
+        }
+    }
+
+    /// Queues a control message. One waiting for the same topic is dropped (the newer one says
+    /// what is current), so repeated `online` messages cannot grow the queue: it holds at most
+    /// one message per topic, and never more than [`CONTROL_MAX`].
+    fn queue(&mut self, c: Control) {
+        self.control.retain(|q| q.topic != c.topic);
+        if self.control.len() >= CONTROL_MAX {
+            if self.control_log.admit("full").is_some() {
+                warn!(topic = %c.topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
+            }
+            return;
+        }
+        self.control.push_back(c);
     }
 
     /// Home Assistant came (back) online: announce again. A retained config of ours for a
@@ -392,8 +448,18 @@ impl Feeder {
             return;
         };
         if topic == d.status_topic && payload == b"online" {
-            info!("Home Assistant is online: announcing the sensors");
+            let copies = self.states.to_resend();
+            info!(
+                states = copies.len(),
+                "Home Assistant is online: announcing the sensors and sending their last states"
+            );
             self.announce(&d);
+            // After the configs (Home Assistant subscribes to a state topic when it reads the
+            // config), before the backlog; see last_state.rs for which state and why.
+            for copy in copies {
+                let stale = self.states.stale_after(&copy.topic);
+                self.queue(Control::copy(copy, stale));
+            }
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
             && !d.announcements.iter().any(|a| a.topic == topic)
@@ -402,7 +468,7 @@ impl Feeder {
                 topic,
                 "removing a Home Assistant entity that is no longer configured"
             );
-            self.control.push_back((topic.to_owned(), Vec::new()));
+            self.queue(Control::retained(topic, b""));
         }
     }
 
@@ -410,6 +476,8 @@ impl Feeder {
     /// its retained config comes back on our subscription, as after a restart.
     fn discovery_changed(&mut self) {
         let new = self.discovery.borrow_and_update().clone();
+        self.states
+            .watch(new.as_ref().map_or(&[][..], |d| &d.state_topics));
         if !self.window.is_connected() {
             return; // everything is announced on the next CONNACK
         }
@@ -428,6 +496,35 @@ impl Feeder {
             .published
             .fetch_add(self.acked.len() as u64, Ordering::Relaxed);
         self.acked.clear();
+        if let Some((connected_ms, looked)) = self.stats_after_backlog {
+            // Sensors keep adding readings, so the depth need not reach 0: the backlog is
+            // delivered once the oldest reading waiting is younger than the connect.
+            let delivered = self.outbox.depth() == 0
+                || (looked.elapsed() >= Duration::from_secs(1)
+                    && self
+                        .outbox
+                        .oldest_taken_ms()
+                        .is_none_or(|t| t > connected_ms));
+            if delivered {
+                self.stats_after_backlog = None;
+                self.queue_stats();
+            } else if looked.elapsed() >= Duration::from_secs(1) {
+                self.stats_after_backlog = Some((connected_ms, Instant::now()));
+            }
+        }
+    }
+
+    /// The self-metrics JSON, now, as a retained control message (the metrics task sends it
+    /// every `stats_interval` as QoS 0; a Home Assistant diagnostic entity would otherwise
+    /// show the figures from before an outage until the next one).
+    fn queue_stats(&mut self) {
+        let Some(topic) = &self.settings.stats_topic else {
+            return;
+        };
+        let snapshot = crate::metrics::Snapshot::take(&self.outbox, &self.stats);
+        let payload = serde_json::to_vec(&snapshot).expect("numbers and strings serialize");
+        let stats = Control::retained(topic, &payload);
+        self.queue(stats);
     }
 
     fn publish_live(&mut self, msg: LiveMessage) {
@@ -439,7 +536,15 @@ impl Feeder {
             taken_ms: msg.taken_ms,
             plain: msg.plain,
             retain: msg.retain,
+            stale_after_s: self.states.stale_after(&msg.topic),
         };
+        let state = self.states.watches(&msg.topic).then(|| State {
+            topic: msg.topic.clone(),
+            payload: msg.payload.clone(),
+            retain: msg.retain,
+            taken_ms: msg.taken_ms,
+            plain: msg.plain,
+        });
         let props = match self.fate(stamp, now_ms()) {
             Fate::Send(props) => props,
             Fate::TooOld { .. } => {
@@ -452,6 +557,9 @@ impl Feeder {
             .try_publish(msg.topic, QoS::AtMostOnce, msg.retain, msg.payload, props)
         {
             Ok(()) => {
+                if let Some(state) = state {
+                    self.states.sent_live(state);
+                }
                 self.window.live_handed();
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -478,6 +586,7 @@ impl Backlog for Outbox {
 /// The client as the window hands readings to it: a reading older than `max_age` is dropped
 /// here (collected in `unsent`), the rest get their properties and go to the request channel.
 struct ToClient<'a> {
+    states: &'a mut LastStates,
     client: &'a Client,
     unsent: &'a mut Unsent,
     max_age: Option<Duration>,
@@ -490,6 +599,7 @@ impl Wire<Record> for ToClient<'_> {
             taken_ms: record.taken_ms,
             plain: record.plain,
             retain: record.retain,
+            stale_after_s: self.states.stale_after(&record.topic),
         };
         let props = match properties::fate(stamp, self.max_age, self.client.is_v5(), self.now_ms) {
             Fate::Send(props) => props,
@@ -498,6 +608,13 @@ impl Wire<Record> for ToClient<'_> {
                 return Handed::Expired;
             }
         };
+        let state = self.states.watches(&record.topic).then(|| State {
+            topic: record.topic.clone(),
+            payload: record.payload.clone(),
+            retain: record.retain,
+            taken_ms: record.taken_ms,
+            plain: record.plain,
+        });
         match self.client.try_publish(
             record.topic,
             QoS::AtLeastOnce,
@@ -505,7 +622,12 @@ impl Wire<Record> for ToClient<'_> {
             record.payload,
             props,
         ) {
-            Ok(()) => Handed::Sent,
+            Ok(()) => {
+                if let Some(state) = state {
+                    self.states.handed(key, state);
+                }
+                Handed::Sent
+            }
             Err(e) => {
                 // Full (the window's accounting leaves room for it, so this should not
                 // happen) or closed (the connection task is gone). Either way the reading

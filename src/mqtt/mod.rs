@@ -12,8 +12,10 @@
 
 mod backoff;
 mod connection;
+mod control;
 mod describe;
 mod feeder;
+mod last_state;
 mod probe;
 pub(crate) mod properties;
 mod protocol;
@@ -120,6 +122,7 @@ impl Publisher {
         let feeder_stop = stop.clone();
         let availability = cfg.availability.clone();
         let cfg_max_age = cfg.max_age;
+        let stats_topic = cfg.stats_topic.clone();
         let feeder = tokio::spawn(async move {
             // Even if the feeder panics, the connection task must stop, or shutdown would hang.
             let _stop_connection = link_done.drop_guard();
@@ -135,6 +138,7 @@ impl Publisher {
                 ack_timeout,
                 max_age: cfg_max_age,
                 channel_capacity: REQUEST_CHANNEL,
+                stats_topic,
             };
             feeder::run(client, outbox, channels, stats, settings, feeder_stop).await
         });

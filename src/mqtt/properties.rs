@@ -68,8 +68,12 @@ pub struct Stamp {
     pub plain: bool,
     /// Retained: the topic's current value for whoever subscribes later (Home Assistant after
     /// a restart). `max_age` decides whether it is sent, but once sent it must not vanish
-    /// from the broker, so it carries no expiry.
+    /// from the broker, so it carries no expiry for that.
     pub retain: bool,
+    /// A retained Home Assistant state with an `expire_after`: on MQTT 5 the broker drops it
+    /// once it is that old (counted from when it was taken), so Home Assistant, restarting,
+    /// never gets from the broker a value it would itself have expired.
+    pub stale_after_s: Option<u64>,
 }
 
 /// The reading's fate at `now_ms`. A reading stamped in the future (the clock went back)
@@ -87,6 +91,13 @@ pub fn fate(r: Stamp, max_age: Option<Duration>, v5: bool, now_ms: u64) -> Fate 
             let left_ms = (max - age).as_millis() as u64;
             props.expiry_s = Some(left_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32);
         }
+    }
+    if let (true, Some(stale)) = (r.retain, r.stale_after_s) {
+        let left_ms = stale
+            .saturating_mul(1000)
+            .saturating_sub(age.as_millis() as u64);
+        let left_s = left_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
+        props.expiry_s = Some(props.expiry_s.map_or(left_s, |e| e.min(left_s)));
     }
     if v5 && r.plain {
         // A time RFC 3339 cannot write goes without `ts` rather than stopping the feeder.
@@ -106,6 +117,7 @@ mod tests {
             taken_ms: TAKEN,
             plain,
             retain: false,
+            stale_after_s: None,
         }
     }
 
@@ -183,6 +195,47 @@ mod tests {
         assert_eq!(p.expiry_s, Some(3600));
     }
 
+    /// A retained Home Assistant state expires on the broker when Home Assistant would
+    /// expire it: `expire_after` after it was taken, at least 1 s, and never longer than
+    /// `max_age` would allow for a reading that is not retained.
+    #[test]
+    fn retained_states_expire_on_the_broker_with_expire_after() {
+        let state = Stamp {
+            retain: true,
+            stale_after_s: Some(900),
+            ..st(true)
+        };
+        let Fate::Send(p) = fate(state, None, true, TAKEN + 60_000) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(840));
+        // Taken longer ago than that (a backlog): still sent, gone from the broker at once.
+        let Fate::Send(p) = fate(state, None, true, TAKEN + 3_600_000) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(1));
+        // Not retained: the state is not kept anyway.
+        let live = Stamp {
+            retain: false,
+            ..state
+        };
+        assert_eq!(
+            fate(live, None, true, TAKEN),
+            Fate::Send(Properties {
+                expiry_s: None,
+                ts: rfc3339_millis(TAKEN)
+            })
+        );
+        let huge = Stamp {
+            stale_after_s: Some(u64::MAX),
+            ..state
+        };
+        let Fate::Send(p) = fate(huge, None, true, TAKEN) else {
+            panic!("sent")
+        };
+        assert_eq!(p.expiry_s, Some(u32::MAX));
+    }
+
     /// A stored time past year 9999 (a damaged store) panicked humantime's formatter, and with
     /// it the feeder. Every time must give a fate, with or without max_age.
     #[test]
@@ -201,6 +254,7 @@ mod tests {
                     taken_ms,
                     plain: true,
                     retain,
+                    stale_after_s: None,
                 };
                 for now_ms in [0, TAKEN, u64::MAX] {
                     let _ = fate(stamp, max_age, v5, now_ms);
@@ -211,6 +265,7 @@ mod tests {
             taken_ms: u64::MAX,
             plain: true,
             retain: false,
+            stale_after_s: None,
         };
         let Fate::Send(p) = fate(far, None, true, TAKEN) else {
             panic!("sent")

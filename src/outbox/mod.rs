@@ -1129,6 +1129,7 @@ mod tests {
                 taken_ms: r.taken_ms,
                 plain: r.plain,
                 retain: r.retain,
+                stale_after_s: Some(u64::MAX),
             };
             let _ = crate::mqtt::properties::fate(stamp, None, true, 0);
         }

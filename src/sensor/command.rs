@@ -27,6 +27,22 @@ impl CommandSource {
     }
 
     pub async fn read(&mut self) -> Result<f64, ReadError> {
+        let stdout = self.output().await?;
+        first_number(&stdout).ok_or_else(|| {
+            ReadError::new(
+                Cause::NotANumber,
+                format!(
+                    "command `{}`: no number in output {:?}",
+                    display_argv(&self.argv),
+                    excerpt(&stdout)
+                ),
+            )
+        })
+    }
+
+    /// Runs the command once, bounded as described above; its stdout (at most 4 KiB) when it
+    /// exits successfully. The `system` kind parses `vcgencmd get_throttled` from this.
+    pub(crate) async fn output(&self) -> Result<String, ReadError> {
         let Some((program, args)) = self.argv.split_first() else {
             return Err(ReadError::new(
                 Cause::Config,
@@ -106,16 +122,7 @@ impl CommandSource {
             }
             return Err(ReadError::new(Cause::CommandFailed, msg));
         }
-        let stdout = String::from_utf8_lossy(&stdout);
-        first_number(&stdout).ok_or_else(|| {
-            ReadError::new(
-                Cause::NotANumber,
-                format!(
-                    "command `{shown}`: no number in output {:?}",
-                    excerpt(&stdout)
-                ),
-            )
-        })
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 }
 

@@ -6,6 +6,7 @@ mod error;
 pub mod file;
 pub mod hwmon;
 pub mod iio;
+pub mod system;
 pub mod thermal;
 
 pub use error::{Cause, ReadError};
@@ -40,6 +41,11 @@ pub enum SourceSpec {
         argv: Vec<String>,
         timeout: Duration,
     },
+    /// The machine's own health from procfs/sysfs (`procfs_root` from the config's top level).
+    System {
+        metric: system::Metric,
+        procfs_root: PathBuf,
+    },
 }
 
 /// A configured sensor, ready to be read.
@@ -51,6 +57,7 @@ pub enum Source {
     Thermal(thermal::Thermal),
     File(file::FileSource),
     Command(command::CommandSource),
+    System(system::System),
 }
 
 impl Source {
@@ -74,6 +81,10 @@ impl Source {
             SourceSpec::Command { argv, timeout } => {
                 Source::Command(command::CommandSource::new(argv, timeout))
             }
+            SourceSpec::System {
+                metric,
+                procfs_root,
+            } => Source::System(system::System::new(metric, &procfs_root, sysfs_root)),
         }
     }
 
@@ -87,6 +98,7 @@ impl Source {
             Source::Thermal(s) => s.read().await,
             Source::File(s) => s.read().await,
             Source::Command(s) => s.read().await,
+            Source::System(s) => s.read().await,
         }
     }
 
@@ -96,6 +108,7 @@ impl Source {
             Source::Ds18b20(_) | Source::Thermal(_) => Some("°C"),
             Source::Iio(s) => s.unit(),
             Source::Hwmon(s) => s.unit(),
+            Source::System(s) => s.unit(),
             Source::File(_) | Source::Command(_) => None,
         }
     }

@@ -374,10 +374,20 @@ fn sensors_then_check_on_a_fake_sysfs() {
     fs::create_dir_all(&zone).unwrap();
     fs::write(zone.join("type"), "cpu-thermal\n").unwrap();
     fs::write(zone.join("temp"), "48312\n").unwrap();
+    let proc = env.path("proc");
+    fs::create_dir_all(&proc).unwrap();
+    fs::write(proc.join("loadavg"), "0.42 0.35 0.30 1/123 4567\n").unwrap();
+    fs::write(
+        proc.join("meminfo"),
+        "MemTotal: 4000000 kB\nMemAvailable: 1024000 kB\n",
+    )
+    .unwrap();
 
     let out = Command::new(bin())
         .args(["sensors", "--sysfs-root"])
         .arg(&root)
+        .arg("--procfs-root")
+        .arg(&proc)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -387,8 +397,20 @@ fn sensors_then_check_on_a_fake_sysfs() {
         "{blocks}"
     );
     assert!(blocks.contains("channel = \"pressure\""), "{blocks}");
+    // The system metrics this machine has; the ones it lacks (no /proc/uptime, no Wi-Fi, not
+    // a Pi) are left out.
+    assert!(
+        blocks.contains("# system: memory available: now 1000 MiB\n[[sensor]]\nname = \"memory_available\"\nkind = \"system\"\nmetric = \"memory_available\"\n"),
+        "{blocks}"
+    );
+    assert!(!blocks.contains("metric = \"uptime\""), "{blocks}");
+    assert!(!blocks.contains("metric = \"under_voltage\""), "{blocks}");
 
-    let top = format!("sysfs_root = {}\n", toml_str(&root.display().to_string()));
+    let top = format!(
+        "sysfs_root = {}\nprocfs_root = {}\n",
+        toml_str(&root.display().to_string()),
+        toml_str(&proc.display().to_string())
+    );
     env.write_config(&env.config_for_port(1, &top, &blocks));
     let (out, table) = check(&env);
     assert!(
@@ -396,12 +418,23 @@ fn sensors_then_check_on_a_fake_sysfs() {
         "{table}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Column widths follow the longest name: compare words.
+    let words: Vec<String> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
     for row in [
-        "28-0316a2795aff  28.4",
-        "bme280_pressure  1013.3",
-        "cpu-thermal      48.3",
+        "28-0316a2795aff 28.4",
+        "bme280_pressure 1013.3",
+        "cpu-thermal 48.3",
+        "load1 0.4",
+        "memory_used 74.4",
+        "cpu_temperature 48.3",
     ] {
-        assert!(table.contains(row), "no {row:?} in\n{table}");
+        assert!(
+            words.iter().any(|w| w.starts_with(row)),
+            "no {row:?} in\n{table}"
+        );
     }
     assert!(
         !env.buffer_path().exists(),
