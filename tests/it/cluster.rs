@@ -482,8 +482,10 @@ fn check_names_the_server_it_would_use() {
     let env = Env::with_broker("check_names_the_server");
     let dead = free_port();
     let live = env.port();
+    // A config needs a sensor.
+    let counter = Counter::new(env.dir(), "counter");
     let cfg = tweak(
-        env.config_for_port(live, "", ""),
+        env.config_for_port(live, "", &counter.sensor_toml("counter", TOPIC, "1s", 0)),
         &[(
             &format!("host = \"127.0.0.1\"\nport = {live}\n"),
             &format!("servers = [\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\"]\n"),
@@ -497,11 +499,16 @@ fn check_names_the_server_it_would_use() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    // Each server gets a real CONNECT, in the daemon's own words; the first that accepts is
+    // the daemon's, the others are named as failover.
     assert!(
-        text.contains(&format!("server 127.0.0.1:{dead}: not reachable"))
+        text.contains(&format!(
+            "broker: FAILED: cannot connect to the broker 127.0.0.1:{dead}: "
+        )) && text.contains("The daemon would try the next server")
             && text.contains(&format!(
-                "server 127.0.0.1:{live}: accepts connections: the daemon connects here"
-            )),
+                "broker: connected to the broker 127.0.0.1:{live} "
+            ))
+            && text.contains("; the daemon connects here"),
         "{text}"
     );
 }

@@ -54,7 +54,7 @@ fn the_demo_shows_readings_and_an_outage_that_loses_nothing() {
     }
     // The daemon really lost its broker and came back.
     assert_eq!(
-        text.matches("connected to the broker broker=").count(),
+        text.matches("connected to the broker server=").count(),
         2,
         "{text}"
     );

@@ -107,8 +107,10 @@ fn systemd_notifications() {
 fn status_names_the_current_server() {
     let mut env = Env::with_broker("status_names_the_current_server");
     let (dead, live) = (free_port(), env.port());
+    // A config needs a sensor.
+    let counter = Counter::new(env.dir(), "counter");
     let cfg = tweak(
-        env.config("", ""),
+        env.config("", &counter.sensor_toml("counter", TOPIC, "1s", 0)),
         &[(
             &format!("host = \"127.0.0.1\"\nport = {live}\n"),
             &format!("servers = [\"127.0.0.1:{dead}\", \"127.0.0.1:{live}\"]\n"),
