@@ -313,7 +313,9 @@ fn build_daemon() -> anyhow::Result<PathBuf> {
     if let Ok(cargo) = env::var("CARGO") {
         say("building the daemon: cargo build --bin telemetryd (quick when it is built)");
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "--bin", "telemetryd"]);
+        // Not --quiet: the first build of the daemon alone (without the demo's dev-dependencies
+        // in the feature set) takes a minute or two, and a newcomer should see it progress.
+        build.args(["build", "--bin", "telemetryd"]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
