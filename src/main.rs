@@ -188,7 +188,8 @@ fn buffer(path: &Path) -> ExitCode {
 /// what is freed there. With the runtime thread, the blocking pool and sled's threads, draining
 /// a backlog of a million readings peaked at 75 MiB resident; one arena, and memory handed
 /// back once 64 KiB are free at the top of the heap, keep it near 45 MiB, at the same speed
-/// (BENCHMARKS.md). Before any thread starts.
+/// (BENCHMARKS.md). Before any thread starts. glibc only: the static ARM .debs link musl,
+/// whose allocator has no such knobs (and measures worse: BENCHMARKS.md, musl's allocator).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
