@@ -126,7 +126,7 @@ def analyse(d):
         })
     for row, nxt in zip(rows, boots[1:]):
         row["damaged_next"] = nxt.get("damaged_new", 0)
-    return {"rows": rows, "garbled": garbled, "unassigned": unassigned, "meta": meta,
+    return {"rows": rows, "garbled": garbled, "unassigned": unassigned, "meta": meta, "boots": boots, "dir": d,
             "left_in_store": boots[-1].get("left_in_store") if boots and boots[-1]["final"] else None}
 
 
@@ -149,10 +149,22 @@ def summary(res):
                      f"{sum(r['dups'] for r in rs)} | {sum(r['reorders'] for r in rs)} | "
                      f"{sum(r['damaged_next'] for r in rs)} | {statistics.median(backlog):.0f} / {max(backlog)} | "
                      f"{sum(1 for r in rs if r['error'])} |")
+    active = sum(b["t_cut"] - b["t_active"] for b in res["boots"] if "t_active" in b and not b["final"])
+    if active > 0:
+        nominal = sum(1 / i for i in res["meta"]["sensors"].values())
+        taken = sum(r["readings"] + r["lost_old"] + r["lost_recent"] for r in cuts)
+        lines.append(f"readings taken per second while the daemon ran: {taken / active:.1f} "
+                     f"(nominal {nominal:.0f}: each sensor waits for its previous reading's commit)")
     if fps:
         fps.sort()
         lines.append(f"boot to first publish (qemu start to the first PUBLISH at the host, broker up): "
                      f"median {statistics.median(fps):.1f} s, min {fps[0]:.1f} s, max {fps[-1]:.1f} s ({len(fps)} boots)")
+    nbd = os.path.join(res["dir"], "nbd.log")
+    if os.path.exists(nbd):
+        lost = [int(line.split("lost_sectors=")[1]) for line in open(nbd) if line.startswith("cut ")]
+        if lost:
+            lines.append(f"lossy disk: unflushed writes dropped at {sum(1 for n in lost if n)} of {len(lost)} cuts, "
+                         f"{sum(lost) // 2} KiB in all, at most {max(lost) // 2} KiB at one cut")
     ages = [a for r in cuts for a in r["tail_age_s"].values()]
     if ages:
         lines.append(f"age at the cut of each sensor's last delivered reading: max {max(ages):.2f} s")
