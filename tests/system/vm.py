@@ -211,7 +211,7 @@ def accel():
             try:
                 vm.connect(timeout=45)
                 choice = "kvm"
-            except (TimeoutError, RuntimeError) as e:
+            except (TimeoutError, RuntimeError, OSError) as e:
                 tail = open(vm.console, errors="replace").read()[-300:].replace("\n", " | ")
                 log(f"KVM does not boot this kernel here ({e}; console ends: {tail}): using TCG")
             finally:
@@ -304,8 +304,12 @@ class Guest:
                 raise TimeoutError(f"guest command {cmd!r}: no answer within {timeout} s")
             r, _, _ = select.select([self.sock], [], [], min(left, 1))
             if r:
-                data = self.sock.recv(65536)
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    data = b""
                 if not data:
+                    self._alive()  # qemu gone: says so, with its last words
                     raise RuntimeError("the ctl port closed")
                 self.buf += data
             else:
