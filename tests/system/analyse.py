@@ -6,8 +6,8 @@
   sensors) whose next delivered neighbour was read more than 1 s before the cut; and, per
   sensor, a last delivered reading older than the cut by more than 1 s plus that sensor's
   largest spacing in the same boot (its interval jitter) plus one interval.
-- lost (recent): the same, within that second (allowed: a power cut loses what was not yet
-  committed).
+- seq holes within 1 s of the cut (allowed: a power cut loses what was not yet committed;
+  a lost tail shows instead as the age of each sensor's last delivered reading at the cut).
 - duplicates (the same seq again), reorders (a first arrival with a smaller seq than one that
   had already arrived), the store taken for damaged at the next boot, boot to first publish,
   and the backlog: readings of this boot delivered only after the cut.
@@ -139,7 +139,7 @@ def summary(res):
     groups = {}
     for r in cuts:
         groups.setdefault((r["mode"], r["broker"]), []).append(r)
-    lines.append("| disk | broker | cuts | readings | lost > 1 s before the cut | lost within 1 s | "
+    lines.append("| disk | broker | cuts | readings | lost > 1 s before the cut | seq holes within 1 s of it | "
                  "duplicates | reorders | store damaged | backlog at the cut (median / max) | boot errors |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for (mode, broker), rs in sorted(groups.items()):
