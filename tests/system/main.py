@@ -23,6 +23,8 @@ def main():
     ap.add_argument("--cuts", type=int, default=3)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--no-checklist", action="store_true")
+    ap.add_argument("--drain-only", action="store_true",
+                    help="finish a stopped campaign in --out: one draining boot, then the figures")
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--out", help="keep the campaign's records here (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -44,7 +46,8 @@ def main():
             out = args.out or os.path.join(work, "campaign")
             os.makedirs(out, exist_ok=True)
             log(f"power cuts: {args.cuts} (seed {args.seed}), records in {out}")
-            powercut.campaign(out, args.deb, broker, acc, args.smp, args.cuts, args.seed)
+            powercut.campaign(out, args.deb, broker, acc, args.smp, args.cuts, args.seed,
+                              drain_only=args.drain_only)
             res = analyse.analyse(out)
             print(analyse.summary(res), flush=True)
             bad = analyse.failures(res)

@@ -84,25 +84,28 @@ def prepare(work, deb, accel, smp):
     return disk
 
 
-def campaign(work, deb, broker, accel, smp, cuts, seed, hold=(0.0, 12.0)):
-    """Runs `cuts` cut boots and a final draining boot; writes work/boots.jsonl, work/received."""
+def campaign(work, deb, broker, accel, smp, cuts, seed, hold=(0.0, 12.0), drain_only=False):
+    """Runs `cuts` cut boots and a final draining boot; writes work/boots.jsonl, work/received.
+    drain_only: only the draining boot, of the disk a stopped campaign left in work."""
     rng = random.Random(seed)
-    disk = prepare(work, deb, accel, smp)
+    disk = os.path.join(work, "disk.raw") if drain_only else prepare(work, deb, accel, smp)
     nbd_sock = os.path.join(work, "nbd.sock")
     nbd_log = os.path.join(work, "nbd.log")
     nbd = subprocess.Popen([sys.executable, os.path.join(HERE, "lossy-nbd.py"), disk, nbd_sock, "--log", nbd_log])
-    sub = Subscriber(work, broker.port, "systest/pc/#")
+    sub = Subscriber(work, broker.port, "systest/pc/#", append=drain_only)
     bridge = Bridge(broker.port)
-    with open(os.path.join(work, "campaign.json"), "w") as f:
-        json.dump({"sensors": SENSORS, "cuts": cuts, "seed": seed, "accel": accel, "smp": smp}, f)
+    done = [json.loads(line) for line in read_lines(os.path.join(work, "boots.jsonl"))]
+    if not drain_only:
+        with open(os.path.join(work, "campaign.json"), "w") as f:
+            json.dump({"sensors": SENSORS, "cuts": cuts, "seed": seed, "accel": accel, "smp": smp}, f)
     boots = open(os.path.join(work, "boots.jsonl"), "a", buffering=1)
-    damaged_before = 0
-    lossy_boots = 0
+    damaged_before = done[-1]["damaged"] if done else 0
+    lossy_boots = len([line for line in read_lines(nbd_log) if line.startswith("cut ")])
     try:
         wait_for("lossy-nbd socket", lambda: os.path.exists(nbd_sock), 10)
         stop = os.path.join(work, "STOP")  # touch it to end a long campaign early, drained
-        for i in range(cuts + 1):
-            last = i == cuts or os.path.exists(stop)
+        for i in range(len(done), len(done) + cuts + 1):
+            last = i == cuts or os.path.exists(stop) or drain_only
             mode = "none" if last else MODES[i % len(MODES)]
             reachable = last or rng.random() < 0.6
             rec = boot(work, i, disk, nbd_sock, mode, reachable, last, accel, smp, bridge, rng, hold)
@@ -158,6 +161,11 @@ def boot(work, i, disk, nbd_sock, mode, reachable, last, accel, smp, bridge, rng
         _, errs = vm.run("journalctl -u telemetryd.service -b -p warning -o cat -q --no-pager | tail -5")
         rec["warnings"] = errs[-1000:]
         if last:
+            # New readings keep some always in flight: slow the sensors down (a reload keeps
+            # the buffer) so the backlog can be seen at 0.
+            vm.run("sed -i 's/^interval = .*/interval = \"1h\"/' /etc/telemetryd/telemetryd.toml && "
+                   "systemctl reload telemetryd.service", 60)
+
             def drained():
                 st = vm.run("systemctl show -p StatusText --value telemetryd.service")[1]
                 return st.startswith("connected") and " 0 buffered" in st and st

@@ -78,12 +78,12 @@ class Broker:
 class Subscriber:
     """mosquitto_sub at QoS 1 on a persistent session, one line per message: time, topic, payload."""
 
-    def __init__(self, work, port, topic="systest/#"):
+    def __init__(self, work, port, topic="systest/#", append=False):
         self.path = os.path.join(work, "received")
         self.proc = subprocess.Popen(
             ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-c",
              "-i", "systest-sub-" + topic.split("/")[1], "-t", topic, "-F", "%U %t %p"],
-            stdout=open(self.path, "w"), stderr=subprocess.DEVNULL)
+            stdout=open(self.path, "a" if append else "w"), stderr=subprocess.DEVNULL)
 
     def messages(self):
         """[(host receive time, topic, payload)] so far."""
