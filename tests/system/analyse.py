@@ -169,7 +169,8 @@ def summary(res):
     if ages:
         lines.append(f"age at the cut of each sensor's last delivered reading: max {max(ages):.2f} s")
     if res["left_in_store"] is not None:
-        lines.append(f"after the final drain: {res['left_in_store'].splitlines()[0] if res['left_in_store'] else ''}")
+        left = [x for x in res["left_in_store"].splitlines() if x.startswith("waiting:")]
+        lines.append(f"left in the store after the final drain: {' '.join(left[0].split()[1:]) if left else '?'}")
     return "\n".join(lines)
 
 
