@@ -12,7 +12,8 @@
   had already arrived), the store taken for damaged at the next boot, boot to first publish,
   and the backlog: readings of this boot delivered only after the cut.
 
-    analyse.py DIR [--json]     (DIR holds campaign.json, boots.jsonl and received)
+    analyse.py DIR... [--json]  (each DIR holds campaign.json, boots.jsonl and received;
+                                several campaigns are summed up)
 """
 import json
 import os
@@ -126,8 +127,19 @@ def analyse(d):
         })
     for row, nxt in zip(rows, boots[1:]):
         row["damaged_next"] = nxt.get("damaged_new", 0)
-    return {"rows": rows, "garbled": garbled, "unassigned": unassigned, "meta": meta, "boots": boots, "dir": d,
+    return {"rows": rows, "garbled": garbled, "unassigned": unassigned, "meta": meta, "boots": boots, "dirs": [d],
             "left_in_store": boots[-1].get("left_in_store") if boots and boots[-1]["final"] else None}
+
+
+def merge(results):
+    """Several campaigns' results as one, for the figures."""
+    left = [r["left_in_store"] for r in results if r["left_in_store"] is not None]
+    return {"rows": [row for r in results for row in r["rows"]],
+            "boots": [b for r in results for b in r["boots"]],
+            "garbled": sum(r["garbled"] for r in results),
+            "unassigned": sum(r["unassigned"] for r in results),
+            "meta": results[0]["meta"], "dirs": [d for r in results for d in r["dirs"]],
+            "left_in_store": "\n".join(left) if left else None}
 
 
 def summary(res):
@@ -159,18 +171,18 @@ def summary(res):
         fps.sort()
         lines.append(f"boot to first publish (qemu start to the first PUBLISH at the host, broker up): "
                      f"median {statistics.median(fps):.1f} s, min {fps[0]:.1f} s, max {fps[-1]:.1f} s ({len(fps)} boots)")
-    nbd = os.path.join(res["dir"], "nbd.log")
-    if os.path.exists(nbd):
-        lost = [int(line.split("lost_sectors=")[1]) for line in open(nbd) if line.startswith("cut ")]
-        if lost:
-            lines.append(f"lossy disk: unflushed writes dropped at {sum(1 for n in lost if n)} of {len(lost)} cuts, "
-                         f"{sum(lost) // 2} KiB in all, at most {max(lost) // 2} KiB at one cut")
+    nbds = [os.path.join(d, "nbd.log") for d in res["dirs"]]
+    lost = [int(line.split("lost_sectors=")[1]) for nbd in nbds if os.path.exists(nbd)
+            for line in open(nbd) if line.startswith("cut ")]
+    if lost:
+        lines.append(f"lossy disk: unflushed writes dropped at {sum(1 for n in lost if n)} of {len(lost)} cuts, "
+                     f"{sum(lost) // 2} KiB in all, at most {max(lost) // 2} KiB at one cut")
     ages = [a for r in cuts for a in r["tail_age_s"].values()]
     if ages:
         lines.append(f"age at the cut of each sensor's last delivered reading: max {max(ages):.2f} s")
     if res["left_in_store"] is not None:
-        left = [x for x in res["left_in_store"].splitlines() if x.startswith("waiting:")]
-        lines.append(f"left in the store after the final drain: {' '.join(left[0].split()[1:]) if left else '?'}")
+        left = [" ".join(x.split()[1:]) for x in res["left_in_store"].splitlines() if x.startswith("waiting:")]
+        lines.append(f"left in the store after the final drain: {', '.join(left) or '?'}")
     return "\n".join(lines)
 
 
@@ -251,7 +263,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--selftest"]:
         selftest()
         sys.exit(0)
-    res = analyse(sys.argv[1])
+    res = merge([analyse(d) for d in sys.argv[1:] if not d.startswith("--")])
     if "--json" in sys.argv:
         print(json.dumps(res["rows"], indent=1))
     print(summary(res))
