@@ -106,9 +106,28 @@ where
             Level::INFO => 6,
             Level::DEBUG | Level::TRACE => 7,
         };
-        write!(w, "<{priority}>")?;
-        self.0.format_event(ctx, w, event)
+        // journald takes each line for a record of its own: every line of a message that
+        // spans several (a TOML error pointing at the key) needs the priority, or the lines
+        // after the first land at info and `journalctl -p warning` shows half the error.
+        let mut text = String::new();
+        self.0.format_event(ctx, Writer::new(&mut text), event)?;
+        for line in text.lines() {
+            writeln!(w, "<{priority}>{line}")?;
+        }
+        Ok(())
     }
+}
+
+/// Prints an error for a person to stderr. Under journald every line of it gets the error
+/// priority `<3>`, so `journalctl -p warning` shows all of it (`telemetryd check` run by
+/// `systemctl reload`, a daemon refusing its config at start).
+pub fn print_error(message: &str) {
+    let text = if stderr_is_journal() {
+        message.lines().map(|l| format!("<3>{l}\n")).collect()
+    } else {
+        format!("{message}\n")
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
 }
 
 /// How often an unchanged error is repeated in the log.

@@ -96,7 +96,7 @@ fn main() -> ExitCode {
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("telemetryd: {e}");
+        telemetryd::logging::print_error(&format!("telemetryd: {e}"));
         ExitCode::from(EXIT_CONFIG)
     })
 }

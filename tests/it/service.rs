@@ -587,6 +587,81 @@ fn journald_priority_prefixes() {
     );
 }
 
+/// A config error spans several lines (the TOML error points at the key on a line of its
+/// own). journald makes each line a record, so each needs the error priority, or
+/// `journalctl -p warning` shows "line 14, column 12" without the key: both from
+/// `telemetryd check` (the unit's ExecReload) and from the daemon refusing a SIGHUP'd config.
+/// Seen in the system test (tests/system) under the real systemd.
+#[test]
+fn journald_multiline_config_errors_keep_their_priority() {
+    let env = Env::new("journald_multiline_config_errors_keep_their_priority");
+    let cfg = env.config_for_port(free_port(), "", "");
+    env.write_config(&cfg);
+    let journal = |name: &str| {
+        let path = env.path(name);
+        let file = File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        (path, file, format!("{}:{}", meta.dev(), meta.ino()))
+    };
+    let bad = cfg.replacen("keep_alive = \"5s\"", "keep_alive = \"soon\"", 1);
+    assert_ne!(bad, cfg);
+    let bad_path = env.path("bad.toml");
+    fs::write(&bad_path, &bad).unwrap();
+    let all_errors = |text: &str| {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("<3>") && l.contains("keep_alive = \"soon\"")),
+            "the key's line is not at error priority:\n{text}"
+        );
+        for line in text.lines() {
+            assert!(
+                ["<3>", "<4>", "<6>", "<7>"]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                "line without a priority prefix: {line:?}\n{text}"
+            );
+        }
+    };
+
+    let (path, file, stream) = journal("check.log");
+    let status = Command::new(bin())
+        .args(["check", "--quiet", "--config"])
+        .arg(&bad_path)
+        .env("JOURNAL_STREAM", &stream)
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(78));
+    all_errors(&fs::read_to_string(&path).unwrap());
+
+    let (path, file, stream) = journal("daemon.log");
+    let mut daemon = Proc::spawn(
+        "telemetryd",
+        Command::new(bin())
+            .arg("--config")
+            .arg(&env.daemon.config)
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", &stream)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file),
+    );
+    let read = || fs::read_to_string(&path).unwrap_or_default();
+    wait_until(DEADLINE, "started", || read().contains("started"));
+    env.write_config(&bad);
+    daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "the refused reload in the log", || {
+        read().contains("previous config")
+    });
+    daemon.signal(libc::SIGTERM);
+    assert!(
+        daemon
+            .wait_timeout(SHUTDOWN_LIMIT)
+            .is_some_and(|s| s.success())
+    );
+    all_errors(&read());
+}
+
 /// Availability: a retained `online` at connect, the Last Will `offline` when the daemon dies,
 /// an explicit `offline` on a clean stop. Self-metrics: a retained JSON every stats_interval.
 #[test]
