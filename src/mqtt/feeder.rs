@@ -527,6 +527,19 @@ impl Feeder {
         self.queue(stats);
     }
 
+    /// A QoS 0 reading of `s.topic` just went out while a copy of that topic's state waits
+    /// in the control queue (for room in the window, or a retry hold): the copy now carries
+    /// this reading, or, sent after it, it would take Home Assistant (and a retained copy the
+    /// broker) back to the older state until the next reading.
+    fn refresh_copy(&mut self, s: &State) {
+        let stale = self.states.stale_after(&s.topic);
+        for c in self.control.iter_mut() {
+            if c.stamp.is_some() && c.topic == s.topic {
+                *c = Control::copy(s.clone(), stale);
+            }
+        }
+    }
+
     fn publish_live(&mut self, msg: LiveMessage) {
         if !self.window.is_connected() {
             self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +571,7 @@ impl Feeder {
         {
             Ok(()) => {
                 if let Some(state) = state {
+                    self.refresh_copy(&state);
                     self.states.sent_live(state);
                 }
                 self.window.live_handed();
