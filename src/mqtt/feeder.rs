@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::birth::BirthGate;
 use super::control::Control;
 use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
@@ -91,6 +92,8 @@ struct Feeder {
     subscribe_log: Throttle,
     /// A full control queue is logged once in a while.
     control_log: Throttle,
+    /// Home Assistant's `online`: acted on at most once a second (a flood is coalesced).
+    births: BirthGate,
 }
 
 pub(super) struct Channels {
@@ -138,6 +141,7 @@ pub(super) async fn run(
         stats_after_backlog: None,
         subscribe_log: Throttle::default(),
         control_log: Throttle::default(),
+        births: BirthGate::default(),
         may_subscribe: subscribe,
     };
     if let Some(d) = f.discovery.borrow().as_ref() {
@@ -158,6 +162,13 @@ pub(super) async fn run(
         let far = Instant::now() + Duration::from_secs(86_400);
         let ack_deadline = f.ack_deadline();
         let hold_until = f.window.hold_until().map(Instant::from_std);
+        // Deferred births wait for a link: the announcements made at connect and the copies
+        // are queued on it.
+        let birth_due = f
+            .births
+            .due()
+            .filter(|_| f.window.is_connected())
+            .map(Instant::from_std);
         tokio::select! {
             biased;
             event = link.recv() => {
@@ -188,6 +199,12 @@ pub(super) async fn run(
             _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
                 // Start over from the first key: the refused reading goes out again first.
                 f.window.hold_over();
+            }
+            _ = sleep_until(birth_due.unwrap_or(far)), if birth_due.is_some() => {
+                let deferred = f.births.take_due(Instant::now().into_std());
+                if deferred > 0 {
+                    f.home_assistant_online(deferred);
+                }
             }
             Ok(()) = f.discovery.changed() => f.discovery_changed(),
             // While connected, QoS 0 readings wait in `live` when the client's channel has no
@@ -448,17 +465,10 @@ impl Feeder {
             return;
         };
         if topic == d.status_topic && payload == b"online" {
-            let copies = self.states.to_resend();
-            info!(
-                states = copies.len(),
-                "Home Assistant is online: announcing the sensors and sending their last states"
-            );
-            self.announce(&d);
-            // After the configs (Home Assistant subscribes to a state topic when it reads the
-            // config), before the backlog; see last_state.rs for which state and why.
-            for copy in copies {
-                let stale = self.states.stale_after(&copy.topic);
-                self.queue(Control::copy(copy, stale));
+            // Within a second of the previous one: answered at the end of that second (the
+            // info line counts them as `deferred`).
+            if self.births.online(Instant::now().into_std()) {
+                self.home_assistant_online(0);
             }
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
@@ -469,6 +479,27 @@ impl Feeder {
                 "removing a Home Assistant entity that is no longer configured"
             );
             self.queue(Control::retained(topic, b""));
+        }
+    }
+
+    /// Home Assistant (re)started: announce the sensors again and send their last states.
+    /// `deferred`: the births this answers that came within a second of the previous one.
+    fn home_assistant_online(&mut self, deferred: u64) {
+        let Some(d) = self.discovery.borrow().clone() else {
+            return;
+        };
+        let copies = self.states.to_resend();
+        info!(
+            states = copies.len(),
+            deferred,
+            "Home Assistant is online: announcing the sensors and sending their last states"
+        );
+        self.announce(&d);
+        // After the configs (Home Assistant subscribes to a state topic when it reads the
+        // config), before the backlog; see last_state.rs for which state and why.
+        for copy in copies {
+            let stale = self.states.stale_after(&copy.topic);
+            self.queue(Control::copy(copy, stale));
         }
     }
 
