@@ -331,9 +331,15 @@ impl Feeder {
             let Some(c) = self.control.front() else {
                 return;
             };
+            let now = now_ms();
+            if c.expired(now) {
+                // Home Assistant expired this state already: it stays unavailable.
+                self.control.pop_front();
+                continue;
+            }
             let props = match c.stamp {
                 None => Properties::default(),
-                Some(stamp) => match self.fate(stamp, now_ms()) {
+                Some(stamp) => match self.fate(stamp, now) {
                     Fate::Send(props) => props,
                     // A copy of a state older than `max_age`: not sent, like the reading.
                     Fate::TooOld { .. } => {

@@ -373,3 +373,46 @@ fn a_flood_of_home_assistant_births_is_coalesced() {
         "{FLOOD} births in {elapsed:.1} s: {logged} log lines (at most {most})"
     );
 }
+
+/// A state Home Assistant has already expired (its sensor stopped publishing longer ago than
+/// `expire_after`: unplugged, failing) is not sent again when Home Assistant restarts: the copy
+/// would show the old value as current for another `expire_after`. A state still within its
+/// `expire_after` is.
+#[test]
+fn an_expired_state_is_not_sent_again_after_home_assistants_restart() {
+    let mut env = Env::with_broker("an_expired_state_is_not_sent_again");
+    let sensor = |name: &str, expire: &str| {
+        let path = env.path(name);
+        fs::write(&path, "21.5\n").unwrap();
+        format!(
+            "[[sensor]]\nname = \"{name}\"\nkind = \"file\"\npath = {}\ninterval = \"1h\"\n\
+             topic = \"garden/{name}\"\nha = {{ expire_after = \"{expire}\" }}\n",
+            toml_str(&path.display().to_string())
+        )
+    };
+    let sensors = format!(
+        "[homeassistant]\n{}{}",
+        sensor("stale", "2s"),
+        sensor("steady", "1h")
+    );
+    env.write_config(&env.config("", &sensors));
+    env.daemon.start();
+    wait_until(DEADLINE, "the first states", || {
+        let sub = env.sub();
+        sub.payloads("garden/stale").len() == 1 && sub.payloads("garden/steady").len() == 1
+    });
+    // The stale sensor's state is now older than its expire_after.
+    let taken = std::time::Instant::now();
+    wait_until(DEADLINE, "3 s", || taken.elapsed().as_secs() >= 3);
+    publish(&env, "homeassistant/status", "online");
+    // Copies go out in topic order: "stale" would come before "steady".
+    wait_until(DEADLINE, "the steady sensor's state sent again", || {
+        env.sub().payloads("garden/steady").len() == 2
+    });
+    env.daemon.stop_expect_success();
+    assert_eq!(
+        env.sub().payloads("garden/stale"),
+        ["21.5"],
+        "a state older than its expire_after was sent again: Home Assistant shows it as current"
+    );
+}
