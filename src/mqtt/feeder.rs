@@ -1,6 +1,5 @@
 //! The task that feeds the outbox to MQTT in key order and deletes readings on PUBACK.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -13,7 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
 use super::birth::BirthGate;
-use super::control::Control;
+use super::control::{Control, ControlQueue};
 use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
@@ -82,7 +81,7 @@ struct Feeder {
     discovery: watch::Receiver<Option<Discovery>>,
     /// QoS 1 messages that are not readings (birth, discovery, copies of the last states),
     /// sent before the backlog as the window allows.
-    control: VecDeque<Control>,
+    control: ControlQueue,
     /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
     states: LastStates,
     /// A backlog was waiting at connect (at this time, ms since the epoch): send the figures
@@ -136,7 +135,7 @@ pub(super) async fn run(
         reconnect_requested: false,
         availability,
         discovery,
-        control: VecDeque::new(),
+        control: ControlQueue::default(),
         states: LastStates::default(),
         stats_after_backlog: None,
         subscribe_log: Throttle::default(),
@@ -454,14 +453,10 @@ impl Feeder {
     /// what is current), so repeated `online` messages cannot grow the queue: it holds at most
     /// one message per topic, and never more than [`CONTROL_MAX`].
     fn queue(&mut self, c: Control) {
-        self.control.retain(|q| q.topic != c.topic);
-        if self.control.len() >= CONTROL_MAX {
-            if self.control_log.admit("full").is_some() {
-                warn!(topic = %c.topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
-            }
-            return;
+        let topic = c.topic.clone();
+        if !self.control.push(c, CONTROL_MAX) && self.control_log.admit("full").is_some() {
+            warn!(%topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
         }
-        self.control.push_back(c);
     }
 
     /// Home Assistant came (back) online: announce again. A retained config of ours for a
@@ -570,10 +565,10 @@ impl Feeder {
     /// broker) back to the older state until the next reading.
     fn refresh_copy(&mut self, s: &State) {
         let stale = self.states.stale_after(&s.topic);
-        for c in self.control.iter_mut() {
-            if c.stamp.is_some() && c.topic == s.topic {
-                *c = Control::copy(s.clone(), stale);
-            }
+        if let Some(c) = self.control.get_mut(&s.topic)
+            && c.stamp.is_some()
+        {
+            *c = Control::copy(s.clone(), stale);
         }
     }
 
