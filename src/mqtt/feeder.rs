@@ -1,6 +1,5 @@
 //! The task that feeds the outbox to MQTT in key order and deletes readings on PUBACK.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -12,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
-use super::control::Control;
+use super::birth::BirthGate;
+use super::control::{Control, ControlQueue};
 use super::last_state::{LastStates, State};
 use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
@@ -81,7 +81,7 @@ struct Feeder {
     discovery: watch::Receiver<Option<Discovery>>,
     /// QoS 1 messages that are not readings (birth, discovery, copies of the last states),
     /// sent before the backlog as the window allows.
-    control: VecDeque<Control>,
+    control: ControlQueue,
     /// The last state of each Home Assistant sensor, sent again when Home Assistant restarts.
     states: LastStates,
     /// A backlog was waiting at connect (at this time, ms since the epoch): send the figures
@@ -91,6 +91,8 @@ struct Feeder {
     subscribe_log: Throttle,
     /// A full control queue is logged once in a while.
     control_log: Throttle,
+    /// Home Assistant's `online`: acted on at most once a second (a flood is coalesced).
+    births: BirthGate,
 }
 
 pub(super) struct Channels {
@@ -133,11 +135,12 @@ pub(super) async fn run(
         reconnect_requested: false,
         availability,
         discovery,
-        control: VecDeque::new(),
+        control: ControlQueue::default(),
         states: LastStates::default(),
         stats_after_backlog: None,
         subscribe_log: Throttle::default(),
         control_log: Throttle::default(),
+        births: BirthGate::default(),
         may_subscribe: subscribe,
     };
     if let Some(d) = f.discovery.borrow().as_ref() {
@@ -158,6 +161,13 @@ pub(super) async fn run(
         let far = Instant::now() + Duration::from_secs(86_400);
         let ack_deadline = f.ack_deadline();
         let hold_until = f.window.hold_until().map(Instant::from_std);
+        // Deferred births wait for a link: the announcements made at connect and the copies
+        // are queued on it.
+        let birth_due = f
+            .births
+            .due()
+            .filter(|_| f.window.is_connected())
+            .map(Instant::from_std);
         tokio::select! {
             biased;
             event = link.recv() => {
@@ -188,6 +198,12 @@ pub(super) async fn run(
             _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
                 // Start over from the first key: the refused reading goes out again first.
                 f.window.hold_over();
+            }
+            _ = sleep_until(birth_due.unwrap_or(far)), if birth_due.is_some() => {
+                let deferred = f.births.take_due(Instant::now().into_std());
+                if deferred > 0 {
+                    f.home_assistant_online(deferred);
+                }
             }
             Ok(()) = f.discovery.changed() => f.discovery_changed(),
             // While connected, QoS 0 readings wait in `live` when the client's channel has no
@@ -314,9 +330,15 @@ impl Feeder {
             let Some(c) = self.control.front() else {
                 return;
             };
+            let now = now_ms();
+            if c.expired(now) {
+                // Home Assistant expired this state already: it stays unavailable.
+                self.control.pop_front();
+                continue;
+            }
             let props = match c.stamp {
                 None => Properties::default(),
-                Some(stamp) => match self.fate(stamp, now_ms()) {
+                Some(stamp) => match self.fate(stamp, now) {
                     Fate::Send(props) => props,
                     // A copy of a state older than `max_age`: not sent, like the reading.
                     Fate::TooOld { .. } => {
@@ -431,14 +453,10 @@ impl Feeder {
     /// what is current), so repeated `online` messages cannot grow the queue: it holds at most
     /// one message per topic, and never more than [`CONTROL_MAX`].
     fn queue(&mut self, c: Control) {
-        self.control.retain(|q| q.topic != c.topic);
-        if self.control.len() >= CONTROL_MAX {
-            if self.control_log.admit("full").is_some() {
-                warn!(topic = %c.topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
-            }
-            return;
+        let topic = c.topic.clone();
+        if !self.control.push(c, CONTROL_MAX) && self.control_log.admit("full").is_some() {
+            warn!(%topic, max = CONTROL_MAX, "too many Home Assistant messages waiting; dropping one");
         }
-        self.control.push_back(c);
     }
 
     /// Home Assistant came (back) online: announce again. A retained config of ours for a
@@ -448,17 +466,10 @@ impl Feeder {
             return;
         };
         if topic == d.status_topic && payload == b"online" {
-            let copies = self.states.to_resend();
-            info!(
-                states = copies.len(),
-                "Home Assistant is online: announcing the sensors and sending their last states"
-            );
-            self.announce(&d);
-            // After the configs (Home Assistant subscribes to a state topic when it reads the
-            // config), before the backlog; see last_state.rs for which state and why.
-            for copy in copies {
-                let stale = self.states.stale_after(&copy.topic);
-                self.queue(Control::copy(copy, stale));
+            // Within a second of the previous one: answered at the end of that second (the
+            // info line counts them as `deferred`).
+            if self.births.online(Instant::now().into_std()) {
+                self.home_assistant_online(0);
             }
         } else if d.object_of(topic).is_some()
             && !payload.is_empty()
@@ -469,6 +480,27 @@ impl Feeder {
                 "removing a Home Assistant entity that is no longer configured"
             );
             self.queue(Control::retained(topic, b""));
+        }
+    }
+
+    /// Home Assistant (re)started: announce the sensors again and send their last states.
+    /// `deferred`: the births this answers that came within a second of the previous one.
+    fn home_assistant_online(&mut self, deferred: u64) {
+        let Some(d) = self.discovery.borrow().clone() else {
+            return;
+        };
+        let copies = self.states.to_resend();
+        info!(
+            states = copies.len(),
+            deferred,
+            "Home Assistant is online: announcing the sensors and sending their last states"
+        );
+        self.announce(&d);
+        // After the configs (Home Assistant subscribes to a state topic when it reads the
+        // config), before the backlog; see last_state.rs for which state and why.
+        for copy in copies {
+            let stale = self.states.stale_after(&copy.topic);
+            self.queue(Control::copy(copy, stale));
         }
     }
 
@@ -527,6 +559,19 @@ impl Feeder {
         self.queue(stats);
     }
 
+    /// A QoS 0 reading of `s.topic` just went out while a copy of that topic's state waits
+    /// in the control queue (for room in the window, or a retry hold): the copy now carries
+    /// this reading, or, sent after it, it would take Home Assistant (and a retained copy the
+    /// broker) back to the older state until the next reading.
+    fn refresh_copy(&mut self, s: &State) {
+        let stale = self.states.stale_after(&s.topic);
+        if let Some(c) = self.control.get_mut(&s.topic)
+            && c.stamp.is_some()
+        {
+            *c = Control::copy(s.clone(), stale);
+        }
+    }
+
     fn publish_live(&mut self, msg: LiveMessage) {
         if !self.window.is_connected() {
             self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +603,7 @@ impl Feeder {
         {
             Ok(()) => {
                 if let Some(state) = state {
+                    self.refresh_copy(&state);
                     self.states.sent_live(state);
                 }
                 self.window.live_handed();

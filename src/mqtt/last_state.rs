@@ -7,7 +7,9 @@
 //! topic handed to the current link, and no newer than any reading still waiting in the
 //! store. The newest reading handed to this link if there is one, else the newest the broker
 //! acknowledged, is both. A reading handed to an earlier link but not acknowledged is back in
-//! the store and goes out again after the copy, so it never counts.
+//! the store and goes out again after the copy, so it never counts. QoS 0 readings do not wait
+//! for the window: one that goes out while its topic's copy is still queued replaces the
+//! copy's state (the feeder's `refresh_copy`).
 
 use std::collections::{BTreeMap, HashMap};
 

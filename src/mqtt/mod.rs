@@ -11,6 +11,7 @@
 //! reading (`max_age`, message expiry, the `ts` user property).
 
 mod backoff;
+mod birth;
 mod connection;
 mod control;
 mod describe;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason, SubAck,
-    SubscribeReasonCode,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Packet, PingResp, PubAck, PubAckReason, Publish,
+    SubAck, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +37,9 @@ struct Script {
     refuse_subscriptions: bool,
     /// The n-th PUBLISH over the broker's life (1-based) is answered with this reason code.
     refuse: HashMap<usize, PubAckReason>,
+    /// Right after a refusal's PUBACK, the broker passes on Home Assistant's birth message
+    /// (`online` on `homeassistant/status`), as if Home Assistant restarted just then.
+    birth_after_refusal: bool,
 }
 
 /// One PUBLISH as the broker saw it, with its answer.
@@ -55,6 +58,8 @@ struct State {
     max_unacked: Vec<usize>,
     pings: usize,
     subscribes: usize,
+    /// Every PUBLISH on another topic than [`TOPIC`], in arrival order: (topic, payload, QoS 1).
+    others: Vec<(String, String, bool)>,
 }
 
 struct FakeBroker {
@@ -132,6 +137,29 @@ async fn write(sock: &mut TcpStream, packet: Packet) -> std::io::Result<()> {
     sock.write_all(&out).await
 }
 
+/// Marks, in [`State::others`], where the birth message went out.
+const BIRTH_SENT: &str = "(birth sent)";
+
+/// Writes the held PUBACKs, then the birth message if one is due.
+async fn flush(
+    sock: &mut TcpStream,
+    held: &mut Vec<PubAck>,
+    birth: &mut bool,
+    state: &Mutex<State>,
+) -> std::io::Result<()> {
+    for ack in held.drain(..) {
+        write(sock, Packet::PubAck(ack)).await?;
+    }
+    if std::mem::take(birth) {
+        lock(state)
+            .others
+            .push((BIRTH_SENT.into(), String::new(), false));
+        let online = Publish::new("homeassistant/status", QoS::AtMostOnce, "online", None);
+        write(sock, Packet::Publish(online)).await?;
+    }
+    Ok(())
+}
+
 async fn serve(
     mut sock: TcpStream,
     conn: usize,
@@ -144,6 +172,8 @@ async fn serve(
     let ack_batch = script.ack_batch.get(conn).copied().unwrap_or(usize::MAX);
     let mut buf = BytesMut::with_capacity(4096);
     let mut held: Vec<PubAck> = Vec::new();
+    // A birth message to pass on once the held acks (a refusal among them) are written.
+    let mut birth = false;
     let mut publishes = 0;
     loop {
         let packet = match Packet::read(&mut buf, Some(MAX_PACKET)) {
@@ -156,10 +186,8 @@ async fn serve(
                     match tokio::time::timeout(ACK_FLUSH, sock.read_buf(&mut buf)).await {
                         Ok(r) => r,
                         Err(_) => {
-                            for ack in held.drain(..) {
-                                if let Err(e) = write(&mut sock, Packet::PubAck(ack)).await {
-                                    return format!("write error {e}");
-                                }
+                            if let Err(e) = flush(&mut sock, &mut held, &mut birth, state).await {
+                                return format!("write error {e}");
                             }
                             continue;
                         }
@@ -205,10 +233,21 @@ async fn serve(
                 };
                 write(&mut sock, Packet::ConnAck(connack)).await
             }
+            Packet::Publish(p) if p.qos == QoS::AtMostOnce => {
+                let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                lock(state).others.push((topic, payload, false));
+                Ok(())
+            }
             Packet::Publish(p) if p.qos == QoS::AtLeastOnce => {
                 publishes += 1;
                 let payload = String::from_utf8_lossy(&p.payload).into_owned();
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                if topic != TOPIC {
+                    lock(state)
+                        .others
+                        .push((topic.clone(), payload.clone(), true));
+                }
                 let reason = {
                     let mut s = lock(state);
                     let reason = if topic == TOPIC {
@@ -236,6 +275,7 @@ async fn serve(
                     s.max_unacked[conn] = s.max_unacked[conn].max(held.len() + 1);
                     reason
                 };
+                birth |= script.birth_after_refusal && reason != PubAckReason::Success;
                 held.push(PubAck {
                     pkid: p.pkid,
                     reason,
@@ -244,13 +284,11 @@ async fn serve(
                 if drop_after == Some(publishes) {
                     return format!("dropped after {publishes} publishes (script)");
                 }
-                let mut r = Ok(());
                 if held.len() >= ack_batch {
-                    for ack in held.drain(..) {
-                        r = r.and(write(&mut sock, Packet::PubAck(ack)).await);
-                    }
+                    flush(&mut sock, &mut held, &mut birth, state).await
+                } else {
+                    Ok(())
                 }
-                r
             }
             Packet::PingReq(_) => {
                 lock(state).pings += 1;
@@ -371,6 +409,79 @@ fn fake_broker_v5_retry_codes_resend() {
     assert!(
         pauses.iter().all(|&p| p <= 1.0),
         "pauses {pauses:?}: the backoff grew"
+    );
+}
+
+/// Home Assistant restarts while a refusal holds the window (0x97: nothing new goes out for a
+/// second) and a QoS 0 sensor keeps publishing meanwhile. The copy of its last state, queued at
+/// the birth and sent once the hold is over, must not be older than the readings that went out
+/// before it: Home Assistant (and, with retain, the broker) would step back to an old value
+/// until the next reading.
+#[test]
+fn fake_broker_v5_a_state_copy_never_steps_back_behind_a_live_reading() {
+    let script = Script {
+        refuse: HashMap::from([(30, PubAckReason::QuotaExceeded)]),
+        birth_after_refusal: true,
+        ..Script::default()
+    };
+    let broker = FakeBroker::start(script);
+    let mut env = Env::new("fake_broker_v5_state_copy");
+    let log = broker.log.clone();
+    env.on_failure_dump("fake broker", move || log.text());
+    let counter = Counter::new(env.dir(), "counter");
+    let live = Counter::new(env.dir(), "live");
+    let sensors = format!(
+        "[homeassistant]\ndevice_name = \"Garden Pi\"\n\n{}\n{}",
+        live.sensor_toml("live", "test/live", "50ms", 0),
+        counter.sensor_toml("counter", TOPIC, "10ms", 1)
+    );
+    let cfg = tweak(
+        env.config_for_port(broker.port, "", &sensors),
+        &[("[mqtt]\n", "[mqtt]\nprotocol = 5\n")],
+    );
+    env.write_config(&cfg);
+    env.daemon.start();
+    let others = || lock(&broker.state).others.clone();
+    wait_until(
+        DEADLINE,
+        "a copy of test/live's state after the birth",
+        || {
+            others()
+                .iter()
+                .any(|(t, _, qos1)| t == "test/live" && *qos1)
+        },
+    );
+    env.daemon.stop_expect_success();
+    let seen = others();
+    let birth = seen
+        .iter()
+        .position(|(t, ..)| t == BIRTH_SENT)
+        .expect("the birth was passed on");
+    let live: Vec<(usize, u64, bool)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, ..))| t == "test/live")
+        .map(|(i, (_, p, qos1))| (i, p.parse().expect("an integer"), *qos1))
+        .collect();
+    let &(copy_at, copy, _) = live.iter().find(|l| l.2).expect("a copy");
+    let during_hold = live
+        .iter()
+        .filter(|&&(i, _, qos1)| !qos1 && i > birth && i < copy_at)
+        .count();
+    assert!(
+        during_hold > 0,
+        "no QoS 0 reading went out between the birth and the copy: the test shows nothing"
+    );
+    let newest_before = live
+        .iter()
+        .filter(|&&(i, ..)| i < copy_at)
+        .map(|l| l.1)
+        .max()
+        .expect("readings before the copy");
+    assert!(
+        copy >= newest_before,
+        "the copy of test/live carries {copy}, after {newest_before} went out: Home Assistant \
+         steps back to an older state"
     );
 }
 

@@ -312,3 +312,107 @@ fn diagnostics_follow_a_backlog_after_an_outage() {
     );
     env.daemon.stop_expect_success();
 }
+
+/// A flood of `online` messages on Home Assistant's status topic (a looping automation, a
+/// misbehaving client): the daemon re-announces at most about once a second, not once per
+/// message, so the flood neither fills the journal with one line per message nor keeps the
+/// window busy with configs and state copies ahead of the readings. The last `online` is
+/// still acted on (the configs and the copy come after it).
+#[test]
+fn a_flood_of_home_assistant_births_is_coalesced() {
+    const FLOOD: usize = 3000;
+    let mut env = Env::with_broker("a_flood_of_home_assistant_births");
+    let node = "td-a_flood_of_home_assistant_births";
+    let config_topic = format!("homeassistant/sensor/{node}/counter/config");
+    let counter = Counter::new(env.dir(), "counter");
+    let sensors = format!(
+        "[homeassistant]\n{}",
+        counter.sensor_toml("counter", "test/counter", "100ms", 1)
+    );
+    env.write_config(&env.config("", &sensors));
+    env.daemon.start();
+    wait_until(DEADLINE, "announced, and a first reading", || {
+        let sub = env.sub();
+        sub.payloads(&config_topic).len() == 1 && !sub.payloads("test/counter").is_empty()
+    });
+    let started = std::time::Instant::now();
+    let mut flood = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &env.port().to_string()])
+        .args(["-t", "homeassistant/status", "-q", "1", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = flood.stdin.take().unwrap();
+        stdin
+            .write_all("online\n".repeat(FLOOD).as_bytes())
+            .unwrap();
+    }
+    assert!(flood.wait().unwrap().success());
+    // The last one is acted on within the second after it.
+    let value = counter.value();
+    counter.wait_value_at_least(value + 20, "2 s of readings after the flood");
+    let elapsed = started.elapsed().as_secs_f64();
+    let announced = env.sub().payloads(&config_topic).len() - 1;
+    let logged = env
+        .daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("Home Assistant is online: announcing"))
+        .count();
+    env.daemon.stop_expect_success();
+    // At once, then at most once a second (plus the last one, at the end of its second).
+    let most = elapsed.ceil() as usize + 2;
+    assert!(
+        (1..=most).contains(&announced),
+        "{FLOOD} births in {elapsed:.1} s: announced {announced} times (at most {most})"
+    );
+    assert!(
+        logged <= most,
+        "{FLOOD} births in {elapsed:.1} s: {logged} log lines (at most {most})"
+    );
+}
+
+/// A state Home Assistant has already expired (its sensor stopped publishing longer ago than
+/// `expire_after`: unplugged, failing) is not sent again when Home Assistant restarts: the copy
+/// would show the old value as current for another `expire_after`. A state still within its
+/// `expire_after` is.
+#[test]
+fn an_expired_state_is_not_sent_again_after_home_assistants_restart() {
+    let mut env = Env::with_broker("an_expired_state_is_not_sent_again");
+    let sensor = |name: &str, expire: &str| {
+        let path = env.path(name);
+        fs::write(&path, "21.5\n").unwrap();
+        format!(
+            "[[sensor]]\nname = \"{name}\"\nkind = \"file\"\npath = {}\ninterval = \"1h\"\n\
+             topic = \"garden/{name}\"\nha = {{ expire_after = \"{expire}\" }}\n",
+            toml_str(&path.display().to_string())
+        )
+    };
+    let sensors = format!(
+        "[homeassistant]\n{}{}",
+        sensor("stale", "2s"),
+        sensor("steady", "1h")
+    );
+    env.write_config(&env.config("", &sensors));
+    env.daemon.start();
+    wait_until(DEADLINE, "the first states", || {
+        let sub = env.sub();
+        sub.payloads("garden/stale").len() == 1 && sub.payloads("garden/steady").len() == 1
+    });
+    // The stale sensor's state is now older than its expire_after.
+    let taken = std::time::Instant::now();
+    wait_until(DEADLINE, "3 s", || taken.elapsed().as_secs() >= 3);
+    publish(&env, "homeassistant/status", "online");
+    // Copies go out in topic order: "stale" would come before "steady".
+    wait_until(DEADLINE, "the steady sensor's state sent again", || {
+        env.sub().payloads("garden/steady").len() == 2
+    });
+    env.daemon.stop_expect_success();
+    assert_eq!(
+        env.sub().payloads("garden/stale"),
+        ["21.5"],
+        "a state older than its expire_after was sent again: Home Assistant shows it as current"
+    );
+}
