@@ -166,7 +166,7 @@ def _steps(c, vm, sub, deb):
             bool(flowing) and _show(vm, "MainPID")["MainPID"] == pid, " | ".join(warnings)[:300])
     text = "\n".join(warnings)
     c.check("journalctl -p warning shows the invalid config's problem: its line and key",
-            "line 14" in text and 'interval = "soon"' in text, f"{len(warnings)} lines")
+            "telemetryd.toml:14:12: interval:" in text and 'interval = "soon"' in text, f"{len(warnings)} lines")
     vm.run("install -m 644 /mnt/payload/added.toml /etc/telemetryd/telemetryd.toml")
     t_ok = float(vm.run("date +%s.%N")[1])
     rc, _ = vm.run("systemctl reload telemetryd.service")
