@@ -563,18 +563,8 @@ fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
 
     let homeassistant = raw.homeassistant.map(|ha| {
         // Discovery ids allow [a-zA-Z0-9_-] only.
-        let node_id: String = ha
-            .node_id
-            .unwrap_or_else(|| mqtt.client_id.clone())
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let node_id =
+            crate::homeassistant::object_id(ha.node_id.as_deref().unwrap_or(&mqtt.client_id));
         HomeAssistant {
             discovery_prefix: ha
                 .discovery_prefix

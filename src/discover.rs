@@ -114,7 +114,7 @@ pub async fn scan(root: &Path, procfs_root: &Path) -> Vec<Found> {
     let mut used = HashSet::new();
     let mut set = JoinSet::new();
     for (i, (name, what, spec)) in specs.into_iter().enumerate() {
-        let name = unique(&mut used, sanitize(&name));
+        let name = unique(&mut used, crate::homeassistant::object_id(&name));
         let mut source = Source::new(spec.clone(), root);
         set.spawn(async move {
             let value = match tokio::time::timeout(READ_TIMEOUT, source.read()).await {
@@ -226,19 +226,6 @@ fn read_trimmed(p: &Path) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-}
-
-/// Sensor names are used in topics: keep them to letters, digits, `-` and `_`.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn unique(used: &mut HashSet<String>, name: String) -> String {

@@ -237,8 +237,9 @@ fn device_class(source: &SourceSpec, unit: Option<&str>) -> Option<&'static str>
     }
 }
 
-/// Discovery object ids allow `[a-zA-Z0-9_-]`.
-fn object_id(name: &str) -> String {
+/// Discovery object ids allow `[a-zA-Z0-9_-]`; every other character becomes `_`. Also what
+/// `telemetryd sensors` makes of a device's name (it goes into topics) and the node id.
+pub(crate) fn object_id(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
