@@ -103,7 +103,7 @@ def _journal_warnings(vm, since):
 def _steps(c, vm, sub, deb):
     _, gnow = vm.run("date +%s.%N")
     vm.run("mkdir -p /mnt/payload && mount -o ro /dev/vdb /mnt/payload")
-    rc, out = vm.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/payload/{os.path.basename(deb)}", 300)
+    rc, out = vm.run(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /mnt/payload/{os.path.basename(deb)}", 900)
     if not c.check("apt-get install ./telemetryd.deb (no network: dependencies from the image)", rc == 0, out[-400:] if rc else ""):
         return
     _, enabled = vm.run("systemctl is-enabled telemetryd.service")

@@ -72,7 +72,9 @@ def prepare(work, deb, accel, smp):
                     ">/etc/sysctl.d/90-systest.conf",
                     "telemetryd check --config /etc/telemetryd/telemetryd.toml --quiet",
                     "systemctl enable telemetryd.service", "umount /mnt/p"):
-            rc, out = vm.run(cmd, 300)
+            # Generous: under TCG on a busy machine one apt-get install was seen to take more
+            # than 300 s (it takes about a minute on a quiet one).
+            rc, out = vm.run(cmd, 900)
             if rc:
                 raise RuntimeError(f"prepare: {cmd}: {out[-400:]}")
         vm.poweroff()
