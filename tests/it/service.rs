@@ -536,21 +536,8 @@ fn journald_priority_prefixes() {
     );
     let cfg = env.config_for_port(free_port(), "", &sensor);
     env.write_config(&cfg);
-    let log_path = env.path("journal.log");
-    let log = File::create(&log_path).unwrap();
-    let meta = log.metadata().unwrap();
-    let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let mut daemon = Proc::spawn(
-        "telemetryd",
-        Command::new(bin())
-            .arg("--config")
-            .arg(&env.daemon.config)
-            .env_remove("RUST_LOG")
-            .env("JOURNAL_STREAM", &stream)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log),
-    );
+    let (log_path, log, stream) = journal_file(&env, "journal.log");
+    let mut daemon = spawn_under_journald(&env, &stream, log);
     let read = || fs::read_to_string(&log_path).unwrap_or_default();
     wait_until(DEADLINE, "a failed connection attempt in the log", || {
         read().contains("cannot connect")
@@ -595,14 +582,15 @@ fn journald_priority_prefixes() {
 #[test]
 fn journald_multiline_config_errors_keep_their_priority() {
     let env = Env::new("journald_multiline_config_errors_keep_their_priority");
-    let cfg = env.config_for_port(free_port(), "", "");
+    // A config needs a sensor.
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config_for_port(
+        free_port(),
+        "",
+        &counter.sensor_toml("counter", TOPIC, "1s", 0),
+    );
     env.write_config(&cfg);
-    let journal = |name: &str| {
-        let path = env.path(name);
-        let file = File::create(&path).unwrap();
-        let meta = file.metadata().unwrap();
-        (path, file, format!("{}:{}", meta.dev(), meta.ino()))
-    };
+    let journal = |name: &str| journal_file(&env, name);
     let bad = cfg.replacen("keep_alive = \"5s\"", "keep_alive = \"soon\"", 1);
     assert_ne!(bad, cfg);
     let bad_path = env.path("bad.toml");
@@ -635,17 +623,7 @@ fn journald_multiline_config_errors_keep_their_priority() {
     all_errors(&fs::read_to_string(&path).unwrap());
 
     let (path, file, stream) = journal("daemon.log");
-    let mut daemon = Proc::spawn(
-        "telemetryd",
-        Command::new(bin())
-            .arg("--config")
-            .arg(&env.daemon.config)
-            .env_remove("RUST_LOG")
-            .env("JOURNAL_STREAM", &stream)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file),
-    );
+    let mut daemon = spawn_under_journald(&env, &stream, file);
     let read = || fs::read_to_string(&path).unwrap_or_default();
     wait_until(DEADLINE, "started", || read().contains("started"));
     env.write_config(&bad);
@@ -824,4 +802,28 @@ fn a_stop_under_the_units_kill_mode_logs_no_failed_read() {
         !alive(child),
         "the sensor's child {child} outlived the daemon"
     );
+}
+
+/// A file that stands for journald's stream: its path, the file, and the `JOURNAL_STREAM`
+/// value (`device:inode`) by which the daemon recognises it as its stderr.
+fn journal_file(env: &Env, name: &str) -> (std::path::PathBuf, File, String) {
+    let path = env.path(name);
+    let file = File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    (path, file, format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// The daemon on `env`'s config with its stderr on that stream, as under systemd.
+fn spawn_under_journald(env: &Env, stream: &str, stderr: File) -> Proc {
+    Proc::spawn(
+        "telemetryd",
+        Command::new(bin())
+            .arg("--config")
+            .arg(&env.daemon.config)
+            .env_remove("RUST_LOG")
+            .env("JOURNAL_STREAM", stream)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    )
 }
