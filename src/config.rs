@@ -336,12 +336,17 @@ struct RawTls {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHomeAssistant {
-    discovery_prefix: Option<String>,
-    node_id: Option<String>,
-    device_name: Option<String>,
+    discovery_prefix: Option<At<String>>,
+    node_id: Option<At<String>>,
+    device_name: Option<At<String>>,
     retain_states: Option<bool>,
     diagnostics: Option<bool>,
 }
+
+/// `[homeassistant]` names and the client id: far below what would push a discovery config, a
+/// topic or the Last Will towards rumqttc's 10 KiB packet limit.
+const MAX_HA_TEXT: usize = 128;
+const MAX_CLIENT_ID: usize = 256;
 
 /// The most readings the buffer may be told to hold: about 28 GB at 280 bytes each.
 const MAX_MAX_MESSAGES: u64 = 100_000_000;
@@ -561,20 +566,31 @@ fn validate(raw: RawConfig) -> Result<Option<Config>, Bad> {
         return Ok(None);
     }
 
-    let homeassistant = raw.homeassistant.map(|ha| {
-        // Discovery ids allow [a-zA-Z0-9_-] only.
-        let node_id =
-            crate::homeassistant::object_id(ha.node_id.as_deref().unwrap_or(&mqtt.client_id));
-        HomeAssistant {
-            discovery_prefix: ha
-                .discovery_prefix
-                .unwrap_or_else(|| "homeassistant".into()),
-            device_name: ha.device_name.unwrap_or_else(|| mqtt.client_id.clone()),
-            node_id,
-            retain_states: ha.retain_states.unwrap_or(false),
-            diagnostics: ha.diagnostics.unwrap_or(true),
+    let homeassistant = match raw.homeassistant {
+        Some(ha) => {
+            // Each goes into every discovery config: bounded so that one stays far below
+            // rumqttc's 10 KiB packet limit (a config it refuses drops the link at every
+            // connect, and no reading is ever delivered).
+            let text = |key: &str, v: Option<At<String>>, default: &str| match v {
+                Some(v) if v.get_ref().is_empty() || v.get_ref().len() > MAX_HA_TEXT => bad(
+                    v.span(),
+                    format!("[homeassistant] {key} must be 1 to {MAX_HA_TEXT} bytes"),
+                ),
+                Some(v) => Ok(v.into_inner()),
+                None => Ok(default.to_owned()),
+            };
+            let node_id = text("node_id", ha.node_id, &mqtt.client_id)?;
+            Some(HomeAssistant {
+                discovery_prefix: text("discovery_prefix", ha.discovery_prefix, "homeassistant")?,
+                device_name: text("device_name", ha.device_name, &mqtt.client_id)?,
+                // Discovery ids allow [a-zA-Z0-9_-] only.
+                node_id: crate::homeassistant::object_id(&node_id),
+                retain_states: ha.retain_states.unwrap_or(false),
+                diagnostics: ha.diagnostics.unwrap_or(true),
+            })
         }
-    });
+        None => None,
+    };
     if homeassistant.is_none()
         && let Some(s) = sensors.iter().find(|s| s.ha != Default::default())
     {
@@ -604,6 +620,15 @@ fn validate_mqtt(raw: RawMqtt, warnings: &mut Vec<String>) -> Result<MqttConfig,
             return bad(
                 id.span(),
                 "[mqtt] client_id must not be empty: it names the persistent session",
+            );
+        }
+        Some(id) if id.get_ref().len() > MAX_CLIENT_ID => {
+            return bad(
+                id.span(),
+                format!(
+                    "[mqtt] client_id is longer than {MAX_CLIENT_ID} bytes: it goes into the \
+                     status and stats topics and the Last Will"
+                ),
             );
         }
         Some(id) => id.into_inner(),
@@ -1205,6 +1230,54 @@ interval = "30s"
 topic = "temperature/outside"
 decimals = 1
 "#;
+
+    /// Every text that goes into a discovery config, a topic or the Last Will is bounded: a
+    /// 20 KB `ha.icon` made each connect send a 20 KB config that rumqttc refuses, dropping
+    /// the link at once, forever, with no reading delivered (seen against a real Mosquitto).
+    #[test]
+    fn texts_that_go_into_every_packet_are_bounded() {
+        let long = "a".repeat(20_000);
+        let ha = |extra: &str| format!("{SEED}\n[homeassistant]\n{extra}\n");
+        for (text, says) in [
+            (
+                SEED.replace(
+                    "decimals = 1",
+                    &format!("[sensor.ha]\nicon = \"mdi:{long}\""),
+                ),
+                "ha.icon",
+            ),
+            (
+                ha(&format!("device_name = \"{long}\"")),
+                "device_name must be 1 to 128 bytes",
+            ),
+            (
+                ha(&format!("node_id = \"{long}\"")),
+                "node_id must be 1 to 128 bytes",
+            ),
+            (
+                ha(&format!("discovery_prefix = \"{long}\"")),
+                "discovery_prefix must be 1 to 128",
+            ),
+            (
+                ha("device_name = \"\""),
+                "device_name must be 1 to 128 bytes",
+            ),
+            (
+                SEED.replace("\"pi-garden\"", &format!("\"{long}\"")),
+                "client_id is longer than 256 bytes",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(says), "{says}: {}", &err[..err.len().min(300)]);
+        }
+        // What a real setup writes still passes.
+        let ok = SEED.replace(
+            "decimals = 1",
+            "[sensor.ha]\nicon = \"mdi:thermometer-lines\"",
+        );
+        parse(&ha("device_name = \"Garden Pi\"\nnode_id = \"garden\"")).unwrap();
+        parse(&format!("{ok}\n[homeassistant]\n")).unwrap();
+    }
 
     #[test]
     fn seed_config_gets_defaults() {

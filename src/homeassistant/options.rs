@@ -57,16 +57,19 @@ impl EntityOptions {
             ));
         }
         if let Some(i) = &self.icon {
-            let ok = i.split_once(':').is_some_and(|(set, name)| {
-                word(set)
-                    && !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            });
+            // Bounded like every other field: the whole discovery config must stay far below
+            // rumqttc's 10 KiB packet limit, or its refusal drops the link at every connect.
+            let ok = i.len() <= 64
+                && i.split_once(':').is_some_and(|(set, name)| {
+                    word(set)
+                        && !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
             if !ok {
                 return Err(format!(
-                    "ha.icon {i:?} is not an icon name like \"mdi:thermometer\""
+                    "ha.icon {i:?} is not an icon name like \"mdi:thermometer\" (at most 64 bytes)"
                 ));
             }
         }
