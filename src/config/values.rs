@@ -1,11 +1,16 @@
-//! Typed config values: each one parses itself and says what it expected in a Pi owner's
-//! words, so that toml places every mistake at its own key (file, line, column).
+//! Typed config values (durations, numbers, ports, argv, log level), each parsing itself.
+//!
+//! Each says what it expected in a Pi owner's words, so that toml places every mistake at its
+//! own key (file, line, column).
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+
+use super::error::{Invalid, Problem, bad};
+use super::raw::At;
 
 /// The longest duration written anywhere in a config: 136 years (`u32::MAX` seconds, MQTT's
 /// "never"). Longer ones overflow or mean nothing; each key has tighter bounds of its own.
@@ -29,18 +34,18 @@ pub fn show(d: Duration) -> String {
 }
 
 /// Parses a config duration; the error says what is wrong with it and how to write it.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     const UNITS: &str = "ms, s, m, h or d";
     let how = format!("write a whole number and one of {UNITS}, like \"30s\" or \"5m\"");
     if text.trim().is_empty() {
-        return Err(format!("an empty duration: {how}"));
+        return Err(Invalid(format!("an empty duration: {how}")));
     }
     if text.contains(char::is_whitespace) {
         let joined: String = text.split_whitespace().collect();
-        return Err(match parse_duration(&joined) {
+        return Err(Invalid(match parse_duration(&joined) {
             Ok(_) => format!("{text:?} has a space in it: write it without, like {joined:?}"),
             Err(_) => format!("{text:?} is not a duration: {how}"),
-        });
+        }));
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -49,11 +54,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{text:?} is not a duration: {how}"));
+            return Err(Invalid(format!("{text:?} is not a duration: {how}")));
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?} is too long: the longest duration is 49710d"))?;
+        let number: u64 = rest[..digits].parse().map_err(|_| too_long(text))?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -67,38 +70,76 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(3600),
             "d" => Duration::from_secs(86_400),
             "" => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{text:?} has no unit: write {:?} for seconds ({UNITS})",
                     format!("{text}s")
-                ));
+                )));
             }
             "M" => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{text:?}: \"M\" would be months, which telemetryd does not take: write \
                      minutes as \"m\" ({UNITS})"
-                ));
+                )));
             }
             "." | "," => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{text:?}: whole numbers only: write \"1500ms\" for 1.5 seconds, or \"1m30s\""
-                ));
+                )));
             }
             other => {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "{text:?}: {other:?} is not a unit telemetryd takes: use {UNITS} (lowercase)"
-                ));
+                )));
             }
         };
         let part = u32::try_from(number)
             .ok()
             .and_then(|n| one.checked_mul(n))
-            .ok_or_else(|| format!("{text:?} is too long: the longest duration is 49710d"))?;
+            .ok_or_else(|| too_long(text))?;
         total = total
             .checked_add(part)
             .filter(|t| *t <= LONGEST)
-            .ok_or_else(|| format!("{text:?} is too long: the longest duration is 49710d"))?;
+            .ok_or_else(|| too_long(text))?;
     }
     Ok(total)
+}
+
+fn too_long(text: &str) -> Invalid {
+    Invalid(format!(
+        "{text:?} is too long: the longest duration is 49710d"
+    ))
+}
+
+/// A duration that must lie in `min..=max`; the error says which end and why.
+pub(super) fn bounded(
+    d: &At<Dur>,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    why: &str,
+) -> Result<Duration, Problem> {
+    let v = d.get_ref().get();
+    if v < min {
+        return bad(
+            d.span(),
+            format!(
+                "{key} {} is too short: the minimum is {}{why}",
+                show(v),
+                show(min)
+            ),
+        );
+    }
+    if v > max {
+        return bad(
+            d.span(),
+            format!(
+                "{key} {} is too long: the maximum is {}{why}",
+                show(v),
+                show(max)
+            ),
+        );
+    }
+    Ok(v)
 }
 
 impl<'de> Deserialize<'de> for Dur {
@@ -308,7 +349,7 @@ mod tests {
         assert_eq!(ok("1d"), Duration::from_secs(86_400));
         assert_eq!(ok("1h30m"), Duration::from_secs(5400));
         assert_eq!(ok("0s"), Duration::ZERO);
-        let no = |t: &str| parse_duration(t).unwrap_err();
+        let no = |t: &str| parse_duration(t).unwrap_err().0;
         assert!(no("5M").contains("months"), "{}", no("5M"));
         assert!(no("10y").contains("\"y\" is not a unit"), "{}", no("10y"));
         assert!(no("30 s").contains("space"), "{}", no("30 s"));
@@ -348,7 +389,7 @@ mod tests {
             if Duration::from_millis(ms) <= LONGEST {
                 proptest::prop_assert_eq!(parse_duration(&text), Ok(Duration::from_millis(ms)));
             } else {
-                proptest::prop_assert!(parse_duration(&text).unwrap_err().contains("too long"));
+                proptest::prop_assert!(parse_duration(&text).unwrap_err().0.contains("too long"));
             }
         }
     }

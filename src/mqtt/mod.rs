@@ -22,7 +22,6 @@ pub(crate) mod properties;
 mod protocol;
 mod puback;
 pub mod servers;
-pub mod tls;
 mod unsent;
 mod window;
 
