@@ -24,7 +24,6 @@ mod puback;
 pub mod servers;
 pub mod tls;
 mod unsent;
-mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The task that feeds the outbox to MQTT in key order and deletes readings on PUBACK.
 
+mod window;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -18,13 +20,13 @@ use super::properties::{self, Fate, Properties, Stamp};
 use super::protocol::{Client, Event};
 use super::puback::{self, Verdict};
 use super::unsent::{EXPIRE_BATCH, Unsent};
-use super::window::{Backlog, Handed, Outstanding, Reused, Window, Wire};
 use super::{Link, PKID_SLOTS, SHUTDOWN_GRACE};
 use crate::Stats;
 use crate::config::Availability;
 use crate::homeassistant::Discovery;
 use crate::logging::Throttle;
 use crate::outbox::{Entry, Outbox, Record};
+use window::{Backlog, Handed, Outstanding, Reused, Window, Wire};
 
 /// The first pause before a reading the broker could not take (MQTT 5 "retry" reason codes)
 /// is sent again; it doubles while the broker keeps refusing, up to the max.

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::WINDOW;
+use crate::mqtt::WINDOW;
 
 #[cfg(test)]
 mod tests;
