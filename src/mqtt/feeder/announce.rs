@@ -17,6 +17,25 @@ use crate::mqtt::properties::{Fate, Properties};
 const CONTROL_MAX: usize = 10_000;
 
 impl Feeder {
+    /// A new link: what waited for the old one is forgotten; the birth goes first, ahead of
+    /// the backlog, then the subscriptions, the announcements and the stats.
+    pub(super) fn connected(&mut self) {
+        self.control.clear();
+        // First on the new link, ahead of the backlog.
+        if let Some(a) = &self.availability {
+            let birth = Control::retained(&a.topic, a.online.as_bytes());
+            self.queue(birth);
+        }
+        let discovery = self.discovery.borrow_and_update().clone();
+        if let Some(d) = discovery {
+            self.subscribe(&d);
+            self.announce(&d);
+            self.queue_stats();
+            self.stats_after_backlog =
+                (self.outbox.depth() > 0).then(|| (now_ms(), Instant::now()));
+        }
+    }
+
     /// Sends queued control messages as QoS 1 retained publishes that are not in the outbox:
     /// each takes a window slot like a reading, so packet ids still map to keys, but its ack
     /// deletes nothing.

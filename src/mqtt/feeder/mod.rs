@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
 use super::birth::BirthGate;
-use super::control::{Control, ControlQueue};
+use super::control::ControlQueue;
 use super::last_state::LastStates;
 use super::properties::Properties;
 use super::protocol::{Client, Event};
@@ -81,7 +81,8 @@ struct Feeder {
     reconnect: watch::Sender<()>,
     /// A reconnect was asked for and the link is not down yet: no ack deadline meanwhile.
     reconnect_requested: bool,
-    /// `[mqtt] availability`: the birth at each connect, `offline` on a clean stop.
+    /// `[mqtt] availability`: the birth at each connect ([`announce`]), `offline` on a clean
+    /// stop (the loop here).
     availability: Option<Availability>,
     /// Home Assistant discovery, replaced on a reload ([`announce`]).
     discovery: watch::Receiver<Option<Discovery>>,
@@ -93,7 +94,7 @@ struct Feeder {
     states: LastStates,
     /// A backlog was waiting at connect (at this time, ms since the epoch): send the figures
     /// again once everything taken before then is delivered, looked at at most once a second
-    /// ([`acks`]).
+    /// (set by [`announce`], looked at by [`acks`]).
     stats_after_backlog: Option<(u64, Instant)>,
     /// A refused subscription is logged once per cause, not at every reconnect.
     subscribe_log: Throttle,
@@ -285,20 +286,7 @@ impl Feeder {
         match event {
             Link::Connected { slots } => {
                 self.window.connected(slots);
-                self.control.clear();
-                // First on the new link, ahead of the backlog.
-                if let Some(a) = &self.availability {
-                    let birth = Control::retained(&a.topic, a.online.as_bytes());
-                    self.queue(birth);
-                }
-                let discovery = self.discovery.borrow_and_update().clone();
-                if let Some(d) = discovery {
-                    self.subscribe(&d);
-                    self.announce(&d);
-                    self.queue_stats();
-                    self.stats_after_backlog =
-                        (self.outbox.depth() > 0).then(|| (now_ms(), Instant::now()));
-                }
+                self.connected();
             }
             Link::Wire(Event::Message { topic, payload }) => self.message(&topic, &payload),
             Link::Wire(Event::Sent(pkid)) => match self.window.sent(pkid) {
