@@ -1,7 +1,6 @@
 //! What rumqttc reports, MQTT 3.1.1 or 5, mapped onto the one [`Event`] type the connection
 //! task and the feeder read.
 
-use rumqttc::QoS;
 use rumqttc::v5 as r5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
@@ -148,6 +147,8 @@ fn puback_code(reason: p5::PubAckReason) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use rumqttc::QoS;
+
     use super::*;
 
     fn connack(receive_max: Option<u16>) -> r5::Event {

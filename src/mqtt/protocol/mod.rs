@@ -7,8 +7,10 @@
 //! module is the only one that knows which is in use; everything else sees [`Event`]s.
 //!
 //! Here: the client pair and what each side does; [`options`] builds rumqttc's options per
-//! server, [`events`] maps what rumqttc reports onto [`Event`].
+//! server, [`events`] maps what rumqttc reports onto [`Event`], [`error`] says why a link
+//! failed or a request was not taken.
 
+mod error;
 mod events;
 mod options;
 
@@ -20,6 +22,7 @@ use super::PKID_SLOTS;
 use super::describe;
 use super::properties::Properties;
 use crate::config::{MqttConfig, Protocol};
+pub(super) use error::{ClientError, LinkError};
 pub(super) use events::Event;
 use events::{from_v4, from_v5};
 use options::{options_v4, options_v5};
@@ -51,9 +54,6 @@ pub(super) enum EventLoop {
         current: usize,
     },
 }
-
-/// How an error for a packet over [`options::MAX_INCOMING`] starts.
-pub(super) const OVERSIZED: &str = "the broker sent a packet over our 64 KiB limit";
 
 /// Builds the client pair for `cfg.protocol`; the request channel holds `cap` requests. It
 /// starts on the first of `cfg.servers`; [`EventLoop::use_server`] moves it to another.
@@ -101,18 +101,16 @@ impl Client {
         retain: bool,
         payload: Vec<u8>,
         props: Properties,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         match self {
-            Client::V4(c) => c
-                .try_publish(topic, qos, retain, payload)
-                .map_err(|e| e.to_string()),
+            Client::V4(c) => Ok(c.try_publish(topic, qos, retain, payload)?),
             Client::V5(c) => {
                 let qos = qos5(qos);
                 let result = match props.into_v5() {
                     Some(p) => c.try_publish_with_properties(topic, qos, retain, payload, p),
                     None => c.try_publish(topic, qos, retain, payload),
                 };
-                result.map_err(|e| e.to_string())
+                Ok(result?)
             }
         }
     }
@@ -138,25 +136,25 @@ impl Client {
     }
 
     pub fn try_disconnect(&self) {
-        let _ = match self {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
-        };
+        // Best effort: a full channel or a gone connection task leaves no link to close.
+        match self {
+            Client::V4(c) => {
+                let _ = c.try_disconnect();
+            }
+            Client::V5(c) => {
+                let _ = c.try_disconnect();
+            }
+        }
     }
 }
 
 impl EventLoop {
-    /// The next event; an error is already worded for the log (what went wrong, where to look).
+    /// The next event; an error says its kind and is worded for the log (what went wrong,
+    /// where to look).
     /// Cancel-safe in the same way as rumqttc's `poll()`: only drop it when the link goes anyway.
-    pub async fn poll(&mut self) -> Result<Event, String> {
+    pub async fn poll(&mut self) -> Result<Event, LinkError> {
         match self {
-            EventLoop::V4 { el, .. } => el.poll().await.map(from_v4).map_err(|e| {
-                if format!("{e:?}").contains("PayloadSizeLimitExceeded") {
-                    format!("{OVERSIZED}: {}", describe::v4(&e))
-                } else {
-                    describe::v4(&e)
-                }
-            }),
+            EventLoop::V4 { el, .. } => el.poll().await.map(from_v4).map_err(|e| describe::v4(&e)),
             EventLoop::V5 {
                 el,
                 keep_alive,
