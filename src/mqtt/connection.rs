@@ -1,6 +1,7 @@
-//! The task that owns the rumqttc `EventLoop`: connects, fails over along `[mqtt] servers`,
-//! reconnects with backoff between full rounds, and reports link events to the feeder in the
-//! order they happened.
+//! The connection task: owns the rumqttc `EventLoop`, connects, fails over and reconnects.
+//!
+//! It fails over along `[mqtt] servers`, reconnects with backoff between full rounds, and
+//! reports link events to the feeder in the order they happened.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

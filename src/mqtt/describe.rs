@@ -1,5 +1,6 @@
-//! Connection errors worded so a user can act on them (what went wrong and where to look), and
-//! sorted into the kinds of [`LinkError`].
+//! Connection errors worded so a user can act on them, and sorted into [`LinkError`] kinds.
+//!
+//! The wording says what went wrong and where to look.
 
 use super::protocol::LinkError;
 

@@ -1,5 +1,6 @@
-//! PUBACKs: a delivered reading is deleted (in one go per batch of link events), a refused
-//! one quarantined or held for a retry, according to the reason code.
+//! PUBACKs: a delivered reading is deleted, a refused one quarantined or held for a retry.
+//!
+//! Which, by the reason code; deletes go to the store in one go per batch of link events.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

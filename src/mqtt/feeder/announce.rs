@@ -1,6 +1,7 @@
-//! Control messages: the availability birth, Home Assistant discovery (announcements,
-//! removals, the answer to its birth), copies of the last states and the stats, queued and
-//! sent as QoS 1 ahead of the backlog.
+//! The feeder's control messages: what it queues for a link, and sending them first.
+//!
+//! The availability birth, Home Assistant discovery (announcements, removals, the answer to its
+//! birth), copies of the last states and the stats, sent as QoS 1 ahead of the backlog.
 
 use rumqttc::QoS;
 use tokio::time::Instant;

@@ -1,5 +1,4 @@
-//! QoS 0 readings: handed to the client at once while the link is up, counted as dropped
-//! otherwise; never stored.
+//! QoS 0 readings: published at once while the link is up, dropped otherwise; never stored.
 
 use std::sync::atomic::Ordering;
 

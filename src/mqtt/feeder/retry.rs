@@ -1,6 +1,7 @@
-//! Retry holds: a reading an MQTT 5 broker could not take for now (a "retry" reason code,
-//! e.g. quota exceeded) stays in the store while the window pauses, with a backoff, and then
-//! rewinds to send it again.
+//! Retry holds: what an MQTT 5 broker could not take for now goes again after a pause.
+//!
+//! A reading refused with a "retry" reason code (quota exceeded, say) stays in the store while
+//! the window pauses, with a backoff, and then rewinds to send it again.
 
 use std::time::Duration;
 

@@ -1,5 +1,4 @@
-//! The window's adapters to the world: the outbox as the [`Backlog`] it reads, the client
-//! as the [`Wire`] it hands readings to.
+//! The window's adapters: the outbox as the [`Backlog`] it reads, the client as its [`Wire`].
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
-//! Why a link failed or a request was not taken: the kinds the connection task and the feeder
-//! branch on, each worded for the log as before (the wording is in `describe.rs`).
+//! Why a link failed or a request was not taken, by kind.
+//!
+//! The kinds are what the connection task and the feeder branch on; each error is worded for
+//! the log as before (the wording is in `describe.rs`).
 
 use rumqttc::v5 as r5;
 

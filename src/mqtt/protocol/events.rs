@@ -1,5 +1,6 @@
-//! What rumqttc reports, MQTT 3.1.1 or 5, mapped onto the one [`Event`] type the connection
-//! task and the feeder read.
+//! rumqttc's events, MQTT 3.1.1 or 5, mapped onto our one [`Event`] type.
+//!
+//! The connection task and the feeder read only [`Event`]s.
 
 use rumqttc::v5 as r5;
 use rumqttc::v5::mqttbytes::v5 as p5;

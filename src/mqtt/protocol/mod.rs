@@ -1,12 +1,12 @@
-//! One face over rumqttc's MQTT 3.1.1 and MQTT 5 clients, so the connection task and the
-//! feeder are written once.
+//! One face over rumqttc's MQTT 3.1.1 and MQTT 5 clients: the client pair and its two sides.
 //!
-//! rumqttc has two parallel modules (`rumqttc` and `rumqttc::v5`) built the same way: an
-//! `AsyncClient` that queues requests and an `EventLoop` with the same public-but-internal
-//! fields our retransmission relies on (`state.events`, `pending`, `state.collision`). This
-//! module is the only one that knows which is in use; everything else sees [`Event`]s.
+//! So the connection task and the feeder are written once. rumqttc has two parallel modules
+//! (`rumqttc` and `rumqttc::v5`) built the same way: an `AsyncClient` that queues requests and
+//! an `EventLoop` with the same public-but-internal fields our retransmission relies on
+//! (`state.events`, `pending`, `state.collision`). This module is the only one that knows
+//! which is in use; everything else sees [`Event`]s.
 //!
-//! Here: the client pair and what each side does; [`options`] builds rumqttc's options per
+//! [`options`] builds rumqttc's options per
 //! server, [`events`] maps what rumqttc reports onto [`Event`], [`error`] says why a link
 //! failed or a request was not taken.
 

@@ -1,5 +1,6 @@
-//! rumqttc's options for each of `[mqtt] servers`, MQTT 3.1.1 or 5: the same client id,
-//! session, will, limits and TLS on every server.
+//! rumqttc's options for each of `[mqtt] servers`, MQTT 3.1.1 or 5.
+//!
+//! The same client id, session, will, limits and TLS on every server.
 
 use rumqttc::v5 as r5;
 use rumqttc::v5::mqttbytes::v5 as p5;
