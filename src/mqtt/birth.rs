@@ -1,7 +1,8 @@
-//! How often Home Assistant's `online` is acted on: at once, then at most once per
-//! [`BIRTH_GAP`]. One that arrives sooner is deferred to the end of the gap, never dropped, so
-//! Home Assistant's last restart is always answered while a flood costs one re-announce (and
-//! one log line) per gap instead of one per message.
+//! How often Home Assistant's `online` is acted on.
+//!
+//! At once, then at most once per [`BIRTH_GAP`]. One that arrives sooner is deferred to the
+//! end of the gap, never dropped, so Home Assistant's last restart is always answered while a
+//! flood costs one re-announce (and one log line) per gap instead of one per message.
 
 use std::time::{Duration, Instant};
 

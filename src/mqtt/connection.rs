@@ -1,6 +1,7 @@
-//! The task that owns the rumqttc `EventLoop`: connects, fails over along `[mqtt] servers`,
-//! reconnects with backoff between full rounds, and reports link events to the feeder in the
-//! order they happened.
+//! The connection task: owns the rumqttc `EventLoop`, connects, fails over and reconnects.
+//!
+//! It fails over along `[mqtt] servers`, reconnects with backoff between full rounds, and
+//! reports link events to the feeder in the order they happened.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::Link;
 use super::backoff::Backoff;
-use super::protocol::{Event, EventLoop};
+use super::protocol::{Event, EventLoop, LinkError};
 use super::puback::{self, Verdict};
 use super::servers::{Rotation, Server};
 use crate::Stats;
@@ -62,7 +63,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
             changed = c.reconnect.changed(), if connected => match changed {
                 Ok(()) => {
                     c.reconnect.borrow_and_update();
-                    Err("the broker stopped acknowledging publishes".to_owned())
+                    Err(LinkError::Unacknowledged)
                 }
                 Err(_) => break,
             },
@@ -109,7 +110,7 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                 }
             }
             Err(error) => {
-                if error.starts_with(super::protocol::OVERSIZED)
+                if matches!(error, LinkError::Oversized { .. })
                     && c.subscribe.swap(false, Ordering::Relaxed)
                 {
                     // Only our subscriptions bring unasked packets; without them (and without
@@ -139,11 +140,11 @@ pub(super) async fn run(mut eventloop: EventLoop, mut c: Connection, stop: Cance
                     }
                 } else {
                     failures += 1;
-                    // Without the digits: some causes carry the time ("certificate expired:
-                    // verification time 1795595654 ...") and would otherwise never repeat.
-                    // Per server: each one's refusal is reported with its own reason.
-                    let cause: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
-                    match throttles[failed_index].admit(&cause) {
+                    // By cause, not by message: some messages carry the time ("certificate
+                    // expired: verification time 1795595654 ...") or a packet id, and would
+                    // otherwise never repeat. Per server: each one's refusal is reported with
+                    // its own reason.
+                    match throttles[failed_index].admit(&error.cause()) {
                         Some(_) => match next {
                             Some(next) => {
                                 warn!(server = %left, %error, attempts = failures, %next, "cannot connect to the broker; trying the next server")

@@ -1,5 +1,7 @@
-//! Messages the feeder sends that are not readings: the birth message, discovery configs and
-//! their removal, the self-metrics at connect, copies of the last states; and their queue.
+//! Control messages (what the feeder sends that is not a reading) and their queue.
+//!
+//! The birth message, discovery configs and their removal, the self-metrics at connect, copies
+//! of the last states.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -1,5 +1,6 @@
-//! Which state of each Home Assistant sensor to send again when Home Assistant comes online:
-//! never one older than a state Home Assistant already got or gets after it.
+//! Which state of each Home Assistant sensor to send again when Home Assistant comes online.
+//!
+//! Never one older than a state Home Assistant already got or gets after it.
 //!
 //! After Home Assistant's birth message, it receives, in this order: whatever readings are
 //! already on the wire, the copies we queue (control messages go before the backlog), then

@@ -6,9 +6,24 @@
 //! to store keys and deletes a reading only when the PUBACK for the packet that carried it
 //! arrives. After any connection error rumqttc's own resend queue is emptied and the feeder
 //! requeues every unacknowledged key ahead of new data, so a lost or resumed session behave
-//! the same. MQTT 3.1.1 and MQTT 5 share all of this; [`protocol`] hides which one rumqttc
-//! speaks, [`puback`] decides what an MQTT 5 refusal does, [`properties`] what goes with a
-//! reading (`max_age`, message expiry, the `ts` user property).
+//! the same. MQTT 3.1.1 and MQTT 5 share all of this.
+//!
+//! The map:
+//! - this file: [`Publisher`], which starts both tasks and stops them, and the limits they
+//!   share ([`WINDOW`], [`PKID_SLOTS`]).
+//! - [`connection`]: the connection task; [`servers`] the failover list, [`backoff`] the pause
+//!   between rounds, [`tls`] the rustls setup.
+//! - [`protocol`]: one face over rumqttc's two clients (`options`, `events`, and `error`: the
+//!   typed [`protocol::LinkError`] the connection task branches on); [`describe`] words its
+//!   errors for the user.
+//! - [`feeder`]: the feeder task, its select loop in `feeder/mod.rs`; the sans-IO window
+//!   (`feeder/window.rs`, property-tested) decides what goes out and what a packet id names;
+//!   `announce`, `acks`, `retry`, `live` and `wire` are its other concerns.
+//! - What the feeder consults: [`puback`] what an MQTT 5 refusal does, [`properties`] what
+//!   goes with a reading (`max_age`, message expiry, the `ts` user property), [`unsent`] the
+//!   refused and expired readings, [`control`] the queue of control messages, [`last_state`]
+//!   which state to send again to Home Assistant, [`birth`] how often its `online` is answered.
+//! - [`probe`](mod@probe): one test connection for `telemetryd check`.
 
 mod backoff;
 mod birth;
@@ -23,7 +38,6 @@ mod protocol;
 mod puback;
 pub mod servers;
 mod unsent;
-mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

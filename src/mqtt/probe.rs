@@ -52,7 +52,7 @@ pub async fn probe(cfg: &MqttConfig, server: usize, timeout: Duration) -> Probe 
                 client_id: cfg.client_id,
             }
         }
-        Ok(Err(e)) => Probe::Failed(e),
+        Ok(Err(e)) => Probe::Failed(e.to_string()),
         Err(_) => Probe::Failed(format!(
             "no answer within {}: a firewall, a wrong host, or a broker that is not listening",
             humantime::format_duration(timeout)

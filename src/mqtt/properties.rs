@@ -1,5 +1,7 @@
-//! What goes with a reading besides topic and payload: whether it is still worth sending
-//! (`max_age`), and its MQTT 5 properties (message expiry, the `ts` user property).
+//! What goes with a reading besides topic and payload.
+//!
+//! Whether it is still worth sending (`max_age`), and its MQTT 5 properties (message expiry,
+//! the `ts` user property).
 
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -1,5 +1,6 @@
-//! What an MQTT 5 PUBACK reason code does to the reading it answers (docs/BROKERS.md has the
-//! table). MQTT 3.1.1 PUBACKs carry no code and always mean "delivered".
+//! What an MQTT 5 PUBACK reason code does to the reading it answers.
+//!
+//! docs/BROKERS.md has the table. MQTT 3.1.1 PUBACKs carry no code and always mean "delivered".
 
 /// The feeder's answer to a PUBACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

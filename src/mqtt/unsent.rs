@@ -1,6 +1,8 @@
-//! Readings that leave the queue without a successful PUBACK: refused for good by an MQTT 5
-//! broker (moved to the store's quarantine tree) or older than `max_age` (deleted unsent, the
-//! user's explicit choice). Both are counted and logged, rate-limited.
+//! Readings that leave the queue without a successful PUBACK: refused for good, or too old.
+//!
+//! Refused for good by an MQTT 5 broker (moved to the store's quarantine tree) or older than
+//! `max_age` (deleted unsent, the user's explicit choice). Both are counted and logged,
+//! rate-limited.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,9 @@
-//! Property tests of [`Window`] against a model: a store of keyed readings (some of them stale,
-//! a generation that changes), rumqttc's bounded request channel and round-robin packet ids,
-//! and a broker that writes requests in order, acknowledges out of order, refuses with MQTT 5
-//! codes, and drops the link at any moment. The test plays the feeder's part with the same
+//! Property tests of [`Window`] against a model of the store, the client and the broker.
+//!
+//! The model: a store of keyed readings (some of them stale, a generation that changes),
+//! rumqttc's bounded request channel and round-robin packet ids, and a broker that writes
+//! requests in order, acknowledges out of order, refuses with MQTT 5 codes, and drops the link
+//! at any moment. The test plays the feeder's part with the same
 //! calls the feeder makes.
 //!
 //! Invariants, checked after every step: in flight never exceeds the window; the channel never

@@ -1,6 +1,8 @@
-//! The feeder's decisions without I/O: which stored reading goes out next, how many may be
-//! unacknowledged, which store key a PUBACK's packet id names, and what a lost link, a retry
-//! hold or a store change makes it forget.
+//! The feeder's decisions without I/O: what goes out next, and what a packet id names.
+//!
+//! Which stored reading goes out next, how many may be unacknowledged, which store key a
+//! PUBACK's packet id names, and what a lost link, a retry hold or a store change makes it
+//! forget.
 //!
 //! [`Window`] is driven by the link's events ([`Window::connected`], [`Window::sent`],
 //! [`Window::acked`], [`Window::down`]) and by [`Window::fill`], which reads a [`Backlog`] and
@@ -12,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::WINDOW;
+use crate::mqtt::WINDOW;
 
 #[cfg(test)]
 mod tests;
