@@ -1,5 +1,7 @@
-//! The outbox's unit tests on a real sled store, by concern.
+//! The outbox's unit tests, on a real sled store, by concern; `model` drives it against a model
+//! store instead.
 
+mod model;
 mod quarantine;
 mod recovery;
 mod reopen;
