@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::anyhow;
+
 use crate::outbox::{self, BufferReport};
 
 /// The buffer at `path`, for `telemetryd buffer`.
@@ -67,7 +69,7 @@ impl fmt::Display for BufferView {
 ///
 /// The daemon cannot tell these apart from a full disk at start: it keeps readings in memory
 /// (up to 10,000) and loses them at a restart. `check` says so before it happens.
-pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
+pub fn buffer_writable(path: &Path) -> anyhow::Result<BufferAccess> {
     let cannot = |what: &Path, e: &std::io::Error| {
         let fix = if path.exists() {
             format!(
@@ -91,10 +93,10 @@ pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
             Some(libc::EPERM) => "not permitted (an immutable file or directory?)".to_owned(),
             _ => e.to_string(),
         };
-        format!("cannot write {}: {why}", what.display())
+        anyhow!("cannot write {}: {why}", what.display())
     };
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_dir() => Err(format!("{} is not a directory", path.display())),
+        Ok(meta) if !meta.is_dir() => Err(anyhow!("{} is not a directory", path.display())),
         Ok(_) => {
             let files = files_within(path, 2).map_err(|(dir, e)| cannot(&dir, &e))?;
             for file in files {
@@ -120,7 +122,7 @@ pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
                 })
                 .unwrap_or(Path::new("/"));
             if !parent.is_dir() {
-                return Err(format!("{} is not a directory", parent.display()));
+                return Err(anyhow!("{} is not a directory", parent.display()));
             }
             try_create_in(parent).map_err(|e| cannot(parent, &e))?;
             Ok(BufferAccess::WillBeCreated {

@@ -7,7 +7,7 @@ use tokio::task::JoinSet;
 use crate::config::{Config, Format, Qos};
 use crate::payload::format_value;
 use crate::schedule::{calibrate, read_timeout};
-use crate::sensor::Source;
+use crate::sensor::{Cause, ReadError, Source};
 
 /// One sensor read once, as `check` shows it.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub struct CheckedReading {
     pub format: Format,
     pub unit: Option<String>,
     /// The value as it would be published, or why there is none.
-    pub value: Result<String, String>,
+    pub value: Result<String, ReadError>,
 }
 
 /// Reads every configured sensor once, all at the same time (a DS18B20 takes 750 ms).
@@ -28,14 +28,16 @@ pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
     for (i, sensor) in config.sensors.iter().cloned().enumerate() {
         let mut source = Source::new(sensor.source.clone(), &config.sysfs_root);
         set.spawn(async move {
-            let value =
-                match tokio::time::timeout(read_timeout(&sensor.source), source.read()).await {
-                    Err(_) => Err("no answer: the read timed out".to_owned()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(raw)) => calibrate(&sensor, raw)
-                        .map(|v| format_value(v, sensor.decimals))
-                        .map_err(|e| e.to_string()),
-                };
+            let value = match tokio::time::timeout(read_timeout(&sensor.source), source.read())
+                .await
+            {
+                Err(_) => Err(ReadError::new(
+                    Cause::Timeout,
+                    "no answer: the read timed out",
+                )),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(raw)) => calibrate(&sensor, raw).map(|v| format_value(v, sensor.decimals)),
+            };
             let unit = sensor
                 .unit
                 .clone()
