@@ -1,121 +1,12 @@
-//! `telemetryd check` and `telemetryd buffer`: what a person asks before trusting the daemon.
+//! The buffer as `telemetryd buffer` shows it, and whether this user can write it (`check`).
 
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::task::JoinSet;
+use anyhow::anyhow;
 
-use crate::config::{Config, Format, Qos};
 use crate::outbox::{self, BufferReport};
-use crate::payload::format_value;
-use crate::schedule::{calibrate, read_timeout};
-use crate::sensor::Source;
-
-/// One sensor read once, as `check` shows it.
-#[derive(Debug)]
-pub struct CheckedReading {
-    pub name: String,
-    pub topic: String,
-    pub interval: Duration,
-    pub qos: Qos,
-    pub format: Format,
-    pub unit: Option<String>,
-    /// The value as it would be published, or why there is none.
-    pub value: Result<String, String>,
-}
-
-/// Reads every configured sensor once, all at the same time (a DS18B20 takes 750 ms).
-pub async fn read_all(config: &Config) -> Vec<CheckedReading> {
-    let mut set = JoinSet::new();
-    for (i, sensor) in config.sensors.iter().cloned().enumerate() {
-        let mut source = Source::new(sensor.source.clone(), &config.sysfs_root);
-        set.spawn(async move {
-            let value =
-                match tokio::time::timeout(read_timeout(&sensor.source), source.read()).await {
-                    Err(_) => Err("no answer: the read timed out".to_owned()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Ok(Ok(raw)) => calibrate(&sensor, raw)
-                        .map(|v| format_value(v, sensor.decimals))
-                        .map_err(|e| e.to_string()),
-                };
-            let unit = sensor
-                .unit
-                .clone()
-                .or_else(|| source.unit().map(str::to_owned));
-            (
-                i,
-                CheckedReading {
-                    interval: sensor.interval,
-                    qos: sensor.qos,
-                    format: sensor.format,
-                    name: sensor.name,
-                    topic: sensor.topic,
-                    unit,
-                    value,
-                },
-            )
-        });
-    }
-    let mut out: Vec<(usize, CheckedReading)> = set.join_all().await;
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
-}
-
-/// A table: sensor, value, unit, interval, QoS, format, topic; errors are listed below it in
-/// full.
-pub fn render_readings(readings: &[CheckedReading]) -> String {
-    let rows: Vec<[String; 7]> = readings
-        .iter()
-        .map(|r| {
-            let (value, unit) = match &r.value {
-                Ok(v) => (v.clone(), r.unit.clone().unwrap_or_default()),
-                Err(_) => ("FAILED".to_owned(), String::new()),
-            };
-            [
-                r.name.clone(),
-                value,
-                unit,
-                humantime::format_duration(r.interval).to_string(),
-                match r.qos {
-                    Qos::AtLeastOnce => "1",
-                    Qos::AtMostOnce => "0",
-                }
-                .to_owned(),
-                match r.format {
-                    Format::Plain => "plain",
-                    Format::Json => "json",
-                }
-                .to_owned(),
-                r.topic.clone(),
-            ]
-        })
-        .collect();
-    let header = [
-        "SENSOR", "VALUE", "UNIT", "INTERVAL", "QOS", "FORMAT", "TOPIC",
-    ]
-    .map(String::from);
-    let mut widths = [0; 6];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        for (cell, w) in row.iter().zip(widths) {
-            out.push_str(&format!("{cell:w$}  "));
-        }
-        out.push_str(&row[6]);
-        out.push('\n');
-    }
-    for r in readings {
-        if let Err(e) = &r.value {
-            out.push_str(&format!("{}: {e}\n", r.name));
-        }
-    }
-    out
-}
 
 /// The buffer at `path`, for `telemetryd buffer`.
 pub fn buffer(path: &Path) -> anyhow::Result<BufferView> {
@@ -178,7 +69,7 @@ impl fmt::Display for BufferView {
 ///
 /// The daemon cannot tell these apart from a full disk at start: it keeps readings in memory
 /// (up to 10,000) and loses them at a restart. `check` says so before it happens.
-pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
+pub fn buffer_writable(path: &Path) -> anyhow::Result<BufferAccess> {
     let cannot = |what: &Path, e: &std::io::Error| {
         let fix = if path.exists() {
             format!(
@@ -202,10 +93,10 @@ pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
             Some(libc::EPERM) => "not permitted (an immutable file or directory?)".to_owned(),
             _ => e.to_string(),
         };
-        format!("cannot write {}: {why}", what.display())
+        anyhow!("cannot write {}: {why}", what.display())
     };
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_dir() => Err(format!("{} is not a directory", path.display())),
+        Ok(meta) if !meta.is_dir() => Err(anyhow!("{} is not a directory", path.display())),
         Ok(_) => {
             let files = files_within(path, 2).map_err(|(dir, e)| cannot(&dir, &e))?;
             for file in files {
@@ -231,7 +122,7 @@ pub fn buffer_writable(path: &Path) -> Result<BufferAccess, String> {
                 })
                 .unwrap_or(Path::new("/"));
             if !parent.is_dir() {
-                return Err(format!("{} is not a directory", parent.display()));
+                return Err(anyhow!("{} is not a directory", parent.display()));
             }
             try_create_in(parent).map_err(|e| cannot(parent, &e))?;
             Ok(BufferAccess::WillBeCreated {
