@@ -932,7 +932,9 @@ fn validate_sensor(raw: RawSensor, defaults: &SensorDefaults) -> Result<SensorCo
     let source = source_spec(&raw, defaults.procfs_root).map_err(|(at, m)| fail(at, m))?;
     let ha = match &raw.ha {
         Some(h) => {
-            h.get_ref().validate().map_err(|m| fail(h.span(), m))?;
+            h.get_ref()
+                .validate()
+                .map_err(|m| fail(h.span(), m.to_string()))?;
             h.get_ref().clone()
         }
         None => Default::default(),
@@ -1089,7 +1091,7 @@ fn source_spec(raw: &RawSensor, procfs_root: &Path) -> Result<SourceSpec, Bad> {
                     raw.path.as_ref().map(|p| p.get_ref().clone()),
                     raw.interface.as_ref().map(|i| i.get_ref().clone()),
                 )
-                .map_err(|m| (metric_at, m))?,
+                .map_err(|m| (metric_at, m.to_string()))?,
                 procfs_root: procfs_root.to_owned(),
             }
         }

@@ -3,7 +3,7 @@
 
 mod options;
 
-pub use options::{EntityOptions, expire_after_s, silence_bound};
+pub use options::{EntityOptions, OptionError, expire_after_s, silence_bound};
 
 use serde_json::{Value, json};
 

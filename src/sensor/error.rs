@@ -1,4 +1,5 @@
-//! Why a reading failed: a stable [`Cause`] for throttling and a message for people.
+//! Why a reading failed: a stable [`Cause`] for throttling and a message for people, and why
+//! a text read from a device holds no reading.
 
 use std::fmt;
 use std::io;
@@ -115,3 +116,16 @@ impl fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+/// Why a text read from a device, procfs or a command holds no reading: the reason only
+/// (`CRC check failed (NO)`). Nobody branches on it: the caller prefixes where the text came
+/// from and makes it a [`ReadError`] of the [`Cause`] that fits there.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl ParseError {
+    pub(crate) fn new(reason: impl Into<String>) -> ParseError {
+        ParseError(reason.into())
+    }
+}

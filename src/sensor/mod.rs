@@ -9,7 +9,7 @@ pub mod iio;
 pub mod system;
 pub mod thermal;
 
-pub use error::{Cause, ReadError};
+pub use error::{Cause, ParseError, ReadError};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -4,14 +4,15 @@
 mod metric;
 pub(crate) mod parse;
 
-pub use metric::{METRICS, Metric};
+pub use metric::{METRICS, Metric, MetricError};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::command::CommandSource;
 use super::{
-    ATTR_MAX, Cause, ReadError, blocking, bounded_error, find_by_attr, read_attr, read_bounded,
+    ATTR_MAX, Cause, ParseError, ReadError, blocking, bounded_error, find_by_attr, read_attr,
+    read_bounded,
 };
 
 /// `/proc/meminfo` is about 1.5 KiB, `/proc/net/wireless` a few lines per interface.
@@ -59,7 +60,7 @@ impl System {
             let text = read_bounded(&path, PROC_MAX).map_err(|e| bounded_error(&path, &e))?;
             Ok::<_, ReadError>((path, text))
         };
-        let bad = |path: &Path, msg: String| {
+        let bad = |path: &Path, msg: ParseError| {
             ReadError::new(Cause::NotANumber, format!("{}: {msg}", path.display()))
         };
         match &self.metric {
