@@ -129,3 +129,23 @@ impl ParseError {
         ParseError(reason.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_messages_name_the_path() {
+        let e = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(
+            ReadError::io(Path::new("/a/b"), &e).to_string(),
+            "/a/b: no such file"
+        );
+        let e = io::Error::from_raw_os_error(13);
+        assert!(
+            ReadError::io(Path::new("/a/b"), &e)
+                .to_string()
+                .starts_with("/a/b: ")
+        );
+    }
+}
