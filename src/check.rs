@@ -1,5 +1,6 @@
-//! `telemetryd check`: the config, the buffer, the broker, the service's sandbox and every
-//! sensor, as the service will meet them; printed for a person.
+//! `telemetryd check`: the config, buffer, broker, sandbox and sensors as the service meets them.
+//!
+//! Printed for a person.
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! Home Assistant MQTT discovery: one retained config message per sensor, one device per
-//! daemon, with the daemon's own figures as diagnostic entities.
+//! Home Assistant MQTT discovery: one retained config message per sensor.
+//!
+//! One device per daemon, with the daemon's own figures as diagnostic entities.
 
 mod options;
 

@@ -1,5 +1,6 @@
-//! Per-sensor Home Assistant settings (`[sensor.ha]`) and `expire_after`, derived from the
-//! longest silence a sensor's publishing policy allows.
+//! Per-sensor Home Assistant settings (`[sensor.ha]`) and the derived `expire_after`.
+//!
+//! `expire_after` is derived from the longest silence a sensor's publishing policy allows.
 
 use std::time::Duration;
 

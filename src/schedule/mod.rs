@@ -1,5 +1,7 @@
-//! The sensor tasks as a set: started, stopped and restarted as the config asks (a reload
-//! applies only the differences), and the [`Reading`] they hand to the committer.
+//! The set of sensor tasks, and the [`Reading`] they hand to the committer.
+//!
+//! Tasks are started, stopped and restarted as the config asks: a reload applies only the
+//! differences.
 
 mod calibrate;
 mod task;

@@ -1,5 +1,6 @@
-//! One sensor's task: read on its interval within a read slot and a timeout, calibrate,
-//! filter, hand the reading on, and log failures throttled by cause.
+//! One sensor's task: read on schedule, calibrate, filter, hand the reading on.
+//!
+//! Each read runs within a read slot and a timeout; failures are logged throttled by cause.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,5 +1,6 @@
-//! Why a reading failed: a stable [`Cause`] for throttling and a message for people, and why
-//! a text read from a device holds no reading.
+//! Why a reading failed ([`ReadError`], [`Cause`]), and why a text holds none ([`ParseError`]).
+//!
+//! The cause is stable, for throttling; the message is for people.
 
 use std::fmt;
 use std::io;

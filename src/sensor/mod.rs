@@ -1,5 +1,6 @@
-//! Sensor sources: what to read ([`SourceSpec`]) and the [`Source`] enum that dispatches to one
-//! file per kind; each read yields one raw value.
+//! Sensor sources: what to read ([`SourceSpec`]) and the [`Source`] that reads it, per kind.
+//!
+//! One file per kind behind the [`Source`] enum; each read yields one raw value.
 
 pub mod command;
 pub mod ds18b20;

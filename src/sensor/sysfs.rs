@@ -1,5 +1,4 @@
-//! Reading sysfs attributes: bounded reads, one number per attribute, and finding a device
-//! by the content of its `name` file.
+//! Reading sysfs attributes: bounded reads, one number each, devices found by their `name`.
 
 use std::io;
 use std::path::{Path, PathBuf};

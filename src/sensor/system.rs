@@ -1,5 +1,7 @@
-//! The `system` kind: the machine's own health (load, memory, disk, uptime, CPU temperature,
-//! the Pi's under-voltage and throttling flags, Wi-Fi signal) read from procfs and sysfs.
+//! The `system` kind: the machine's own health, read from procfs and sysfs.
+//!
+//! Load, memory, disk, uptime, CPU temperature, the Pi's under-voltage and throttling flags,
+//! Wi-Fi signal.
 
 mod metric;
 pub(crate) mod parse;

@@ -1,5 +1,7 @@
-//! Numbers and excerpts from outside text (files, commands): what a reading is taken from,
-//! and what an error message quotes.
+//! Numbers and short excerpts taken from outside text (files, command output).
+//!
+//! The first number is what a reading is taken from; the excerpt is what an error message
+//! quotes.
 
 /// The first number in `text`: the first maximal run of the form `[+-]digits[.digits][e[+-]digits]`
 /// (`.5` and `5.` included). `None` if there is none or it is not finite (e.g. `1e999`).

@@ -1,5 +1,7 @@
-//! Pure parsers for the procfs/sysfs texts the `system` kind reads: outside input, so every
-//! one returns an error for garbage instead of panicking (property-tested below).
+//! Pure parsers for the procfs/sysfs texts the `system` kind reads.
+//!
+//! Outside input, so every one returns an error for garbage instead of panicking
+//! (property-tested below).
 
 use crate::sensor::ParseError;
 
