@@ -1,8 +1,11 @@
-//! `telemetryd check`: the config, the buffer, the broker, the service's sandbox and every
-//! sensor, as the service will meet them; printed for a person.
+//! `telemetryd check`: the config, buffer, broker, sandbox and sensors as the service meets them.
+//!
+//! Printed for a person.
 
 use std::path::Path;
 use std::time::Duration;
+
+use anyhow::Context;
 
 use crate::config::Config;
 use crate::inspect;
@@ -13,13 +16,13 @@ use crate::sandbox::Sandbox;
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prints what `check` found; `Ok(false)` when something failed, `Err` when `unit` cannot be
-/// read.
+/// read (`main` only prints it: anyhow, with what was being read as its context).
 pub async fn run(
     path: &Path,
     config: &Config,
     no_broker: bool,
     unit: Option<&Path>,
-) -> Result<bool, String> {
+) -> anyhow::Result<bool> {
     let mut failed: Vec<String> = Vec::new();
     let n = config.sensors.len();
     let plural = if n == 1 { "sensor" } else { "sensors" };
@@ -29,10 +32,11 @@ pub async fn run(
     }
 
     let (sandbox, from) = match unit {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => (Sandbox::from_unit(&text), Some(p.to_owned())),
-            Err(e) => return Err(format!("cannot read the unit {}: {e}", p.display())),
-        },
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the unit {}", p.display()))?;
+            (Sandbox::from_unit(&text), Some(p.to_owned()))
+        }
         None => Sandbox::installed_or_shipped(),
     };
     let buffer = config.buffer.path.display();

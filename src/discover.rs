@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::payload::format_value;
 use crate::sensor::system::{METRICS, Metric};
-use crate::sensor::{Source, SourceSpec};
+use crate::sensor::{Cause, ReadError, Source, SourceSpec};
 
 /// 1-Wire families read by the kernel's w1_therm driver.
 const W1_THERM_FAMILIES: &[&str] = &["10-", "22-", "28-", "3b-", "42-"];
@@ -22,7 +22,7 @@ pub struct Found {
     pub name: String,
     pub what: String,
     pub spec: SourceSpec,
-    pub value: Result<(f64, Option<&'static str>), String>,
+    pub value: Result<(f64, Option<&'static str>), ReadError>,
 }
 
 /// Looks for 1-Wire thermometers, IIO channels, hwmon inputs and thermal zones, and reads
@@ -119,8 +119,11 @@ pub async fn scan(root: &Path, procfs_root: &Path) -> Vec<Found> {
         set.spawn(async move {
             let value = match tokio::time::timeout(READ_TIMEOUT, source.read()).await {
                 Ok(Ok(v)) => Ok((v, source.unit())),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {READ_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ReadError::new(
+                    Cause::Timeout,
+                    format!("no answer within {READ_TIMEOUT:?}"),
+                )),
             };
             (
                 i,

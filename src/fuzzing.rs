@@ -6,17 +6,18 @@
 use std::path::Path;
 
 use crate::config::SensorConfig;
+use crate::sensor::{ParseError, ReadError};
 
 pub use crate::outbox::codec::{decode as decode_record, encode as encode_record};
 
 /// A DS18B20 `w1_slave` file's text to °C.
-pub fn w1_slave(text: &str) -> Result<f64, String> {
+pub fn w1_slave(text: &str) -> Result<f64, ParseError> {
     crate::sensor::ds18b20::parse_w1_slave(text)
 }
 
 /// A sysfs attribute holding one number (hwmon, thermal zone, IIO), as `read_attr` parses it.
-pub fn sysfs_attr(text: &str) -> Result<f64, String> {
-    crate::sensor::parse_attr(Path::new("/sys/fuzz/attr"), text).map_err(|e| e.to_string())
+pub fn sysfs_attr(text: &str) -> Result<f64, ReadError> {
+    crate::sensor::parse_attr(Path::new("/sys/fuzz/attr"), text)
 }
 
 /// The first number in a file's or a command's output.
@@ -45,8 +46,8 @@ pub fn iio_to_unit(channel_type: &str, value: f64) -> f64 {
 }
 
 /// `scale`, `offset` and the plausibility bounds, as the schedule applies them to each read.
-pub fn calibrate(sensor: &SensorConfig, raw: f64) -> Result<f64, String> {
-    crate::schedule::calibrate(sensor, raw).map_err(|e| e.to_string())
+pub fn calibrate(sensor: &SensorConfig, raw: f64) -> Result<f64, ReadError> {
+    crate::schedule::calibrate(sensor, raw)
 }
 
 /// A plain `file` sensor with every default, for the targets to vary.

@@ -1,5 +1,6 @@
-//! Which sensors are failing right now, for systemd's STATUS line and the summary: a daemon
-//! whose every sensor fails must not look healthy.
+//! Which sensors are failing right now, for systemd's STATUS line and the summary.
+//!
+//! A daemon whose every sensor fails must not look healthy.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -3,6 +3,34 @@
 //! The pipeline: one [`schedule`] task per sensor → the [`committer`] (numbers, renders and
 //! group-commits readings into the [`outbox`]) → the [`mqtt`] feeder, which publishes from the
 //! outbox and deletes a reading only when its PUBACK arrives.
+//!
+//! # Errors
+//!
+//! One policy for the whole crate, so that a `Result` says what its caller may do with it:
+//!
+//! - **An enum (thiserror) where a caller branches on the kind.** Retry, give up, log at
+//!   which level, count under which name: the caller must be able to match, not read text. A
+//!   failed reading is a [`sensor::ReadError`] with a stable [`sensor::Cause`]: the log
+//!   throttle counts by cause (the message may quote a value that changes every read), and a
+//!   transient one is retried sooner and logged at debug.
+//! - **A small error struct (thiserror) where nobody branches but the reason travels on**:
+//!   the caller adds where it happened. A parser of outside text gives a
+//!   [`sensor::ParseError`] that the sensor prefixes with the path; a setting a table's
+//!   validator refuses ([`homeassistant::OptionError`], [`sensor::system::MetricError`]) is
+//!   placed by the config at its key in the file.
+//! - **A located `config::ConfigError` for config text.** It names the file, line and column
+//!   and the key, says what was expected and shows the line, because a person fixes it in an
+//!   editor. The daemon exits 78 on it (systemd does not restart it into the same error); a
+//!   reload logs it and keeps the running config.
+//! - **`anyhow::Error` with `.context(..)` at task boundaries and in `main`**, where the
+//!   caller only logs it, exits or stops in order, and never branches: `{e:#}` prints the
+//!   chain, what was being done first. A type per call site would add nothing.
+//! - **Never `String` as an error type.** It cannot be matched, has no `source()`, and
+//!   invites callers to parse messages (the MQTT connection task had to strip the digits
+//!   from them to tell causes apart).
+//!
+//! Messages are for people, and tests and users read them: a new wording is a behaviour
+//! change.
 
 pub mod check;
 pub mod committer;
@@ -254,14 +282,15 @@ pub async fn run(
 const RELOAD_LOAD_LIMIT: Duration = Duration::from_secs(10);
 
 /// Loads the config on a blocking thread, within [`RELOAD_LOAD_LIMIT`]: the runtime thread
-/// keeps serving keep-alive, acks and the watchdog meanwhile.
-async fn load_for_reload(path: &std::path::Path) -> Result<Config, String> {
+/// keeps serving keep-alive, acks and the watchdog meanwhile. The caller only logs the error
+/// and keeps the running config: anyhow.
+async fn load_for_reload(path: &std::path::Path) -> anyhow::Result<Config> {
     let owned = path.to_owned();
     let load = tokio::task::spawn_blocking(move || Config::load(&owned));
     match tokio::time::timeout(RELOAD_LOAD_LIMIT, load).await {
-        Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(format!("loading {} failed: {e}", path.display())),
-        Err(_) => Err(format!(
+        Ok(Ok(loaded)) => Ok(loaded?),
+        Ok(Err(e)) => Err(anyhow::anyhow!("loading {} failed: {e}", path.display())),
+        Err(_) => Err(anyhow::anyhow!(
             "{} could not be read within {RELOAD_LOAD_LIMIT:?}",
             path.display()
         )),

@@ -161,7 +161,7 @@ fn check(path: &Path, quiet: bool, no_broker: bool, unit: Option<&Path>) -> Exit
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("telemetryd: {e}");
+            eprintln!("telemetryd: {e:#}");
             ExitCode::FAILURE
         }
     }

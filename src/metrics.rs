@@ -1,5 +1,7 @@
-//! Every `stats_interval`: one summary line in the log and, when `stats_topic` is set, the
-//! same figures as a retained JSON message, so a dashboard sees how the daemon is doing.
+//! The periodic self-report: a summary line in the log and, optionally, a retained JSON message.
+//!
+//! Every `stats_interval`; the message (when `stats_topic` is set) carries the same figures,
+//! so a dashboard sees how the daemon is doing.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

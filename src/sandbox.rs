@@ -1,5 +1,6 @@
-//! What the systemd unit's sandbox hides from the service, for `telemetryd check`: paths and
-//! commands that work in a shell but not in the service.
+//! What the systemd unit's sandbox hides from the service, for `telemetryd check`.
+//!
+//! Paths and commands that work in a shell but not in the service.
 
 use std::path::{Path, PathBuf};
 

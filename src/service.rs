@@ -1,5 +1,7 @@
-//! systemd integration: readiness, a current status line, and a watchdog fed only while the
-//! daemon makes progress. Every call is a no-op when not started by systemd.
+//! systemd integration: readiness, a current status line, and a progress-fed watchdog.
+//!
+//! The watchdog is fed only while the daemon makes progress. Every call is a no-op when not
+//! started by systemd.
 
 use std::sync::Arc;
 use std::sync::OnceLock;

@@ -1,5 +1,4 @@
-//! SIGTERM/SIGINT: the first starts a graceful stop, a second one ends the process at once.
-//! SIGHUP: reread the config.
+//! Signals: SIGTERM/SIGINT stop gracefully (a second one at once), SIGHUP rereads the config.
 
 use std::io;
 use std::sync::Arc;

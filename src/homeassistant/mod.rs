@@ -1,9 +1,10 @@
-//! Home Assistant MQTT discovery: one retained config message per sensor, one device per
-//! daemon, with the daemon's own figures as diagnostic entities.
+//! Home Assistant MQTT discovery: one retained config message per sensor.
+//!
+//! One device per daemon, with the daemon's own figures as diagnostic entities.
 
 mod options;
 
-pub use options::{EntityOptions, expire_after_s, silence_bound};
+pub use options::{EntityOptions, OptionError, expire_after_s, silence_bound};
 
 use serde_json::{Value, json};
 

@@ -1,5 +1,6 @@
-//! Per-sensor Home Assistant settings (`[sensor.ha]`) and `expire_after`, derived from the
-//! longest silence a sensor's publishing policy allows.
+//! Per-sensor Home Assistant settings (`[sensor.ha]`) and the derived `expire_after`.
+//!
+//! `expire_after` is derived from the longest silence a sensor's publishing policy allows.
 
 use std::time::Duration;
 
@@ -28,6 +29,12 @@ pub struct EntityOptions {
     pub expire_after: Option<Duration>,
 }
 
+/// Why a `[sensor.ha]` setting is refused. Nobody branches on it: the config places it at
+/// the table in the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct OptionError(String);
+
 const STATE_CLASSES: &[&str] = &[
     "measurement",
     "measurement_angle",
@@ -39,7 +46,7 @@ const STATE_CLASSES: &[&str] = &[
 impl EntityOptions {
     /// Checked at config load, so Home Assistant never gets a config it refuses (it drops the
     /// whole entity, with an error only in its own log).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptionError> {
         let word = |v: &str| {
             !v.is_empty()
                 && v.len() <= 64
@@ -49,12 +56,12 @@ impl EntityOptions {
         if let Some(n) = &self.name
             && (n.trim().is_empty() || n.len() > 128)
         {
-            return Err("ha.name must be 1 to 128 bytes".into());
+            return Err(OptionError("ha.name must be 1 to 128 bytes".into()));
         }
         if let Some(c) = self.device_class.as_deref().filter(|c| !word(c)) {
-            return Err(format!(
+            return Err(OptionError(format!(
                 "ha.device_class {c:?} is not a Home Assistant device class (lowercase, e.g. \"temperature\", \"voltage\")"
-            ));
+            )));
         }
         if let Some(i) = &self.icon {
             // Bounded like every other field: the whole discovery config must stay far below
@@ -68,9 +75,9 @@ impl EntityOptions {
                             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 });
             if !ok {
-                return Err(format!(
+                return Err(OptionError(format!(
                     "ha.icon {i:?} is not an icon name like \"mdi:thermometer\" (at most 64 bytes)"
-                ));
+                )));
             }
         }
         if let Some(c) = self
@@ -78,27 +85,31 @@ impl EntityOptions {
             .as_deref()
             .filter(|c| *c != "diagnostic")
         {
-            return Err(format!(
+            return Err(OptionError(format!(
                 "ha.entity_category {c:?}: Home Assistant accepts only \"diagnostic\" for sensors"
-            ));
+            )));
         }
         if self.suggested_display_precision.is_some_and(|p| p > 9) {
-            return Err("ha.suggested_display_precision must be between 0 and 9".into());
+            return Err(OptionError(
+                "ha.suggested_display_precision must be between 0 and 9".into(),
+            ));
         }
         if let Some(c) = self
             .state_class
             .as_deref()
             .filter(|c| !STATE_CLASSES.contains(c))
         {
-            return Err(format!(
+            return Err(OptionError(format!(
                 "ha.state_class {c:?} is not one of {}",
                 STATE_CLASSES.join(", ")
-            ));
+            )));
         }
         if let Some(e) = self.expire_after
             && e.subsec_nanos() != 0
         {
-            return Err("ha.expire_after is counted in whole seconds".into());
+            return Err(OptionError(
+                "ha.expire_after is counted in whole seconds".into(),
+            ));
         }
         Ok(())
     }
@@ -203,7 +214,7 @@ mod tests {
             expire_after: Some(Duration::from_secs(600)),
         };
         assert_eq!(ok.validate(), Ok(()));
-        let bad = |o: EntityOptions| o.validate().unwrap_err();
+        let bad = |o: EntityOptions| o.validate().unwrap_err().to_string();
         assert!(
             bad(EntityOptions {
                 entity_category: Some("config".into()),

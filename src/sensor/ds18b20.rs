@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ATTR_MAX, Cause, ReadError, blocking, bounded_error, read_bounded};
+use super::{ATTR_MAX, Cause, ParseError, ReadError, blocking, bounded_error, read_bounded};
 
 /// Millidegrees the sensor reports after power-on, before any conversion completed.
 const POWER_ON_RESET: i64 = 85_000;
@@ -117,40 +117,43 @@ pub(crate) fn why_missing(path: &Path, bus: &Path) -> String {
 /// 72 01 4b 46 7f ff 0e 10 57 t=23125
 /// ```
 /// Errors are the reason only; the caller prefixes the path.
-pub(crate) fn parse_w1_slave(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_w1_slave(text: &str) -> Result<f64, ParseError> {
     let mut lines = text.lines();
     let crc_line = lines.next().unwrap_or("").trim();
     if crc_line.is_empty() {
-        return Err("empty reading (sensor disconnected or conversion pending?)".into());
+        return Err(ParseError::new(
+            "empty reading (sensor disconnected or conversion pending?)",
+        ));
     }
     if crc_line.ends_with("NO") {
-        return Err("CRC check failed (NO)".into());
+        return Err(ParseError::new("CRC check failed (NO)"));
     }
     if !crc_line.ends_with("YES") {
-        return Err(format!(
+        return Err(ParseError::new(format!(
             "unexpected first line {:?}",
             super::excerpt(crc_line)
-        ));
+        )));
     }
     let data_line = lines.next().unwrap_or("");
     let Some((_, t)) = data_line.split_once("t=") else {
-        return Err(format!("no t= value in {:?}", super::excerpt(data_line)));
+        return Err(ParseError::new(format!(
+            "no t= value in {:?}",
+            super::excerpt(data_line)
+        )));
     };
     let milli: i64 = t
         .trim()
         .parse()
-        .map_err(|_| format!("bad t= value {:?}", super::excerpt(t)))?;
+        .map_err(|_| ParseError::new(format!("bad t= value {:?}", super::excerpt(t))))?;
     // Both values are well-known garbage: believing them once can trigger real actions
     // (a fridge controller that sees 85 °C cools to freezing), so they are errors, not data.
     match milli {
-        POWER_ON_RESET => Err(
-            "85.000 °C is the power-on reset value (read before a conversion completed); discarded"
-                .into(),
-        ),
-        INSUFFICIENT_POWER => Err(
-            "127.937 °C means the sensor has insufficient power (check VDD / parasite-power wiring); discarded"
-                .into(),
-        ),
+        POWER_ON_RESET => Err(ParseError::new(
+            "85.000 °C is the power-on reset value (read before a conversion completed); discarded",
+        )),
+        INSUFFICIENT_POWER => Err(ParseError::new(
+            "127.937 °C means the sensor has insufficient power (check VDD / parasite-power wiring); discarded",
+        )),
         _ => Ok(milli as f64 / 1000.0),
     }
 }
@@ -178,12 +181,12 @@ mod tests {
     fn rejects_crc_errors_and_known_bad_values() {
         assert_eq!(
             parse_w1_slave(&sample("NO", "23125")),
-            Err("CRC check failed (NO)".into())
+            Err(ParseError::new("CRC check failed (NO)"))
         );
         let reset = parse_w1_slave(&sample("YES", "85000")).unwrap_err();
-        assert!(reset.contains("power-on reset"), "{reset}");
+        assert!(reset.to_string().contains("power-on reset"), "{reset}");
         let power = parse_w1_slave(&sample("YES", "127937")).unwrap_err();
-        assert!(power.contains("insufficient power"), "{power}");
+        assert!(power.to_string().contains("insufficient power"), "{power}");
         // Neighbouring values are real temperatures.
         assert_eq!(parse_w1_slave(&sample("YES", "85062")), Ok(85.062));
     }

@@ -1,4 +1,6 @@
-//! Why a reading failed: a stable [`Cause`] for throttling and a message for people.
+//! Why a reading failed ([`ReadError`], [`Cause`]), and why a text holds none ([`ParseError`]).
+//!
+//! The cause is stable, for throttling; the message is for people.
 
 use std::fmt;
 use std::io;
@@ -115,3 +117,36 @@ impl fmt::Display for ReadError {
 }
 
 impl std::error::Error for ReadError {}
+
+/// Why a text read from a device, procfs or a command holds no reading: the reason only
+/// (`CRC check failed (NO)`). Nobody branches on it: the caller prefixes where the text came
+/// from and makes it a [`ReadError`] of the [`Cause`] that fits there.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl ParseError {
+    pub(crate) fn new(reason: impl Into<String>) -> ParseError {
+        ParseError(reason.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_messages_name_the_path() {
+        let e = io::Error::from(io::ErrorKind::NotFound);
+        assert_eq!(
+            ReadError::io(Path::new("/a/b"), &e).to_string(),
+            "/a/b: no such file"
+        );
+        let e = io::Error::from_raw_os_error(13);
+        assert!(
+            ReadError::io(Path::new("/a/b"), &e)
+                .to_string()
+                .starts_with("/a/b: ")
+        );
+    }
+}

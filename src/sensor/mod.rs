@@ -1,4 +1,6 @@
-//! Sensor sources: one file per kind behind the [`Source`] enum; each read yields one raw value.
+//! Sensor sources: what to read ([`SourceSpec`]) and the [`Source`] that reads it, per kind.
+//!
+//! One file per kind behind the [`Source`] enum; each read yields one raw value.
 
 pub mod command;
 pub mod ds18b20;
@@ -6,12 +8,17 @@ mod error;
 pub mod file;
 pub mod hwmon;
 pub mod iio;
+mod sysfs;
 pub mod system;
+mod text;
 pub mod thermal;
 
-pub use error::{Cause, ReadError};
+pub use error::{Cause, ParseError, ReadError};
+pub(crate) use sysfs::{
+    ATTR_MAX, bounded_error, find_by_attr, parse_attr, read_attr, read_bounded,
+};
+pub(crate) use text::{excerpt, first_number};
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -127,172 +134,6 @@ where
     }
 }
 
-/// Parses a sysfs attribute, which holds exactly one number (plus a newline).
-pub(crate) fn parse_attr(path: &Path, text: &str) -> Result<f64, ReadError> {
-    match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        _ => Err(ReadError::new(
-            Cause::NotANumber,
-            format!(
-                "{}: expected a number, got {:?}",
-                path.display(),
-                excerpt(text)
-            ),
-        )),
-    }
-}
-
-/// A sysfs attribute is at most a page; anything longer is not one (a wrong `path`).
-pub(crate) const ATTR_MAX: u64 = 4096;
-
-/// Reads at most `limit` bytes of `path` as text; longer is an error, never a partial read,
-/// so a mistaken path (`/dev/zero`, a log) costs `limit` bytes of memory, not all of it.
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> io::Result<String> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            if limit.is_multiple_of(1024) {
-                format!("more than {} KiB", limit / 1024)
-            } else {
-                format!("more than {limit} bytes")
-            },
-        ));
-    }
-    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Maps an error of [`read_bounded`]; an oversized file gets its own cause.
-pub(crate) fn bounded_error(path: &Path, err: &io::Error) -> ReadError {
-    if err.kind() == io::ErrorKind::FileTooLarge {
-        ReadError::new(
-            Cause::TooMuchOutput,
-            format!("{}: {err}: not a sensor value", path.display()),
-        )
-    } else {
-        ReadError::io(path, err)
-    }
-}
-
-/// Reads and parses a sysfs attribute that must exist.
-pub(crate) fn read_attr(path: &Path) -> Result<f64, ReadError> {
-    let text = read_bounded(path, ATTR_MAX).map_err(|e| bounded_error(path, &e))?;
-    parse_attr(path, &text)
-}
-
-/// Finds the entry `<parent>/<prefix>*` whose first readable `keys` file (trimmed) equals
-/// `wanted`. Kernel numbering (hwmonN, iio:deviceN ...) changes between boots and hot-plugs,
-/// so the scan runs on every read instead of caching: it is a handful of tiny files.
-pub(crate) fn find_by_attr(
-    what: &str,
-    parent: &Path,
-    prefix: &str,
-    keys: &[&str],
-    wanted: &str,
-) -> Result<PathBuf, ReadError> {
-    let not_found = |detail: String| {
-        ReadError::new(
-            Cause::NotFound,
-            format!(
-                "no {what} with {} {wanted:?} under {}{detail}",
-                keys[0],
-                parent.display()
-            ),
-        )
-    };
-    let entries = match std::fs::read_dir(parent) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(not_found(" (the directory does not exist)".into()));
-        }
-        Err(e) => return Err(ReadError::io(parent, &e)),
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect();
-    // Natural order (hwmon2 before hwmon10) so duplicates resolve the same way every time.
-    dirs.sort_by_key(|p| (p.as_os_str().len(), p.clone()));
-    let mut seen = Vec::new();
-    for dir in dirs {
-        for key in keys {
-            if let Ok(value) = read_bounded(&dir.join(key), ATTR_MAX) {
-                let value = value.trim();
-                if value == wanted {
-                    return Ok(dir);
-                }
-                seen.push(format!("{value:?}"));
-            }
-        }
-    }
-    // Listing what exists makes a typo in the config obvious.
-    if seen.is_empty() {
-        Err(not_found(String::new()))
-    } else {
-        Err(not_found(format!(" (found: {})", seen.join(", "))))
-    }
-}
-
-/// The first number in `text`: the first maximal run of the form `[+-]digits[.digits][e[+-]digits]`
-/// (`.5` and `5.` included). `None` if there is none or it is not finite (e.g. `1e999`).
-pub(crate) fn first_number(text: &str) -> Option<f64> {
-    let b = text.as_bytes();
-    let digits = |mut i: usize| {
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        i
-    };
-    let mut start = 0;
-    while start < b.len() {
-        // Only ASCII bytes are ever matched, so slicing at these indices is UTF-8 safe.
-        let mut i = start;
-        if b[i] == b'+' || b[i] == b'-' {
-            i += 1;
-        }
-        let int_end = digits(i);
-        let mut end = int_end;
-        if end < b.len() && b[end] == b'.' {
-            end = digits(end + 1);
-        }
-        // A mantissa needs a digit: "-", "." and "-." are not numbers.
-        if end - i > 1 || int_end > i {
-            if end < b.len() && (b[end] == b'e' || b[end] == b'E') {
-                let mut j = end + 1;
-                if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
-                    j += 1;
-                }
-                let exp_end = digits(j);
-                if exp_end > j {
-                    end = exp_end;
-                }
-            }
-            return text[start..end]
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite());
-        }
-        start += 1;
-    }
-    None
-}
-
-/// A short, single-line excerpt of `text` for error messages.
-pub(crate) fn excerpt(text: &str) -> String {
-    const MAX: usize = 60;
-    let line = text.trim();
-    if line.chars().count() > MAX {
-        format!("{}…", line.chars().take(MAX).collect::<String>())
-    } else {
-        line.to_string()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -302,104 +143,6 @@ pub(crate) mod tests {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, content).unwrap();
-    }
-
-    #[test]
-    fn first_number_variants() {
-        assert_eq!(first_number("48.3"), Some(48.3));
-        assert_eq!(first_number("-1.5e3"), Some(-1500.0));
-        assert_eq!(first_number("temp=48.3'C\n"), Some(48.3));
-        assert_eq!(first_number("  23125\n"), Some(23125.0));
-        assert_eq!(first_number("t=-1250"), Some(-1250.0));
-        assert_eq!(first_number("+7"), Some(7.0));
-        assert_eq!(first_number(".5V"), Some(0.5));
-        assert_eq!(first_number("5."), Some(5.0));
-        assert_eq!(first_number("5.e3"), Some(5000.0));
-        assert_eq!(first_number("+.5"), Some(0.5));
-        assert_eq!(first_number("1.2.3"), Some(1.2));
-        assert_eq!(first_number("2E-2x"), Some(0.02));
-        // An "e" not followed by digits is not an exponent.
-        assert_eq!(first_number("3em"), Some(3.0));
-        assert_eq!(first_number("x - . 9"), Some(9.0));
-        assert_eq!(first_number("µ 42 °C"), Some(42.0));
-    }
-
-    #[test]
-    fn first_number_rejects_non_numbers() {
-        assert_eq!(first_number(""), None);
-        assert_eq!(first_number("abc"), None);
-        assert_eq!(first_number("NaN inf infinity"), None);
-        assert_eq!(first_number("-.e"), None);
-        assert_eq!(first_number("1e999"), None);
-    }
-
-    #[test]
-    fn parse_attr_is_strict() {
-        let p = Path::new("/x");
-        assert_eq!(parse_attr(p, "23125\n"), Ok(23125.0));
-        assert_eq!(parse_attr(p, "101.343285156\n"), Ok(101.343285156));
-        let err = parse_attr(p, "abc\n").unwrap_err();
-        assert_eq!(err.to_string(), "/x: expected a number, got \"abc\"");
-        assert!(!err.is_transient());
-        assert!(parse_attr(p, "nan").is_err());
-    }
-
-    #[test]
-    fn attribute_reads_are_bounded() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("in_temp_input");
-        std::fs::write(&path, format!("{:>4095}\n", 21500)).unwrap();
-        assert_eq!(read_attr(&path), Ok(21500.0));
-        std::fs::write(&path, format!("{:>4096}\n", 21500)).unwrap();
-        let err = read_attr(&path).unwrap_err();
-        assert_eq!(err.cause(), Cause::TooMuchOutput);
-        assert_eq!(
-            err.to_string(),
-            format!("{}: more than 4 KiB: not a sensor value", path.display())
-        );
-        // A character device that never ends (a mistaken `path`) ends at the bound.
-        let err = read_attr(Path::new("/dev/zero")).unwrap_err();
-        assert_eq!(err.cause(), Cause::TooMuchOutput);
-    }
-
-    #[test]
-    fn find_by_attr_matches_and_lists() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        put(root, "hwmon2/name", "cpu_thermal\n");
-        put(root, "hwmon10/name", "rpi_volt\n");
-        put(root, "other/name", "rpi_volt\n");
-        let found = find_by_attr("hwmon chip", root, "hwmon", &["name"], "rpi_volt").unwrap();
-        assert_eq!(found, root.join("hwmon10"));
-        let err = find_by_attr("hwmon chip", root, "hwmon", &["name"], "nope").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "no hwmon chip with name \"nope\" under {} (found: \"cpu_thermal\", \"rpi_volt\")",
-                root.display()
-            )
-        );
-        let missing = root.join("absent");
-        let err = find_by_attr("hwmon chip", &missing, "hwmon", &["name"], "x").unwrap_err();
-        assert!(
-            err.to_string().ends_with("(the directory does not exist)"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn io_error_messages_name_the_path() {
-        let e = io::Error::from(io::ErrorKind::NotFound);
-        assert_eq!(
-            ReadError::io(Path::new("/a/b"), &e).to_string(),
-            "/a/b: no such file"
-        );
-        let e = io::Error::from_raw_os_error(13);
-        assert!(
-            ReadError::io(Path::new("/a/b"), &e)
-                .to_string()
-                .starts_with("/a/b: ")
-        );
     }
 
     #[tokio::test]

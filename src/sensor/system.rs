@@ -1,17 +1,20 @@
-//! The `system` kind: the machine's own health (load, memory, disk, uptime, CPU temperature,
-//! the Pi's under-voltage and throttling flags, Wi-Fi signal) read from procfs and sysfs.
+//! The `system` kind: the machine's own health, read from procfs and sysfs.
+//!
+//! Load, memory, disk, uptime, CPU temperature, the Pi's under-voltage and throttling flags,
+//! Wi-Fi signal.
 
 mod metric;
 pub(crate) mod parse;
 
-pub use metric::{METRICS, Metric};
+pub use metric::{METRICS, Metric, MetricError};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::command::CommandSource;
 use super::{
-    ATTR_MAX, Cause, ReadError, blocking, bounded_error, find_by_attr, read_attr, read_bounded,
+    ATTR_MAX, Cause, ParseError, ReadError, blocking, bounded_error, find_by_attr, read_attr,
+    read_bounded,
 };
 
 /// `/proc/meminfo` is about 1.5 KiB, `/proc/net/wireless` a few lines per interface.
@@ -59,7 +62,7 @@ impl System {
             let text = read_bounded(&path, PROC_MAX).map_err(|e| bounded_error(&path, &e))?;
             Ok::<_, ReadError>((path, text))
         };
-        let bad = |path: &Path, msg: String| {
+        let bad = |path: &Path, msg: ParseError| {
             ReadError::new(Cause::NotANumber, format!("{}: {msg}", path.display()))
         };
         match &self.metric {

@@ -50,6 +50,12 @@ pub const METRICS: &[&str] = &[
     "wifi_signal",
 ];
 
+/// Why a `[[sensor]]` table's `metric` (with its `path` and `interface`) is refused. Nobody
+/// branches on it: the config places it at the key in the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct MetricError(String);
+
 impl Metric {
     /// The metric called `name`, with its `path` (disk_used, default `/`) and `interface`
     /// (wifi_signal); `Err` names the known metrics.
@@ -57,7 +63,7 @@ impl Metric {
         name: &str,
         path: Option<PathBuf>,
         interface: Option<String>,
-    ) -> Result<Metric, String> {
+    ) -> Result<Metric, MetricError> {
         let m = match name {
             "load1" => Metric::Load1,
             "load5" => Metric::Load5,
@@ -77,21 +83,21 @@ impl Metric {
                 interface: interface.clone(),
             },
             _ => {
-                return Err(format!(
+                return Err(MetricError(format!(
                     "unknown metric {name:?}: use one of {}",
                     METRICS.join(", ")
-                ));
+                )));
             }
         };
         if path.is_some() && !matches!(m, Metric::DiskUsed { .. }) {
-            return Err(format!(
+            return Err(MetricError(format!(
                 "key `path` only applies to metric \"disk_used\", not {name:?}"
-            ));
+            )));
         }
         if interface.is_some() && !matches!(m, Metric::WifiSignal { .. }) {
-            return Err(format!(
+            return Err(MetricError(format!(
                 "key `interface` only applies to metric \"wifi_signal\", not {name:?}"
-            ));
+            )));
         }
         Ok(m)
     }

@@ -149,12 +149,14 @@ fn metric_names_units_and_keys() {
         assert_eq!(m.name(), *name);
         assert_eq!(m.is_flag(), m.device_class() == Some("problem"), "{name}");
     }
-    let err = Metric::parse("load", None, None).unwrap_err();
+    let err = Metric::parse("load", None, None).unwrap_err().to_string();
     assert!(
         err.starts_with("unknown metric \"load\": use one of load1, load5"),
         "{err}"
     );
-    let err = Metric::parse("uptime", Some("/".into()), None).unwrap_err();
+    let err = Metric::parse("uptime", Some("/".into()), None)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("only applies to metric \"disk_used\""),
         "{err}"

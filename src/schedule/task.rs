@@ -1,7 +1,7 @@
-//! One task per sensor: read on its interval, calibrate, check bounds, hand the reading on.
+//! One sensor's task: read on schedule, calibrate, filter, hand the reading on.
+//!
+//! Each read runs within a read slot and a timeout; failures are logged throttled by cause.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,9 +10,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::{Reading, calibrate};
 use crate::Stats;
 use crate::config::SensorConfig;
 use crate::filter::Filter;
@@ -32,95 +32,6 @@ static READ_SLOT: Semaphore = Semaphore::const_new(READ_SLOTS);
 /// abandoned at its timeout, it goes on (a read() stuck in the kernel cannot be cancelled) and
 /// the sensor reads again only once it is back.
 type InFlight = JoinHandle<(Source, Result<f64, ReadError>)>;
-
-/// The running sensor tasks, by name. Reloading the config applies only the differences:
-/// an unchanged sensor keeps its schedule.
-pub struct Sensors {
-    tx: mpsc::Sender<Reading>,
-    stats: Arc<Stats>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    running: HashMap<String, (SensorConfig, PathBuf, CancellationToken)>,
-    /// After the first `apply`, changes are worth a log line.
-    started: bool,
-}
-
-impl Sensors {
-    /// Readings go to `tx`; the committer ends once this and every task is gone.
-    pub fn new(
-        tx: mpsc::Sender<Reading>,
-        stats: Arc<Stats>,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Sensors {
-        Sensors {
-            tx,
-            stats,
-            tracker,
-            shutdown,
-            running: HashMap::new(),
-            started: false,
-        }
-    }
-
-    /// Starts, stops and restarts tasks so that exactly `wanted` run; logs each change.
-    pub fn apply(&mut self, wanted: &[SensorConfig], sysfs_root: &Path) {
-        self.stats.health.set_sensors(wanted.len());
-        let names: HashSet<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
-        self.running.retain(|name, (_, _, stop)| {
-            let keep = names.contains(name.as_str());
-            if !keep {
-                stop.cancel();
-                info!(sensor = %name, "sensor removed");
-            }
-            keep
-        });
-        for cfg in wanted {
-            let root = sysfs_root.to_owned();
-            match self.running.get(&cfg.name) {
-                Some((old, old_root, _)) if *old == *cfg && *old_root == root => continue,
-                Some((_, _, stop)) => {
-                    stop.cancel();
-                    info!(sensor = %cfg.name, "sensor changed: restarting it");
-                }
-                None if self.started => info!(sensor = %cfg.name, "sensor added"),
-                None => {}
-            }
-            let stop = self.shutdown.child_token();
-            let source = Source::new(cfg.source.clone(), &root);
-            self.tracker.spawn(run_sensor(
-                cfg.clone(),
-                source,
-                self.tx.clone(),
-                self.stats.clone(),
-                stop.clone(),
-            ));
-            self.running
-                .insert(cfg.name.clone(), (cfg.clone(), root, stop));
-        }
-        self.started = true;
-    }
-
-    /// Stops every sensor; the reading channel closes once their tasks are done.
-    pub fn stop_all(self) {
-        for (_, _, stop) in self.running.values() {
-            stop.cancel();
-        }
-    }
-}
-
-/// A calibrated value, with the sensor it came from and when it was taken.
-#[derive(Debug)]
-pub struct Reading {
-    pub sensor: Arc<SensorConfig>,
-    pub value: f64,
-    pub taken: SystemTime,
-    /// Fired by the committer once the reading is committed (or accepted into a batch held
-    /// by `commit_interval`). The sensor waits for it before its next read, so a crash can
-    /// cost at most one uncommitted reading per sensor even when an fsync is slower than the
-    /// interval; a slow disk delays reads instead.
-    pub committed: Option<oneshot::Sender<()>>,
-}
 
 /// Reads `source` every `cfg.interval` until `stop`. Errors are logged (rate-limited) and the
 /// schedule goes on: one failing sensor never holds up the others or the daemon.
@@ -353,65 +264,10 @@ pub(crate) fn read_timeout(spec: &SourceSpec) -> Duration {
     }
 }
 
-/// Applies `scale` and `offset`, then the plausibility bounds.
-pub(crate) fn calibrate(s: &SensorConfig, raw: f64) -> Result<f64, ReadError> {
-    let value = raw * s.scale + s.offset;
-    if !value.is_finite() {
-        return Err(ReadError::new(
-            Cause::NotFinite,
-            format!("value {raw:e} gives {value} after scale and offset: discarded"),
-        ));
-    }
-    if s.min.is_some_and(|min| value < min) || s.max.is_some_and(|max| value > max) {
-        let bound = |b: Option<f64>| b.map_or("-".to_owned(), |b| b.to_string());
-        return Err(ReadError::new(
-            Cause::OutOfRange,
-            format!(
-                "value {value} is outside the plausible range [{}, {}]: discarded",
-                bound(s.min),
-                bound(s.max)
-            ),
-        ));
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use std::path::Path;
-
-    fn sensor(extra: &str) -> SensorConfig {
-        let text = format!(
-            "[[sensor]]\nname='t'\nkind='file'\npath='/x'\ninterval='1s'\ntopic='t'\n{extra}"
-        );
-        Config::parse(&text, Path::new("t.toml"))
-            .unwrap()
-            .sensors
-            .remove(0)
-    }
-
-    #[test]
-    fn calibration_applies_scale_then_offset() {
-        let s = sensor("scale = 0.001\noffset = -0.5");
-        assert!((calibrate(&s, 23125.0).unwrap() - 22.625).abs() < 1e-9);
-    }
-
-    #[test]
-    fn values_outside_bounds_are_errors() {
-        let s = sensor("min = -40\nmax = 60");
-        assert_eq!(calibrate(&s, 59.9), Ok(59.9));
-        let err = calibrate(&s, 85.0).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("outside the plausible range [-40, 60]"),
-            "{err}"
-        );
-        assert_eq!(err.cause(), Cause::OutOfRange);
-        assert!(calibrate(&s, -41.0).is_err());
-        assert!(calibrate(&s, f64::NAN).is_err());
-    }
+    use crate::schedule::sensor;
 
     /// Runs `f` with a subscriber that captures formatted events; returns the captured text.
     fn captured(f: impl FnOnce()) -> String {
