@@ -25,11 +25,6 @@
 //! broker), the readings committed; reconnect, a reading arrives after the outage and the
 //! daemon stops cleanly. No timing is ever checked: these machines are noisy.
 
-// The integration tests' process harness (Proc, Broker, polling, /proc readings), shared rather
-// than copied, as tests/soak.rs does.
-#[path = "../../tests/it/harness.rs"]
-mod harness;
-
 mod env;
 mod library;
 mod reconnect;

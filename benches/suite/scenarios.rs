@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use telemetryd::config::Config;
 use telemetryd::outbox::{Record, dir_size};
 use telemetryd::payload;
-
-use crate::env::{Daemon, FirstMessage, ProcStats, proc_stats, stripped_size};
-use crate::harness::{
+use telemetryd_testkit::{
     Broker, Proc, copy_dir, free_port, prefill_store_with, store_depth, wait_for,
 };
+
+use crate::env::{Daemon, FirstMessage, ProcStats, proc_stats, stripped_size};
 use crate::library;
 use crate::{Fmt, Row, Settings};
 

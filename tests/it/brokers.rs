@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 const PASSWORD: &str = "correct-horse-battery";

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::*;
-use crate::proxy::{Mode, Proxy};
+use telemetryd_testkit::proxy::{Mode, Proxy};
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 

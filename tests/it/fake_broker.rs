@@ -11,10 +11,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck};
 use rumqttc::mqttbytes::{Error as MqttError, QoS};
+use telemetryd_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use crate::harness::*;
 
 const MAX_PACKET: usize = 1 << 20;
 /// Held-back PUBACKs go out after this much silence from the client, so a client with a

@@ -12,10 +12,9 @@ use rumqttc::v5::mqttbytes::v5::{
     SubAck, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
+use telemetryd_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use crate::harness::*;
 
 const MAX_PACKET: u32 = 1 << 20;
 /// Held PUBACKs go out after this much silence from the client.

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::*;
-use crate::proxy::{Chaos, Mode, Proxy};
+use telemetryd_testkit::proxy::{Chaos, Mode, Proxy};
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 const BACKLOG: &str = "test/backlog";

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const DEVICE: &str = "28-0316a2795aff";
 const TOPIC: &str = "temperature/outside";

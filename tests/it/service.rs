@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 

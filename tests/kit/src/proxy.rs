@@ -18,8 +18,6 @@
 //! exactly which readings the broker accepted, which is what may be lost when the broker is
 //! SIGKILLed (the broker's loss, not the daemon's), and which readings left the daemon.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use crate::harness::*;
+use crate::*;
 
 const MAX_PACKET: usize = 1 << 20;
 

@@ -33,20 +33,10 @@
 //! garbage, absurd values, output floods, hung reads, an oversized retained message, a lowered
 //! bound at reload and the watchdog, around accounted QoS 1 counters (docs/RELIABILITY.md).
 
-#[path = "it/harness.rs"]
-mod harness;
-#[path = "it/proxy.rs"]
-mod proxy;
-
-#[path = "soak/account.rs"]
 mod account;
-#[path = "soak/hostile.rs"]
 mod hostile;
-#[path = "soak/notify.rs"]
 mod notify;
-#[path = "soak/parts.rs"]
 mod parts;
-#[path = "soak/watch.rs"]
 mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -55,8 +45,8 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::*;
-use proxy::{Chaos, Mode, Proxy};
+use telemetryd_testkit::proxy::{Chaos, Mode, Proxy};
+use telemetryd_testkit::*;
 
 /// (name, interval in ms): several counters at 20-100 ms.
 const SENSORS: [(&str, u64); 4] = [("c20", 20), ("c40", 40), ("c70", 70), ("c100", 100)];
