@@ -35,7 +35,6 @@
 
 mod account;
 mod hostile;
-mod notify;
 mod parts;
 mod watch;
 

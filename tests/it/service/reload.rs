@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use telemetryd_testkit::*;
 
-use super::{NotifySocket, TOPIC};
+use super::TOPIC;
 
 /// SIGHUP with a valid config applies it: a changed topic, an added sensor and new MQTT
 /// settings (a reconnect), without losing or reordering a reading; an invalid config is

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use telemetryd_testkit::*;
 
-use super::NotifySocket;
-
 /// A store that opens below its durable mark (sled lost its log's tail) holding 150,000
 /// readings: carrying them into a new store takes seconds, during which the daemon tells
 /// systemd it is still starting (`EXTEND_TIMEOUT_USEC=`, before `READY=1`). A SIGKILL in the

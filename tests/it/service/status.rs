@@ -6,7 +6,7 @@ use std::process::Command;
 
 use telemetryd_testkit::*;
 
-use super::{NotifySocket, TOPIC};
+use super::TOPIC;
 
 /// READY=1 once running, a STATUS= line that says connected and how much is buffered,
 /// WATCHDOG=1 at half of WATCHDOG_USEC while all is well, STOPPING=1 on the way out.
