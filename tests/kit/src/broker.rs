@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,19 @@ pub fn mosquitto_bin() -> PathBuf {
         .map(|d| d.join("mosquitto"))
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+}
+
+/// Why one attempt to start Mosquitto failed (the start tries again on another port).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// It exited: the last lines of its log, newest first.
+    #[error("mosquitto exited ({status}); log tail: {tail:?}")]
+    Exited {
+        status: ExitStatus,
+        tail: Vec<String>,
+    },
+    #[error("mosquitto did not log `running`")]
+    NotRunning,
 }
 
 /// A real Mosquitto with its own config, persistence dir and log, on 127.0.0.1.
@@ -179,7 +192,7 @@ impl Broker {
 
     /// Spawns Mosquitto on `self.port`; ready once its log says "running" one more time than
     /// before (the listener is open by then). Err if it exits first.
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), StartError> {
         let dir = self.dir.display();
         let mut conf = format!(
             "listener {port} 127.0.0.1\n\
@@ -225,15 +238,15 @@ impl Broker {
         loop {
             if let Some(status) = p.try_status() {
                 let log = read_lossy(&self.log_path());
-                let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                return Err(format!("mosquitto exited ({status}); log tail: {tail:?}"));
+                let tail = log.lines().rev().take(5).map(str::to_owned).collect();
+                return Err(StartError::Exited { status, tail });
             }
             if self.running_lines() > before {
                 self.proc = Some(p);
                 return Ok(());
             }
             if start.elapsed() > DEADLINE {
-                return Err("mosquitto did not log `running`".into());
+                return Err(StartError::NotRunning);
             }
             thread::sleep(Duration::from_millis(10));
         }

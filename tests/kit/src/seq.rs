@@ -103,22 +103,40 @@ pub fn assert_in_order(values: &[u64], upto: u64, allowed_missing: usize) {
     }
 }
 
-pub fn check_in_order(values: &[u64], upto: u64, allowed_missing: usize) -> Result<(), String> {
+/// How a sequence fails [`check_in_order`]; each names the whole sequence ([`describe`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("reordered first deliveries: {0}")]
+    Reordered(String),
+    #[error("expected values up to {upto}: {summary}")]
+    Short { upto: u64, summary: String },
+    #[error("gap: at most {allowed_missing} missing value(s) allowed: {summary}")]
+    TooManyMissing {
+        allowed_missing: usize,
+        summary: String,
+    },
+    #[error("a gap of more than one value: {0}")]
+    WideGap(String),
+}
+
+/// [`assert_in_order`]'s check, as a result.
+pub fn check_in_order(values: &[u64], upto: u64, allowed_missing: usize) -> Result<(), OrderError> {
     let r = SeqReport::of(values);
     let summary = describe(values);
     if !r.reorders.is_empty() {
-        return Err(format!("reordered first deliveries: {summary}"));
+        return Err(OrderError::Reordered(summary));
     }
     if r.max < upto {
-        return Err(format!("expected values up to {upto}: {summary}"));
+        return Err(OrderError::Short { upto, summary });
     }
     if r.missing.len() > allowed_missing {
-        return Err(format!(
-            "gap: at most {allowed_missing} missing value(s) allowed: {summary}"
-        ));
+        return Err(OrderError::TooManyMissing {
+            allowed_missing,
+            summary,
+        });
     }
     if r.missing.windows(2).any(|w| w[1] == w[0] + 1) {
-        return Err(format!("a gap of more than one value: {summary}"));
+        return Err(OrderError::WideGap(summary));
     }
     Ok(())
 }
