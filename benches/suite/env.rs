@@ -1,7 +1,7 @@
-//! What the scenarios add to the integration tests' harness (`tests/it/harness.rs`, included
-//! by main.rs: processes that are always reaped, a real Mosquitto on a free loopback port,
-//! polling with deadlines, `/proc` readings): a first-message watcher, the daemon with its log
-//! read as it grows, and what `/proc` says about it.
+//! What the scenarios add to the test kit (`telemetryd-testkit`, tests/kit: processes that are
+//! always reaped, a real Mosquitto on a free loopback port, polling with deadlines, `/proc`
+//! readings): a first-message watcher, the daemon with its log read as it grows, and what
+//! `/proc` says about it.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::harness::{
+use telemetryd_testkit::{
     Broker, Proc, cpu_time, io_write_bytes, log_field, log_file, log_systime, mosquitto_bin,
     read_lossy, status_number, wait_for,
 };

@@ -25,11 +25,6 @@
 //! broker), the readings committed; reconnect, a reading arrives after the outage and the
 //! daemon stops cleanly. No timing is ever checked: these machines are noisy.
 
-// The integration tests' process harness (Proc, Broker, polling, /proc readings), shared rather
-// than copied, as tests/soak.rs does.
-#[path = "../../tests/it/harness.rs"]
-mod harness;
-
 mod env;
 mod library;
 mod reconnect;
@@ -301,8 +296,12 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     // A panic, not an exit: the work dir is removed on the way out.
-    if let Err(problems) = check_sane(&results, s.runs) {
-        panic!("the suite ran but its figures are not sane:\n{problems}");
+    let problems = check_sane(&results, s.runs);
+    if !problems.is_empty() {
+        panic!(
+            "the suite ran but its figures are not sane:\n{}",
+            problems.join("\n")
+        );
     }
 }
 
@@ -310,8 +309,8 @@ fn main() {
 /// per run, and every figure is a positive finite number (a rate, a size, a time, a count of
 /// threads; CPU time is measured to the nanosecond, so even an idle daemon's is above zero).
 /// The scenarios have checked as they ran that everything was delivered and every stop was
-/// clean. Returns every problem, one per line.
-fn check_sane(results: &[(&str, Vec<Row>)], runs: usize) -> Result<(), String> {
+/// clean. Returns every problem found (none: all is sane).
+fn check_sane(results: &[(&str, Vec<Row>)], runs: usize) -> Vec<String> {
     let mut problems = Vec::new();
     if results.is_empty() {
         problems.push("no scenario ran".to_owned());
@@ -339,11 +338,7 @@ fn check_sane(results: &[(&str, Vec<Row>)], runs: usize) -> Result<(), String> {
             }
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
-    }
+    problems
 }
 
 /// The work dir: removed at the end (on a panic too) unless `--keep`.

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
+use telemetryd_testkit::{Broker, log_systime, wait_for};
+
 use crate::env::{Daemon, FirstMessage};
-use crate::harness::{Broker, log_systime, wait_for};
 use crate::{Fmt, Row, Settings};
 
 const TOPIC: &str = "bench/reconnect";

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 /// Runs `telemetryd check --config <env's config> <args>`: exit status and stdout + stderr.
 fn check(env: &Env, args: &[&str]) -> (Output, String) {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 /// Runs the daemon on `config` (which must fail) and checks: exit 78 promptly, stderr names the
 /// config path, the line (`line N`, `:N:` or `:N,`) of the first line containing `needle`, and

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 

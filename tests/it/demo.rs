@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{Proc, bin, free_port, log_file, read_lossy};
+use telemetryd_testkit::{Proc, bin, free_port, log_file, read_lossy};
 
 #[test]
 fn the_demo_shows_readings_and_an_outage_that_loses_nothing() {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::process::Command;
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 fn file_sensor(env: &Env, name: &str) -> String {
     let path = env.path(name);

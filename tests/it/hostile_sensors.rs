@@ -6,7 +6,7 @@ use std::fs::{self, File};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/normal";
 const HUGE: &str = "test/huge";

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::harness::*;
+use telemetryd_testkit::*;
 
 const TOPIC: &str = "test/counter";
 
@@ -273,7 +273,7 @@ fn mqtt5_puback_refusal_quarantines() {
     let acl_file = dir.path().join("acl");
     fs::write(&acl_file, acl).unwrap();
     // Mosquitto 2.0.11 also closes the connection after a refused publish when a client's
-    // outgoing queue is at max_queued_messages, which the harness's `0` (unlimited) always
+    // outgoing queue is at max_queued_messages, which the kit's `0` (unlimited) always
     // is; a real limit keeps the link up, as with Mosquitto's default of 1000.
     let mut env = env_v5(
         "mqtt5_puback_refusal",

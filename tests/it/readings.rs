@@ -4,7 +4,8 @@
 use std::fs;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::harness::*;
+use anyhow::{anyhow, bail};
+use telemetryd_testkit::*;
 
 const DEVICE: &str = "28-0316a2795aff";
 const TOPIC: &str = "temperature/outside";
@@ -164,26 +165,28 @@ fn json_format() {
 }
 
 /// RFC 3339 date-time (`2026-11-25T04:20:00.123Z`, `...+01:00`) to Unix seconds.
-fn parse_rfc3339(s: &str) -> Result<f64, String> {
+fn parse_rfc3339(s: &str) -> anyhow::Result<f64> {
     let (datetime, offset_secs) = if let Some(d) = s.strip_suffix('Z').or(s.strip_suffix('z')) {
         (d, 0i64)
     } else if s.len() > 6 && matches!(&s[s.len() - 6..s.len() - 5], "+" | "-") {
         let (d, off) = s.split_at(s.len() - 6);
         let sign = if off.starts_with('-') { -1 } else { 1 };
-        let h: i64 = off[1..3].parse().map_err(|_| "bad offset hours")?;
+        let h: i64 = off[1..3].parse().map_err(|_| anyhow!("bad offset hours"))?;
         if &off[3..4] != ":" {
-            return Err("bad offset".into());
+            bail!("bad offset");
         }
-        let m: i64 = off[4..6].parse().map_err(|_| "bad offset minutes")?;
+        let m: i64 = off[4..6]
+            .parse()
+            .map_err(|_| anyhow!("bad offset minutes"))?;
         (d, sign * (h * 3600 + m * 60))
     } else {
-        return Err("no Z or ±hh:mm offset".into());
+        bail!("no Z or ±hh:mm offset");
     };
     let utc = format!("{datetime}Z");
     if !matches!(datetime.as_bytes().get(10), Some(b'T' | b't')) {
-        return Err("no T between date and time".into());
+        bail!("no T between date and time");
     }
-    let t = humantime::parse_rfc3339(&utc).map_err(|e| e.to_string())?;
+    let t = humantime::parse_rfc3339(&utc)?;
     let secs = t
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use crate::harness::parse_sub_lines;
+use telemetryd_testkit::parse_sub_lines;
 
 pub const COUNTER_PREFIX: &str = "hostile/q1/";
 

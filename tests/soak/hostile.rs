@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use telemetryd_testkit::*;
+
 use crate::account::{Account, COUNTER_PREFIX};
-use crate::harness::*;
-use crate::notify::NotifySocket;
 use crate::parts::{self, Part};
 use crate::watch::{RSS_LIMIT_KIB, Watch, max_summary, retain_big, top_lines};
 

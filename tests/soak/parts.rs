@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::harness::{Rng, toml_str};
+use telemetryd_testkit::{Rng, toml_str};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {

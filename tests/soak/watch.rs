@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use telemetryd_testkit::*;
+
 use crate::account::Account;
-use crate::harness::*;
 
 /// Generous for a debug build (the plain soak peaks near 41 MiB).
 pub const RSS_LIMIT_KIB: u64 = 128 * 1024;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Bound in a test's temp dir; the daemon learns it from `NOTIFY_SOCKET`.
 pub struct NotifySocket {
     pub path: PathBuf,
     /// Each line with when it arrived.
@@ -39,6 +40,21 @@ impl NotifySocket {
             }
         });
         NotifySocket { path, got }
+    }
+
+    /// Every line so far, in arrival order.
+    pub fn lines(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// How many times `line` arrived.
+    pub fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
     }
 
     pub fn has(&self, line: &str) -> bool {

@@ -33,30 +33,23 @@
 //! garbage, absurd values, output floods, hung reads, an oversized retained message, a lowered
 //! bound at reload and the watchdog, around accounted QoS 1 counters (docs/RELIABILITY.md).
 
-#[path = "it/harness.rs"]
-mod harness;
-#[path = "it/proxy.rs"]
-mod proxy;
-
-#[path = "soak/account.rs"]
 mod account;
-#[path = "soak/hostile.rs"]
+mod faults;
 mod hostile;
-#[path = "soak/notify.rs"]
-mod notify;
-#[path = "soak/parts.rs"]
+mod observe;
 mod parts;
-#[path = "soak/watch.rs"]
 mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write as _};
+use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use harness::*;
-use proxy::{Chaos, Mode, Proxy};
+use telemetryd_testkit::proxy::Proxy;
+use telemetryd_testkit::*;
+
+use crate::faults::{FAULTS, Fault};
+use crate::observe::Stream;
 
 /// (name, interval in ms): several counters at 20-100 ms.
 const SENSORS: [(&str, u64); 4] = [("c20", 20), ("c40", 40), ("c70", 70), ("c100", 100)];
@@ -67,43 +60,9 @@ const MAX_MESSAGES: u64 = 50_000;
 const KEEP_ALIVE_S: u64 = 2;
 /// MQTT 5's least keep-alive in rumqttc.
 const KEEP_ALIVE_V5_S: u64 = 5;
-/// Daemon restarts only before this fraction of the run.
-const RESTARTS_UNTIL: f64 = 0.6;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Fault {
-    BrokerTerm,
-    BrokerKill,
-    BrokerFresh,
-    HalfOpen,
-    LinkChaos,
-    LinkDown,
-    DaemonKill,
-    DaemonTerm,
-}
-
-const FAULTS: [(Fault, u64); 8] = [
-    (Fault::BrokerTerm, 2),
-    (Fault::BrokerKill, 3),
-    (Fault::BrokerFresh, 1),
-    (Fault::HalfOpen, 2),
-    (Fault::LinkChaos, 2),
-    (Fault::LinkDown, 1),
-    (Fault::DaemonKill, 4),
-    (Fault::DaemonTerm, 1),
-];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.trim().parse().ok()
-}
-
-/// What one sensor's stream looks like at the subscriber, built as lines arrive.
-#[derive(Default)]
-struct Stream {
-    first: HashSet<u64>,
-    messages: u64,
-    max_first: u64,
-    reorders: Vec<(u64, u64)>,
 }
 
 /// A daemon kill or stop: per sensor, the counter window in which one reading may be lost.
@@ -148,295 +107,6 @@ struct Soak {
 impl Soak {
     fn elapsed(&self) -> f64 {
         self.t0.elapsed().as_secs_f64()
-    }
-
-    fn sensor_of(topic: &str) -> Option<usize> {
-        let name = topic.strip_prefix("soak/")?;
-        SENSORS.iter().position(|(n, _)| *n == name)
-    }
-
-    /// Reads what the subscriber printed since the last call.
-    fn tail(&mut self) {
-        let Ok(mut f) = fs::File::open(&self.env.sub().out) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.sub_offset)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        if f.read_to_end(&mut buf).is_err() {
-            return;
-        }
-        self.sub_offset += buf.len() as u64;
-        self.sub_partial.extend_from_slice(&buf);
-        let Some(end) = self.sub_partial.iter().rposition(|&b| b == b'\n') else {
-            return;
-        };
-        let complete: Vec<u8> = self.sub_partial.drain(..=end).collect();
-        for (recv, topic, payload) in parse_sub_lines(&complete, true) {
-            let Some(s) = Soak::sensor_of(&topic) else {
-                continue;
-            };
-            let json: serde_json::Value = serde_json::from_str(&payload)
-                .unwrap_or_else(|e| panic!("payload on {topic} is not JSON ({e}): {payload}"));
-            let value = json["value"].as_u64().expect("value");
-            let seq = json["seq"].as_u64().expect("seq");
-            let ts = json["ts"].as_str().expect("ts");
-            let taken = humantime::parse_rfc3339(ts)
-                .expect("ts")
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64();
-            let st = &mut self.streams[s];
-            st.messages += 1;
-            if st.first.insert(value) {
-                self.pending_ack.remove(&(s, value));
-                if value < st.max_first {
-                    st.reorders.push((value, st.max_first));
-                }
-                st.max_first = st.max_first.max(value);
-                if seq < self.max_seq_first {
-                    self.global_reorders += 1;
-                }
-                self.max_seq_first = self.max_seq_first.max(seq);
-                if recv - taken > self.max_delay {
-                    self.max_delay = recv - taken;
-                    self.max_delay_at = (self.t0.elapsed().as_secs_f64(), s, value);
-                }
-            }
-        }
-    }
-
-    /// Takes the PUBACKs the proxy saw since the last call.
-    fn drain_acks(&mut self) {
-        self.proxy.drain_forwarded();
-        for seen in self.proxy.drain_acked() {
-            let Some(s) = Soak::sensor_of(&seen.topic) else {
-                continue;
-            };
-            let json: serde_json::Value = serde_json::from_str(&seen.payload).expect("JSON");
-            let value = json["value"].as_u64().expect("value");
-            if !self.streams[s].first.contains(&value) {
-                self.pending_ack.insert((s, value));
-            }
-        }
-    }
-
-    /// One round of watching: subscriber, acks, memory and store.
-    fn observe(&mut self) {
-        self.drain_acks();
-        self.tail();
-        if let Some(pid) = self.env.daemon.pid_if_running() {
-            if let Some(rss) = vm_kib(pid, "VmRSS") {
-                self.rss_samples.push((self.elapsed(), rss));
-                self.peak_rss_kib = self.peak_rss_kib.max(rss);
-            }
-            if let Some(hwm) = vm_kib(pid, "VmHWM") {
-                self.peak_rss_kib = self.peak_rss_kib.max(hwm);
-            }
-        }
-        let du = disk_usage(&self.env.buffer_path());
-        self.peak_store_bytes = self.peak_store_bytes.max(du);
-        if self.elapsed() >= self.next_trace {
-            self.next_trace += 60.0;
-            let rss = self.rss_samples.last().map_or(0, |(_, r)| *r);
-            let delivered: usize = self.streams.iter().map(|s| s.first.len()).sum();
-            eprintln!(
-                "soak: {:5.0} s  rss {rss} KiB  store {} KiB  delivered {delivered}",
-                self.elapsed(),
-                du / 1024
-            );
-        }
-    }
-
-    /// Lets the system run for `d` (the schedule's own pauses), watching it meanwhile.
-    fn run_for(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        loop {
-            self.observe();
-            let now = Instant::now();
-            if now >= end {
-                return;
-            }
-            std::thread::sleep((end - now).min(Duration::from_millis(200)));
-        }
-    }
-
-    fn start_daemon(&mut self) {
-        self.env.daemon.start();
-        self.last_daemon_start = self.elapsed();
-    }
-
-    /// SIGKILL (or SIGTERM: the read in progress is abandoned, which costs the same one
-    /// reading) and records the window of each counter.
-    fn stop_daemon(&mut self, what: &str, kill: bool) {
-        self.observe();
-        let before: Vec<u64> = self.counters.iter().map(|c| c.value()).collect();
-        if kill {
-            self.env.daemon.sigkill();
-        } else {
-            let t = Instant::now();
-            self.env.daemon.sigterm();
-            match self.env.daemon.wait_exit(SHUTDOWN_LIMIT) {
-                Some(s) if s.success() => {}
-                Some(s) => panic!("SIGTERM: exit status {s}"),
-                None => panic!("still running {SHUTDOWN_LIMIT:?} after SIGTERM"),
-            }
-            assert!(
-                t.elapsed() <= Duration::from_millis(6500),
-                "SIGTERM to exit took {:?}; the grace is 5 s",
-                t.elapsed()
-            );
-        }
-        let after: Vec<u64> = self.counters.iter().map(|c| c.value() + 1).collect();
-        self.stops.push(Stop {
-            what: what.to_string(),
-            at_s: self.elapsed(),
-            windows: before.into_iter().zip(after).collect(),
-        });
-    }
-
-    fn broker_kill(&mut self) {
-        self.env.broker().kill();
-        self.broker_kills += 1;
-        // Everything the broker acknowledged has been read by the proxy once its broker side
-        // is closed; what was not yet delivered may be lost with the broker.
-        self.proxy.wait_no_open_connection();
-        self.observe();
-        let kill = self.broker_kills;
-        for key in self.pending_ack.drain() {
-            self.at_risk.entry(key).or_insert(kill);
-        }
-    }
-
-    fn fault(&mut self, fault: Fault) {
-        *self.faults.entry(fault).or_default() += 1;
-        match fault {
-            Fault::BrokerTerm => {
-                self.env.broker().stop();
-                let d = self.rng.millis(300, 5000);
-                self.run_for(d);
-                self.env.broker().restart();
-            }
-            Fault::BrokerKill => {
-                self.broker_kill();
-                let d = self.rng.millis(300, 5000);
-                self.run_for(d);
-                self.env.broker().restart();
-            }
-            Fault::BrokerFresh => {
-                // Keep the daemon away until the subscriber, whose session goes too, is back;
-                // and let everything the old broker acknowledged be delivered first.
-                self.proxy.set_mode(Mode::Down);
-                self.proxy.wait_no_open_connection();
-                let t = Instant::now();
-                while {
-                    self.observe();
-                    !self.pending_ack.is_empty()
-                } {
-                    assert!(
-                        t.elapsed() < DEADLINE,
-                        "acknowledged readings never delivered: {:?}",
-                        self.pending_ack
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                self.env.broker().stop();
-                self.env.broker().wipe_persistence();
-                self.env.broker().restart();
-                self.env.sub.as_mut().unwrap().wait_subscribed();
-                let subscribed = SystemTime::now();
-                self.env.broker().wait_saved_after(subscribed);
-                self.proxy.set_mode(Mode::Forward);
-            }
-            Fault::HalfOpen => {
-                self.proxy.set_mode(Mode::Silent);
-                let d = self.rng.millis(1000, 8000);
-                self.run_for(d);
-                self.proxy.set_mode(Mode::Forward);
-            }
-            Fault::LinkChaos => {
-                let seed = self.rng.next_u64();
-                self.proxy.set_chaos(Some(Chaos {
-                    seed,
-                    daemon_bytes: (1, 3000),
-                    broker_bytes: (1, 600),
-                }));
-                let d = self.rng.millis(3000, 10000);
-                self.run_for(d);
-                self.proxy.set_chaos(None);
-            }
-            Fault::LinkDown => {
-                self.proxy.set_mode(Mode::Down);
-                let d = self.rng.millis(500, 5000);
-                self.run_for(d);
-                self.proxy.set_mode(Mode::Forward);
-            }
-            Fault::DaemonKill => match self.rng.range(0, 2) {
-                0 => {
-                    self.stop_daemon("SIGKILL, connected", true);
-                    let d = self.rng.millis(0, 1500);
-                    self.run_for(d);
-                    self.start_daemon();
-                }
-                1 => {
-                    self.env.broker().stop();
-                    let d = self.rng.millis(300, 3000);
-                    self.run_for(d);
-                    self.stop_daemon("SIGKILL, broker down", true);
-                    let d = self.rng.millis(0, 1000);
-                    self.run_for(d);
-                    self.start_daemon();
-                    let d = self.rng.millis(300, 3000);
-                    self.run_for(d);
-                    self.env.broker().restart();
-                }
-                _ => {
-                    // A backlog, then a kill at a random point of its drain.
-                    self.env.broker().stop();
-                    let d = self.rng.millis(2000, 6000);
-                    self.run_for(d);
-                    self.observe();
-                    let got: usize = self.streams.iter().map(|s| s.first.len()).sum();
-                    self.env.broker().restart();
-                    let more = self.rng.range(1, 200) as usize;
-                    let t = Instant::now();
-                    while {
-                        self.observe();
-                        self.streams.iter().map(|s| s.first.len()).sum::<usize>() < got + more
-                            && t.elapsed() < DEADLINE
-                    } {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    self.stop_daemon("SIGKILL, draining a backlog", true);
-                    self.start_daemon();
-                }
-            },
-            Fault::DaemonTerm => {
-                self.stop_daemon("SIGTERM", false);
-                let d = self.rng.millis(0, 2000);
-                self.run_for(d);
-                self.start_daemon();
-            }
-        }
-    }
-
-    fn pick(&mut self) -> Fault {
-        let restarts = self.elapsed() < RESTARTS_UNTIL * self.secs as f64;
-        let eligible: Vec<(Fault, u64)> = FAULTS
-            .iter()
-            .copied()
-            .filter(|(f, _)| restarts || !matches!(f, Fault::DaemonKill | Fault::DaemonTerm))
-            .collect();
-        let total: u64 = eligible.iter().map(|(_, w)| w).sum();
-        let mut r = self.rng.range(0, total - 1);
-        for (f, w) in eligible {
-            if r < w {
-                return f;
-            }
-            r -= w;
-        }
-        unreachable!()
     }
 }
 
