@@ -10,6 +10,22 @@ pub fn store_depth(path: &Path) -> u64 {
         .unwrap_or_else(|e| panic!("depth_at({}): {e:#}", path.display()))
 }
 
+/// The topics of the readings in the sled store at `path` (daemon stopped), oldest first.
+pub fn store_topics(path: &Path) -> Vec<String> {
+    let outbox = telemetryd::outbox::Outbox::open(path, u64::MAX)
+        .unwrap_or_else(|e| panic!("open {}: {e:#}", path.display()));
+    let mut topics = Vec::new();
+    let mut after = None;
+    loop {
+        let page = outbox.read_after(after, 10_000);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        topics.extend(page.into_iter().map(|(_, r)| r.topic));
+    }
+    outbox.close();
+    topics
+}
+
 /// Writes a backlog into the store at `path` (daemon stopped), as a previous run with the
 /// broker away would have left it: `count` readings on `topic` with payloads `1..=count`,
 /// through the daemon's own outbox code. Returns how long it took.
