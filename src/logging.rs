@@ -7,10 +7,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::reload;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The levels `log_level` accepts.
 pub const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
@@ -22,25 +25,11 @@ pub fn init(level: &str) {
         .ok()
         .filter(|s| !s.trim().is_empty());
     let filter = match &from_env {
-        Some(s) => EnvFilter::new(s),
-        None => EnvFilter::new(directives(level)),
+        Some(s) => parse_filter(s),
+        None => parse_filter(&directives(level)),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // The handle's type depends on the format; keep it behind a closure.
-    macro_rules! install {
-        ($builder:expr) => {{
-            let builder = $builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            if from_env.is_none() {
-                let _ = SET_LEVEL.set(Box::new(move |level: &str| {
-                    let _ = handle.reload(EnvFilter::new(directives(level)));
-                }));
-            }
-            builder.init();
-        }};
-    }
+    let reloadable = from_env.is_none();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if stderr_is_journal() {
         // journald adds the time and the unit; the `<N>` prefix sets the priority, so
         // `journalctl -p warning` works.
@@ -48,11 +37,37 @@ pub fn init(level: &str) {
             .without_time()
             .with_ansi(false)
             .with_level(false);
-        install!(builder.with_ansi(false).event_format(Journal(inner)));
+        install(
+            layer.with_ansi(false).event_format(Journal(inner)),
+            filter,
+            reloadable,
+        );
     } else {
         // Colours only for a person at a terminal, never into a file or a pipe.
-        install!(builder.with_ansi(std::io::stderr().is_terminal()));
+        install(
+            layer.with_ansi(std::io::stderr().is_terminal()),
+            filter,
+            reloadable,
+        );
     }
+}
+
+/// Installs `layer` behind a reloadable `filter` (outermost, as `fmt().with_env_filter()` put
+/// it); when `reloadable`, [`set_level`] replaces the filter.
+fn install<L>(layer: L, filter: Targets, reloadable: bool)
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
+    let (filter, handle) = reload::Layer::new(filter);
+    if reloadable {
+        let _ = SET_LEVEL.set(Box::new(move |level: &str| {
+            let _ = handle.reload(parse_filter(&directives(level)));
+        }));
+    }
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .init();
 }
 
 /// Applies a new `log_level` (on reload). Does nothing when `RUST_LOG` decides.
@@ -68,6 +83,54 @@ static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 fn directives(level: &str) -> String {
     // rumqttc warns once per refused MQTT 5 PUBACK, unthrottled; we log those ourselves.
     format!("warn,rumqttc=error,telemetryd={level}")
+}
+
+/// Parses `RUST_LOG`-style directives as `EnvFilter::new` did, without the regex engine behind
+/// `tracing-subscriber`'s `env-filter` (550 KiB of the binary): comma-separated
+/// `target=level`, bare `level` (for every other target), bare `target` (every level); a
+/// target matches itself and every target it prefixes, the longest match decides, and of two
+/// directives for one target the later. An invalid directive is reported on stderr and
+/// skipped; with no valid one only errors are logged, and without a bare level a target no
+/// directive names logs nothing. Each directive is trimmed (`EnvFilter` misread one with
+/// spaces around it). Span and field filters (`target[span{field=value}]=level`) are not
+/// supported: such a directive is reported and skipped.
+fn parse_filter(spec: &str) -> Targets {
+    let mut filter = Targets::new();
+    let mut any = false;
+    for text in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive(text) {
+            Ok((Some(target), level)) => filter = filter.with_target(target, level),
+            Ok((None, level)) => filter = filter.with_default(level),
+            Err(err) => {
+                eprintln!("ignoring `{text}`: {err}");
+                continue;
+            }
+        }
+        any = true;
+    }
+    if any {
+        filter
+    } else {
+        filter.with_default(LevelFilter::ERROR)
+    }
+}
+
+/// One directive: its target (`None` for a bare level) and level.
+fn directive(text: &str) -> Result<(Option<&str>, LevelFilter), String> {
+    if text.contains(['[', ']', '{', '}']) {
+        return Err("span and field filters are not supported".into());
+    }
+    if !text.starts_with(|c: char| c.is_alphanumeric() || matches!(c, '-' | ':' | '_')) {
+        return Err("invalid filter directive".into());
+    }
+    Ok(match text.split_once('=') {
+        Some((target, "")) => (Some(target), LevelFilter::TRACE),
+        Some((target, level)) => (Some(target), level.parse().map_err(|e| format!("{e}"))?),
+        None => match text.parse() {
+            Ok(level) => (None, level),
+            Err(_) => (Some(text), LevelFilter::TRACE),
+        },
+    })
 }
 
 /// True when stderr is the journal stream systemd gave us, not merely when the variable is
@@ -181,6 +244,64 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn enables(filter: &Targets, target: &str, level: Level) -> bool {
+        filter.would_enable(target, &level)
+    }
+
+    #[test]
+    fn the_default_directives_log_our_level_and_only_warnings_of_dependencies() {
+        let f = parse_filter(&directives("debug"));
+        assert!(enables(&f, "telemetryd", Level::DEBUG));
+        assert!(enables(&f, "telemetryd::mqtt", Level::DEBUG));
+        assert!(!enables(&f, "telemetryd::mqtt", Level::TRACE));
+        assert!(enables(&f, "sled::pagecache", Level::WARN));
+        assert!(!enables(&f, "sled::pagecache", Level::INFO));
+        assert!(enables(&f, "rumqttc::state", Level::ERROR));
+        assert!(!enables(&f, "rumqttc::state", Level::WARN));
+        let f = parse_filter(&directives("error"));
+        assert!(!enables(&f, "telemetryd", Level::WARN));
+        assert!(enables(&f, "sled", Level::WARN));
+    }
+
+    #[test]
+    fn rust_log_directives_parse_as_env_filter_did() {
+        // A bare level is the default; the longest matching target decides.
+        let f = parse_filter("info,telemetryd::mqtt=trace,telemetryd=warn");
+        assert!(enables(&f, "sled", Level::INFO));
+        assert!(!enables(&f, "sled", Level::DEBUG));
+        assert!(!enables(&f, "telemetryd::buffer", Level::INFO));
+        assert!(enables(&f, "telemetryd::mqtt::conn", Level::TRACE));
+        // Without a bare level, other targets log nothing.
+        let f = parse_filter("telemetryd=debug");
+        assert!(!enables(&f, "sled", Level::ERROR));
+        assert!(enables(&f, "telemetryd", Level::DEBUG));
+        // A bare target enables every level; `target=` too; levels ignore case; `off`.
+        let f = parse_filter("telemetryd,sled=,rumqttc=OFF, warn ,,");
+        assert!(enables(&f, "telemetryd", Level::TRACE));
+        assert!(enables(&f, "sled", Level::TRACE));
+        assert!(!enables(&f, "rumqttc", Level::ERROR));
+        assert!(enables(&f, "tokio", Level::WARN));
+        assert!(!enables(&f, "tokio", Level::INFO));
+        // The later of two directives for one target wins.
+        let f = parse_filter("debug,error");
+        assert!(!enables(&f, "x", Level::WARN));
+    }
+
+    #[test]
+    fn invalid_directives_are_skipped_and_none_valid_logs_errors() {
+        let f = parse_filter("telemetryd=loud,info");
+        assert!(enables(&f, "telemetryd", Level::INFO));
+        assert!(!enables(&f, "telemetryd", Level::DEBUG));
+        let f = parse_filter("=info,telemetryd[span]=debug,a[{x=1}]=trace,b=c=d");
+        assert!(enables(&f, "telemetryd", Level::ERROR));
+        assert!(!enables(&f, "telemetryd", Level::WARN));
+        assert!(!enables(&f, "a", Level::WARN));
+        assert!(directive("telemetryd=loud").is_err());
+        assert!(directive("=info").is_err());
+        assert!(directive("[span]=info").is_err());
+        assert_eq!(directive("3"), Ok((None, LevelFilter::INFO)));
+    }
 
     #[test]
     fn throttle_logs_new_messages_and_holds_back_repeats() {
