@@ -1,8 +1,10 @@
-//! 3. Footprint, side by side with collectd (issue 15): 4 sensors reading a file every second,
-//! published at QoS 1 to the suite's broker; runs of telemetryd and of collectd alternate.
-//! Each run: a warm-up, then a window in which the peak RSS, the CPU time, the peak thread
-//! count and the readings a subscriber received are taken. Then one run of each under
-//! callgrind, for the instructions per reading received.
+//! 3. Footprint.
+//!
+//! Side by side with collectd (issue 15): 4 sensors reading a file every second, published at
+//! QoS 1 to the suite's broker; runs of telemetryd and of collectd alternate. Each run: a
+//! warm-up, then a window in which the peak RSS, the CPU time, the peak thread count and the
+//! readings a subscriber received are taken. Then one run of each under callgrind, for the
+//! instructions per reading received.
 
 use std::fs;
 use std::path::{Path, PathBuf};
