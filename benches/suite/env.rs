@@ -37,7 +37,7 @@ pub fn mosquitto_version() -> String {
 
 /// True once the broker has logged a subscription by `client_id` (a quiet broker still logs
 /// subscriptions).
-fn has_subscriber(broker: &Broker, client_id: &str) -> bool {
+pub fn has_subscriber(broker: &Broker, client_id: &str) -> bool {
     read_lossy(&broker.log_path())
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(client_id))
@@ -130,6 +130,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bin: &Path, dir: &Path, config: &str) -> Daemon {
+        Daemon::start_wrapped(bin, dir, config, &[])
+    }
+
+    /// [`Daemon::start`] under a wrapper such as `valgrind --tool=callgrind` (`wrapper[0]` is
+    /// the program run, the daemon's command line follows its arguments): same pid.
+    pub fn start_wrapped(bin: &Path, dir: &Path, config: &str, wrapper: &[String]) -> Daemon {
         fs::create_dir_all(dir).expect("daemon dir");
         let config_path = dir.join("telemetryd.toml");
         fs::write(&config_path, config).expect("write the config");
@@ -138,7 +144,7 @@ impl Daemon {
         let spawned_at = Instant::now();
         let proc = Proc::spawn(
             "telemetryd",
-            Command::new(bin)
+            wrapped(wrapper, bin)
                 .arg("--config")
                 .arg(&config_path)
                 .env_remove("RUST_LOG")
@@ -255,6 +261,18 @@ impl Daemon {
             "telemetryd did not stop cleanly within {STOP_LIMIT:?} of SIGTERM ({status}); its log:\n{log}"
         );
         log
+    }
+}
+
+/// `bin` as a command, or `wrapper` with `bin` as its last argument.
+pub fn wrapped(wrapper: &[String], bin: &Path) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(bin),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
     }
 }
 

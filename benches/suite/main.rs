@@ -1,5 +1,7 @@
 //! The benchmark suite (issue 5): the real `telemetryd` binary against a real local Mosquitto,
-//! side by side with `mosquitto_pub`, and the footprint of the daemon. See BENCHMARKS.md.
+//! side by side with `mosquitto_pub`, and the footprint of the daemon side by side with
+//! collectd (installed with apt when missing, skipped with the reason when it cannot be). See
+//! BENCHMARKS.md.
 //!
 //! ```text
 //! cargo bench --bench suite                       # everything, release build (~15 min)
@@ -43,6 +45,8 @@ pub struct Settings {
     pub ingest_secs: f64,
     pub latency_secs: f64,
     pub footprint_secs: f64,
+    /// From the start (or, under callgrind, the first reading received) to the window.
+    pub footprint_warmup: f64,
     pub wear_slow_secs: f64,
     pub wear_fast_secs: f64,
     /// How long the broker is away in the `reconnect` scenario.
@@ -214,6 +218,7 @@ fn main() {
             ingest_secs: 1.0,
             latency_secs: 1.0,
             footprint_secs: 3.0,
+            footprint_warmup: 2.0,
             wear_slow_secs: 3.0,
             wear_fast_secs: 2.0,
             reconnect_outages: vec![std::time::Duration::from_secs(3)],
@@ -228,7 +233,8 @@ fn main() {
             ingest_sensors: vec![1, 10, 100, 1000],
             ingest_secs: 5.0,
             latency_secs: 5.0,
-            footprint_secs: 60.0,
+            footprint_secs: 30.0,
+            footprint_warmup: 5.0,
             wear_slow_secs: 60.0,
             wear_fast_secs: 10.0,
             reconnect_outages: vec![

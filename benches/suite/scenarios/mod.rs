@@ -3,6 +3,7 @@
 //! scenario); none checks a timing. One file per scenario; what they share is here.
 
 mod backlog;
+mod collectd;
 mod drain;
 mod footprint;
 mod ingest;
