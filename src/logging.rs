@@ -115,17 +115,17 @@ fn parse_filter(spec: &str) -> Targets {
     }
 }
 
-/// One directive: its target (`None` for a bare level) and level.
-fn directive(text: &str) -> Result<(Option<&str>, LevelFilter), String> {
+/// One directive: its target (`None` for a bare level) and level. The error is only printed.
+fn directive(text: &str) -> anyhow::Result<(Option<&str>, LevelFilter)> {
     if text.contains(['[', ']', '{', '}']) {
-        return Err("span and field filters are not supported".into());
+        anyhow::bail!("span and field filters are not supported");
     }
     if !text.starts_with(|c: char| c.is_alphanumeric() || matches!(c, '-' | ':' | '_')) {
-        return Err("invalid filter directive".into());
+        anyhow::bail!("invalid filter directive");
     }
     Ok(match text.split_once('=') {
         Some((target, "")) => (Some(target), LevelFilter::TRACE),
-        Some((target, level)) => (Some(target), level.parse().map_err(|e| format!("{e}"))?),
+        Some((target, level)) => (Some(target), level.parse::<LevelFilter>()?),
         None => match text.parse() {
             Ok(level) => (None, level),
             Err(_) => (Some(text), LevelFilter::TRACE),
@@ -300,7 +300,7 @@ mod tests {
         assert!(directive("telemetryd=loud").is_err());
         assert!(directive("=info").is_err());
         assert!(directive("[span]=info").is_err());
-        assert_eq!(directive("3"), Ok((None, LevelFilter::INFO)));
+        assert_eq!(directive("3").unwrap(), (None, LevelFilter::INFO));
     }
 
     #[test]

@@ -24,25 +24,25 @@ pub struct Collectd {
     pub version: String,
 }
 
-fn installed() -> Result<Collectd, String> {
+fn installed() -> anyhow::Result<Collectd> {
     let bin = BINARIES
         .iter()
         .map(PathBuf::from)
         .find(|b| b.exists())
-        .ok_or("no collectd binary in /usr/sbin or /usr/bin")?;
+        .ok_or_else(|| anyhow::anyhow!("no collectd binary in /usr/sbin or /usr/bin"))?;
     for plugin in ["table.so", "mqtt.so"] {
         let p = Path::new(PLUGIN_DIR).join(plugin);
         if !p.exists() {
-            return Err(format!("{} is missing", p.display()));
+            anyhow::bail!("{} is missing", p.display());
         }
     }
     if !Path::new(TYPES_DB).exists() {
-        return Err(format!("{TYPES_DB} is missing"));
+        anyhow::bail!("{TYPES_DB} is missing");
     }
     let out = Command::new(&bin)
         .arg("-h")
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text
         .lines()
@@ -55,7 +55,7 @@ fn installed() -> Result<Collectd, String> {
 
 /// collectd as installed, or installed now with apt (`collectd-core`, as root or with a
 /// password-less sudo), saying so on stderr; `Err` with the reason when neither works.
-pub fn find_or_install() -> Result<Collectd, String> {
+pub fn find_or_install() -> anyhow::Result<Collectd> {
     match installed() {
         Ok(c) => return Ok(c),
         Err(why) => eprintln!(
@@ -84,9 +84,11 @@ pub fn find_or_install() -> Result<Collectd, String> {
         .stdout(Stdio::null())
         .status();
     match status {
-        Ok(s) if s.success() => installed().map_err(|why| format!("installed, but {why}")),
-        Ok(s) => Err(format!("`apt-get install collectd-core` failed ({s})")),
-        Err(e) => Err(format!("cannot run apt-get: {e}")),
+        Ok(s) if s.success() => installed().map_err(|why| anyhow::anyhow!("installed, but {why}")),
+        Ok(s) => Err(anyhow::anyhow!(
+            "`apt-get install collectd-core` failed ({s})"
+        )),
+        Err(e) => Err(anyhow::anyhow!("cannot run apt-get: {e}")),
     }
 }
 

@@ -267,7 +267,7 @@ fn run(ctx: &Ctx, who: Who, run: usize) -> Sample {
 }
 
 /// valgrind with callgrind and `callgrind_control`, or why not.
-fn callgrind_available() -> Result<(), String> {
+fn callgrind_available() -> anyhow::Result<()> {
     for tool in ["valgrind", "callgrind_control"] {
         let ok = Command::new(tool)
             .arg("--version")
@@ -276,7 +276,7 @@ fn callgrind_available() -> Result<(), String> {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            return Err(format!("no `{tool}` (Debian: valgrind)"));
+            anyhow::bail!("no `{tool}` (Debian: valgrind)");
         }
     }
     Ok(())
