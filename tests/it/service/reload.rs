@@ -160,3 +160,55 @@ fn lowering_the_bound_over_a_big_backlog_keeps_the_daemon_answering() {
     let total: u64 = log_field(line, "total").unwrap().parse().unwrap();
     assert_eq!(total, PREFILL + n - BOUND, "{line}");
 }
+
+/// `log_level` changes on SIGHUP, both ways: the reload's own lines show which level was in
+/// force before it ("reloading the config", info) and after it ("config reloaded", info).
+#[test]
+fn sighup_changes_the_log_level() {
+    let mut env = Env::with_broker("sighup_changes_the_log_level");
+    let counter = Counter::new(env.dir(), "counter");
+    let cfg = env.config("", &counter.sensor_toml("counter", "test/a", "100ms", 1));
+    let at = |level: &str| {
+        tweak(
+            cfg.clone(),
+            &[("log_level = \"debug\"", &format!("log_level = \"{level}\""))],
+        )
+    };
+    env.write_config(&at("warn"));
+    env.daemon.start();
+    wait_until(DEADLINE, "readings on test/a", || {
+        !env.sub().values("test/a").is_empty()
+    });
+    let count = |env: &Env, line: &str| env.daemon.log().matches(line).count();
+
+    // warn -> info: the line before the switch is not logged, the one after it is.
+    env.write_config(&at("info"));
+    env.daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "`config reloaded` at info", || {
+        count(&env, "config reloaded") == 1
+    });
+    assert_eq!(
+        count(&env, "reloading the config"),
+        0,
+        "{}",
+        env.daemon.log()
+    );
+
+    // info -> warn: now the line before is logged and the one after is not.
+    env.write_config(&at("warn"));
+    env.daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "`reloading the config` at info", || {
+        count(&env, "reloading the config") == 1
+    });
+    // warn -> info again: its `config reloaded` is the second one, so the previous reload's
+    // was not logged.
+    env.write_config(&at("info"));
+    env.daemon.signal(libc::SIGHUP);
+    wait_until(DEADLINE, "the third reload's `config reloaded`", || {
+        count(&env, "config reloaded") >= 2
+    });
+    let log = env.daemon.log();
+    assert_eq!(count(&env, "config reloaded"), 2, "{log}");
+    assert_eq!(count(&env, "reloading the config"), 1, "{log}");
+    env.daemon.stop_expect_success();
+}
