@@ -303,6 +303,66 @@ mod tests {
         assert_eq!(directive("3").unwrap(), (None, LevelFilter::INFO));
     }
 
+    /// What `RUST_LOG` means, written out: the longest target that prefixes the event's wins
+    /// (of equal ones, the later), else the last bare level, else nothing; errors only when no
+    /// directive is valid.
+    fn model(ds: &[(Option<&str>, LevelFilter)], target: &str, level: Level) -> bool {
+        if ds.is_empty() {
+            return level <= Level::ERROR;
+        }
+        let named = ds
+            .iter()
+            .filter_map(|(t, l)| t.filter(|t| target.starts_with(t)).map(|t| (t.len(), *l)));
+        let decides = named
+            .fold(None::<(usize, LevelFilter)>, |best, (n, l)| match best {
+                Some((m, _)) if m > n => best,
+                _ => Some((n, l)),
+            })
+            .map(|(_, l)| l)
+            .or_else(|| ds.iter().rev().find(|(t, _)| t.is_none()).map(|(_, l)| *l));
+        decides.is_some_and(|l| l >= level)
+    }
+
+    proptest::proptest! {
+        /// Any text, as `RUST_LOG` may hold, gives a filter (no panic); a list of valid
+        /// directives, in any order, with repeats and junk among them, means what the model says.
+        #[test]
+        fn any_rust_log_gives_a_filter_and_valid_ones_mean_what_they_say(
+            junk in "\\PC{0,40}",
+            picks in proptest::collection::vec((0usize..5, 0usize..6, 0usize..3), 0..8),
+        ) {
+            let _ = parse_filter(&junk);
+            const TARGETS: [&str; 5] = ["", "a", "ab", "abc", "b"];
+            const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+            let mut text = Vec::new();
+            let mut ds = Vec::new();
+            for (t, l, junky) in picks {
+                if junky == 0 {
+                    text.push("=nonsense".to_string());
+                    continue;
+                }
+                let level: LevelFilter = LEVELS[l].parse().unwrap();
+                if TARGETS[t].is_empty() {
+                    text.push(LEVELS[l].to_string());
+                    ds.push((None, level));
+                } else {
+                    text.push(format!("{}={}", TARGETS[t], LEVELS[l]));
+                    ds.push((Some(TARGETS[t]), level));
+                }
+            }
+            let f = parse_filter(&text.join(","));
+            for target in ["a", "ab", "abc", "abd", "b", "c"] {
+                for level in [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE] {
+                    proptest::prop_assert_eq!(
+                        enables(&f, target, level),
+                        model(&ds, target, level),
+                        "{:?}: {} at {}", text, target, level
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn throttle_logs_new_messages_and_holds_back_repeats() {
         let mut t = Throttle::default();
