@@ -100,6 +100,17 @@ def _journal_warnings(vm, since):
     return [line for line in out.splitlines() if line.strip()]
 
 
+def _explain(vm, since, what):
+    """What a failed check leaves for whoever reads the CI log: the daemon's and the bridge's
+    journal since the step began, and the guest's TCP connections."""
+    print(f"        {what}; the guest's journal since then:", flush=True)
+    _, out = vm.run(f"journalctl -u telemetryd.service -u systest-bridge.service --since @{since:.3f} "
+                    "-o short-monotonic --no-pager -q | tail -n 40")
+    _, ss = vm.run("(ss -tnp || cat /proc/net/tcp) 2>&1 | head -n 20")
+    for line in (out + "\n" + ss).splitlines():
+        print(f"        | {line}", flush=True)
+
+
 def _steps(c, vm, sub, deb):
     _, gnow = vm.run("date +%s.%N")
     vm.run("mkdir -p /mnt/payload && mount -o ro /dev/vdb /mnt/payload")
@@ -193,8 +204,10 @@ def _steps(c, vm, sub, deb):
         resumed = True
     except TimeoutError:
         resumed = False
-    c.check(f"watchdog: a SIGSTOPped daemon is restarted ({took:.0f} s) and publishes again",
-            restarted and resumed and "atchdog" in wdlog, wdlog.splitlines()[0] if wdlog else "no watchdog line")
+    ok = c.check(f"watchdog: a SIGSTOPped daemon is restarted ({took:.0f} s) and publishes again",
+                 restarted and resumed and "atchdog" in wdlog, wdlog.splitlines()[0] if wdlog else "no watchdog line")
+    if not ok:
+        _explain(vm, t_wd, f"restarted {restarted}, readings after it {resumed}")
     pid = _show(vm, "MainPID")["MainPID"]
 
     # Stop within TimeoutStopSec (15 s), cleanly.

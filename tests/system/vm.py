@@ -153,6 +153,13 @@ class Bridge(threading.Thread):
             except OSError:
                 pass
             g.close()
+            if self.path != path:
+                continue  # a new boot's port: nothing of the old guest can be waiting
+            # Stay away long enough for the guest to see the port closed. Back at once, the
+            # guest's socat can be woken by the hang-up, then block in read() because the port
+            # is connected again: stuck there, it never takes the daemon's next connection
+            # (127.0.0.1:1883 refuses it) and nothing ever comes from this end to wake it.
+            time.sleep(2)
 
     def _pump(self, g, path):
         b, buf = None, b""
