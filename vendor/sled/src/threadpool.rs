@@ -21,7 +21,9 @@ const MAX_THREADS: usize = 16;
 #[cfg(not(windows))]
 const MAX_THREADS: usize = 128;
 
-const DESIRED_WAITING_THREADS: usize = 7;
+// telemetryd (vendor/sled/PATCHES.md): 2, not 7. A daemon's store does one group commit at a
+// time; 7 idle threads, each woken every second and by every job, were most of its futex calls.
+const DESIRED_WAITING_THREADS: usize = 2;
 
 static WAITING_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 static TOTAL_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
@@ -68,7 +70,9 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // telemetryd (vendor/sled/PATCHES.md): one job wakes one waiting thread, not all of
+        // them (each waiter takes one job, and a busy thread drains the queue before it waits).
+        self.cv.notify_one();
 
         len
     }
