@@ -660,7 +660,7 @@ impl PageCache {
         };
 
         // now we read it back in
-        pc.load_snapshot(&snapshot)?;
+        pc.load_snapshot(snapshot)?;
 
         #[cfg(feature = "testing")]
         {
@@ -2057,31 +2057,31 @@ impl PageCache {
         }
     }
 
-    fn load_snapshot(&mut self, snapshot: &Snapshot) -> Result<()> {
+    // telemetryd (PATCHES.md): takes the snapshot by value and loads it from the
+    // last page down, freeing each page's state as it goes and shrinking the table every 8,192
+    // pages, so the snapshot and the page table it fills are not both whole in memory; and
+    // sizes each page's `cache_infos` exactly (a `Vec` that is pushed to starts at 4).
+    fn load_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
         let next_pid_to_allocate = snapshot.pt.len() as PageId;
 
         self.next_pid_to_allocate = Mutex::new(next_pid_to_allocate);
 
         debug!("load_snapshot loading pages from 0..{}", next_pid_to_allocate);
-        for pid in 0..next_pid_to_allocate {
-            let state = if let Some(state) =
-                snapshot.pt.get(usize::try_from(pid).unwrap())
-            {
-                state
-            } else {
-                panic!(
-                    "load_snapshot pid {} not found, despite being below the max pid {}",
-                    pid, next_pid_to_allocate
-                );
-            };
+        let mut pt = snapshot.pt;
+        let mut pid = next_pid_to_allocate;
+        while let Some(state) = pt.pop() {
+            pid -= 1;
 
             trace!("load_snapshot pid {} {:?}", pid, state);
 
-            let mut cache_infos = Vec::default();
+            let mut cache_infos = Vec::with_capacity(match state {
+                PageState::Present { ref frags, .. } => 1 + frags.len(),
+                _ => 1,
+            });
 
             let guard = pin();
 
-            match *state {
+            match state {
                 PageState::Present { base, ref frags } => {
                     cache_infos.push(CacheInfo {
                         lsn: base.0,
@@ -2127,9 +2127,14 @@ impl PageCache {
             } else {
                 None
             };
+            drop(state);
             let page = Page { update, cache_infos };
 
             self.inner.insert(pid, page, &guard);
+
+            if pt.len() % 8192 == 0 {
+                pt.shrink_to_fit();
+            }
         }
 
         Ok(())
