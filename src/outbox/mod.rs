@@ -17,6 +17,7 @@ mod drops;
 mod maintain;
 #[cfg(test)]
 mod model;
+mod recent;
 mod report;
 mod store;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use tracing::error;
 
 use backend::Backend;
 use maintain::REOPEN_MIN;
+use recent::Recent;
 use store::{OpenError, Store};
 use tiers::Inner;
 
@@ -108,6 +110,7 @@ impl<B: Backend> Outbox<B> {
             stored: 0,
             durable_end: 0,
             memory: VecDeque::new(),
+            recent: Recent::default(),
             next_seq: seq_floor(),
             reopen_at: Instant::now(),
             reopen_delay: REOPEN_MIN,

@@ -10,6 +10,7 @@ use tracing::{debug, error};
 
 use super::backend::Backend;
 use super::maintain::REOPEN_MIN;
+use super::recent::Recent;
 use super::store::Opened;
 use super::{Entry, Outbox};
 
@@ -35,6 +36,9 @@ pub(super) struct Inner<B> {
     pub(super) durable_end: u64,
     /// Readings waiting for the store to be writable again; keys above every stored key.
     pub(super) memory: VecDeque<Entry>,
+    /// A copy of the store's newest readings, which reads from the end of the queue (the
+    /// feeder's, in steady state) are answered from.
+    pub(super) recent: Recent,
     pub(super) next_seq: u64,
     pub(super) reopen_at: Instant,
     pub(super) reopen_delay: Duration,
@@ -88,6 +92,7 @@ impl<B: Backend> Outbox<B> {
             Some(store) => {
                 let pending: Vec<Entry> = inner.memory.drain(..).collect();
                 let saved_seq = inner.next_seq;
+                let generation = self.generation();
                 let written = store.write(&pending, saved_seq, recovering).map(|fresh| {
                     inner.stored += fresh;
                 });
@@ -100,6 +105,14 @@ impl<B: Backend> Outbox<B> {
                     Ok(()) => {
                         let end = pending.last().map_or(0, |(k, _)| k + 1);
                         inner.durable_end = inner.durable_end.max(end);
+                        if generation == self.generation() {
+                            inner.recent.committed(pending);
+                        } else {
+                            // The store failed meanwhile (a read or a remove on the feeder's
+                            // side): what it holds is for the next open to say.
+                            let end = inner.durable_end;
+                            inner.recent.reset(end);
+                        }
                     }
                     Err(e) => {
                         // The batch may or may not be on disk: keep it in memory too. A copy
@@ -129,7 +142,9 @@ impl<B: Backend> Outbox<B> {
         let start = after.map_or(0, |k| k + 1);
         let mut inner = self.lock();
         let mut out = Vec::new();
-        if let Some(store) = inner.store.clone() {
+        if inner.store.is_some() && inner.recent.covers(start) {
+            inner.recent.read(start, max, &mut out);
+        } else if let Some(store) = inner.store.clone() {
             match store.read(start, inner.durable_end, max, &mut out) {
                 Ok(quarantined) => inner.stored -= quarantined,
                 Err(e) => {
@@ -192,6 +207,7 @@ impl<B: Backend> Outbox<B> {
             match op(store, key) {
                 Ok(true) => {
                     inner.stored -= 1;
+                    inner.recent.forget(key);
                     taken += 1;
                 }
                 Ok(false) => {} // in the memory tier, or dropped at the bound
@@ -207,6 +223,9 @@ impl<B: Backend> Outbox<B> {
     /// Drops up to `n` of the store's oldest readings (the store holds the oldest); returns
     /// how many.
     fn drop_from_store(&self, inner: &mut Inner<B>, n: u64) -> u64 {
+        // The store's oldest may be in the copy (a short queue at a low bound): start it over.
+        let end = inner.durable_end;
+        inner.recent.reset(end);
         let mut from_store = 0;
         if let Some(store) = inner.store.clone() {
             while from_store < n && inner.stored > 0 {
@@ -236,6 +255,7 @@ impl<B: Backend> Outbox<B> {
         std::thread::spawn(move || drop(store));
         inner.stored = 0;
         inner.durable_end = 0;
+        inner.recent.reset(0);
         inner.reopen_delay = REOPEN_MIN;
         inner.reopen_at = Instant::now() + inner.reopen_delay;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -246,6 +266,7 @@ impl<B> Inner<B> {
     pub(super) fn install(&mut self, opened: Opened<B>) {
         self.stored = opened.stored;
         self.durable_end = opened.last + 1;
+        self.recent.reset(self.durable_end);
         self.next_seq = self.next_seq.max(opened.saved_seq).max(opened.last + 1);
         self.store = Some(opened.store);
     }

@@ -113,6 +113,34 @@ fn check(outbox: &Outbox<Model>, disk: &Arc<Mutex<Disk>>, x: &mut Expect) -> any
     if outbox.is_degraded() == up {
         bail!("the store failed on a read without a fault");
     }
+    // Read again as the feeder does, a page at a time from where the last one ended: the later
+    // pages come from the copy of the newest readings where it covers them, and must say
+    // exactly what the store (and the memory tier) says.
+    let mut paged = Vec::new();
+    loop {
+        let page = outbox.read_after(paged.last().map(|(k, _): &Entry| *k), 2);
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    if paged != all {
+        bail!("a paged read differs from a whole one: {paged:?} against {all:?}");
+    }
+    // And from where the feeder may still be: after any key it read last time, though that
+    // reading may since have been acknowledged, quarantined or dropped at the bound.
+    for &(key, _, _) in &x.read {
+        let page = outbox.read_after(Some(key), 2);
+        let whole: Vec<Entry> = all
+            .iter()
+            .filter(|(k, _)| *k > key)
+            .take(2)
+            .cloned()
+            .collect();
+        if page != whole {
+            bail!("a read after key {key} differs from a whole one: {page:?} against {whole:?}");
+        }
+    }
     let keys: Vec<u64> = all.iter().map(|(k, _)| *k).collect();
     if !keys.windows(2).all(|w| w[0] < w[1]) {
         bail!("keys out of order: {keys:?}");
