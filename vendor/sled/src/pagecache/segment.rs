@@ -1095,15 +1095,22 @@ impl SegmentAccountant {
         let config = self.config.clone();
 
         io_fail!(&config, "file truncation");
-        threadpool::spawn(move || {
-            debug!("truncating file to length {}", at);
-            let res = config
-                .file
-                .set_len(at)
-                .and_then(|_| config.file.sync_all())
-                .map_err(|e| e.into());
-            completer.fill(res);
-        })?;
+        // telemetryd (vendor/sled/PATCHES.md): on a thread of its own, not the pool's.
+        // `bump_tip` waits for this while holding the segment accountant's lock, which every
+        // pool job writing an iobuf needs when it is done: with the pool's threads all in such
+        // jobs, a truncation queued behind them would never run. Truncations are rare (a freed
+        // segment at the end of the file).
+        std::thread::Builder::new()
+            .name("sled-truncate".into())
+            .spawn(move || {
+                debug!("truncating file to length {}", at);
+                let res = config
+                    .file
+                    .set_len(at)
+                    .and_then(|_| config.file.sync_all())
+                    .map_err(|e| e.into());
+                completer.fill(res);
+            })?;
 
         if self.async_truncations.insert(at, promise).is_some() {
             panic!(
