@@ -1,7 +1,7 @@
 //! A model of the store tier that fails on demand, for the outbox's property test
 //! (`tests/model.rs`): the two tiers without sled.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::backend::Backend;
@@ -25,6 +25,9 @@ pub(super) enum Fault {
 pub(super) struct Disk {
     pub(super) data: BTreeMap<u64, Record>,
     pub(super) quarantine: BTreeMap<u64, Record>,
+    /// Keys whose bytes went bad on disk: a read moves them to quarantine, as sled's does with
+    /// a record that does not decode.
+    pub(super) corrupt: BTreeSet<u64>,
     pub(super) next_seq: u64,
     /// Keys written since the last sync (a failed sync can lose them).
     unsynced: Vec<u64>,
@@ -101,6 +104,7 @@ impl Backend for Model {
         disk.hit(Fault::Write)?;
         let mut fresh = 0;
         for (k, r) in entries {
+            disk.corrupt.remove(k);
             let existed = disk.data.insert(*k, r.clone()).is_some();
             if !existed {
                 disk.unsynced.push(*k);
@@ -121,16 +125,23 @@ impl Backend for Model {
     fn read(&self, start: u64, end: u64, max: usize, out: &mut Vec<Entry>) -> anyhow::Result<u64> {
         let mut disk = self.disk();
         disk.hit(Fault::Read)?;
+        let mut quarantined = 0;
         if start < end {
-            let room = max.saturating_sub(out.len());
-            out.extend(
-                disk.data
-                    .range(start..end)
-                    .take(room)
-                    .map(|(k, r)| (*k, r.clone())),
-            );
+            let keys: Vec<u64> = disk.data.range(start..end).map(|(k, _)| *k).collect();
+            for k in keys {
+                if out.len() >= max {
+                    break;
+                }
+                if disk.corrupt.remove(&k) {
+                    let r = disk.data.remove(&k).expect("a key just listed");
+                    disk.quarantine.insert(k, r);
+                    quarantined += 1;
+                } else {
+                    out.push((k, disk.data[&k].clone()));
+                }
+            }
         }
-        Ok(0)
+        Ok(quarantined)
     }
     fn first(&self) -> anyhow::Result<Option<Entry>> {
         Ok(self
@@ -140,16 +151,19 @@ impl Backend for Model {
             .map(|(k, r)| (*k, r.clone())))
     }
     fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
-        Ok(self.disk().data.get(&key) == Some(record))
+        let disk = self.disk();
+        Ok(!disk.corrupt.contains(&key) && disk.data.get(&key) == Some(record))
     }
     fn remove(&self, key: u64) -> anyhow::Result<bool> {
         let mut disk = self.disk();
         disk.hit(Fault::Remove)?;
+        disk.corrupt.remove(&key);
         Ok(disk.data.remove(&key).is_some())
     }
     fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
         let mut disk = self.disk();
         disk.hit(Fault::Remove)?;
+        disk.corrupt.remove(&key);
         match disk.data.remove(&key) {
             Some(r) => {
                 disk.quarantine.insert(key, r);
@@ -161,7 +175,11 @@ impl Backend for Model {
     fn pop_oldest(&self) -> anyhow::Result<bool> {
         let mut disk = self.disk();
         disk.hit(Fault::Pop)?;
-        Ok(disk.data.pop_first().is_some())
+        let popped = disk.data.pop_first();
+        if let Some((k, _)) = &popped {
+            disk.corrupt.remove(k);
+        }
+        Ok(popped.is_some())
     }
     fn save_seq(&self, next_seq: u64) -> anyhow::Result<()> {
         self.disk().next_seq = next_seq;

@@ -51,7 +51,16 @@ impl Recent {
             self.reset(last + 1);
             return;
         }
-        for entry in batch {
+        // A batch bigger than the copy (a recovered memory tier, a held-back burst): only its
+        // newest readings are taken, so the deque never grows past its bound, even for a moment
+        // (it would keep that capacity for good).
+        let skip = batch.len().saturating_sub(MAX_ENTRIES);
+        if skip > 0 {
+            self.entries.clear();
+            self.bytes = 0;
+            self.from = batch[skip].0;
+        }
+        for entry in batch.into_iter().skip(skip) {
             self.bytes += size(&entry);
             self.entries.push_back(entry);
         }
@@ -150,11 +159,21 @@ mod tests {
     fn the_oldest_leave_at_the_bounds_and_coverage_moves_past_them() {
         let mut r = Recent::default();
         r.reset(0);
-        r.committed((0..MAX_ENTRIES as u64 + 5).map(|k| entry(k, 1)).collect());
-        assert!(!r.covers(4) && r.covers(5));
+        r.committed((0..3).map(|k| entry(k, 1)).collect());
+        r.committed(
+            (3..20 * MAX_ENTRIES as u64 + 5)
+                .map(|k| entry(k, 1))
+                .collect(),
+        );
+        let first = 19 * MAX_ENTRIES as u64 + 5;
+        assert!(!r.covers(first - 1) && r.covers(first));
         let mut out = Vec::new();
         r.read(0, usize::MAX, &mut out);
         assert_eq!(out.len(), MAX_ENTRIES);
+        assert!(
+            r.entries.capacity() < 2 * MAX_ENTRIES,
+            "a big batch is not taken whole"
+        );
         r.reset(1000);
         r.committed(vec![entry(1000, MAX_BYTES), entry(1001, 10)]);
         assert!(!r.covers(1000) && r.covers(1001));

@@ -146,7 +146,13 @@ impl<B: Backend> Outbox<B> {
             inner.recent.read(start, max, &mut out);
         } else if let Some(store) = inner.store.clone() {
             match store.read(start, inner.durable_end, max, &mut out) {
-                Ok(quarantined) => inner.stored -= quarantined,
+                Ok(0) => {}
+                Ok(quarantined) => {
+                    inner.stored -= quarantined;
+                    // Moved aside on the way (undecodable on disk): the copy may hold one.
+                    let end = inner.durable_end;
+                    inner.recent.reset(end);
+                }
                 Err(e) => {
                     self.fail_store(&mut inner, &e);
                     return out;

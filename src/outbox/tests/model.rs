@@ -35,6 +35,9 @@ enum Op {
     Backlog(usize),
     /// Lowers the bound to the depth minus this many, and commits one reading.
     Cut(u64),
+    /// The bytes of this stored reading go bad on disk: the next read that meets it moves it
+    /// to quarantine.
+    Corrupt(prop::sample::Index),
 }
 
 fn fault() -> impl Strategy<Value = Option<Fault>> {
@@ -62,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Maintain),
         1 => (1..4usize).prop_map(Op::Backlog),
         1 => (0..4u64).prop_map(Op::Cut),
+        1 => any::<prop::sample::Index>().prop_map(Op::Corrupt),
     ]
 }
 
@@ -307,6 +311,32 @@ fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                         x.next_backlog += 1;
                         d.data.insert(from + i, record(id));
                         x.live.insert(id);
+                    }
+                }
+                Op::Corrupt(pick) => {
+                    // Not a key the memory tier also holds (a failed flush that reached the
+                    // disk): at the reopen its copy, no longer the same bytes as on disk, is
+                    // taken for another reading with that key and renumbered after the newer
+                    // ones. Never overwriting such a key is the design (it may be a backlog
+                    // from before the clock went back); this double fault reorders one reading.
+                    let in_memory: Vec<u64> =
+                        outbox.lock().memory.iter().map(|(k, _)| *k).collect();
+                    let mut d = disk.lock().unwrap();
+                    let keys: Vec<u64> = d
+                        .data
+                        .keys()
+                        .copied()
+                        .filter(|k| !in_memory.contains(k))
+                        .collect();
+                    if keys.is_empty() {
+                        break 'op;
+                    }
+                    let key = keys[pick.index(keys.len())];
+                    let id = id_of(&d.data[&key]);
+                    d.corrupt.insert(key);
+                    drop(d);
+                    if x.take_out(id, false) {
+                        x.maybe_quarantined.insert(id);
                     }
                 }
                 Op::Cut(below) => {

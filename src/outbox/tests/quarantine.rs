@@ -44,6 +44,20 @@ fn an_undecodable_record_is_quarantined_not_blocking() {
     assert!(!outbox.is_degraded());
 }
 
+/// A record found undecodable on the way is not then served from the copy of the newest
+/// readings (which holds it as it was written): it is in quarantine, not in the queue.
+#[test]
+fn a_quarantined_record_is_not_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(&dir.path().join("buf"), 100).unwrap();
+    let k = commit_n(&outbox, 4);
+    let store = outbox.lock().store.clone().unwrap();
+    store.corrupt(k[3]);
+    assert_eq!(keys(&outbox.read_after(None, 10)), vec![k[0], k[1], k[2]]);
+    assert_eq!(keys(&outbox.read_after(Some(k[2]), 10)), Vec::<u64>::new());
+    assert_eq!(outbox.depth(), 3);
+}
+
 /// Stored records are outside input: whatever decodes must be publishable (a time RFC
 /// 3339 can write, a topic a client and a broker accept, a size rumqttc sends); anything
 /// else is quarantined, never a panic and never a record that stalls the feeder.
