@@ -88,13 +88,8 @@ impl Recent {
 
     /// `key` left the store (acknowledged or quarantined).
     pub(super) fn forget(&mut self, key: u64) {
-        // Acks come oldest first: the front is the usual case.
-        let i = match self.entries.front() {
-            Some((k, _)) if *k == key => 0,
-            _ => match self.entries.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(i) => i,
-                Err(_) => return,
-            },
+        let Ok(i) = self.entries.binary_search_by_key(&key, |(k, _)| *k) else {
+            return;
         };
         if let Some(old) = self.entries.remove(i) {
             self.bytes -= size(&old);
