@@ -35,6 +35,9 @@ enum Op {
     Backlog(usize),
     /// Lowers the bound to the depth minus this many, and commits one reading.
     Cut(u64),
+    /// QoS 0 readings: each takes a sequence number and is never stored, so the keys of the
+    /// next commit jump (thousands of QoS 0 readings beside a few QoS 1 ones).
+    Live(u64),
     /// The bytes of this stored reading go bad on disk: the next read that meets it moves it
     /// to quarantine.
     Corrupt(prop::sample::Index),
@@ -66,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..4usize).prop_map(Op::Backlog),
         1 => (0..4u64).prop_map(Op::Cut),
         1 => any::<prop::sample::Index>().prop_map(Op::Corrupt),
+        2 => prop_oneof![1..4u64, 1000..5000u64].prop_map(Op::Live),
     ]
 }
 
@@ -233,6 +237,11 @@ fn run(ops: Vec<Op>) -> anyhow::Result<()> {
                         })
                         .collect();
                     outbox.commit(batch);
+                }
+                Op::Live(n) => {
+                    for _ in 0..n {
+                        outbox.next_seq();
+                    }
                 }
                 Op::Read(page, _) => {
                     x.read.clear();
