@@ -45,7 +45,7 @@ fn the_demo_shows_readings_and_an_outage_that_loses_nothing() {
     for expected in [
         &format!("nothing listens on 127.0.0.1:{port}: starting an embedded MQTT broker")[..],
         &format!("starting the daemon: {}", bin()),
-        "now the broker goes away for 2 s",
+        "now the broker goes away for 3 s",
         // The readings taken during the cut arrived afterwards, with their own time.
         "it waited in the daemon's buffer)",
         "nothing lost: all ",
