@@ -2,6 +2,7 @@
 
 mod mark;
 mod open;
+mod queue;
 mod record;
 mod recover;
 #[cfg(test)]
@@ -20,9 +21,10 @@ use super::{Entry, Record};
 use mark::Mark;
 pub(super) use open::open;
 use open::{aside_path, ends, for_writing, open_or_replace, sync_dir};
+use queue::Queue;
+use record::key_of;
 pub(super) use record::{decode, encode};
 
-const DATA_TREE: &[u8] = b"outbox";
 const META_TREE: &[u8] = b"meta";
 /// Records that could not be decoded, and readings an MQTT 5 broker refused for good (e.g. an
 /// ACL), kept for a person to look at instead of blocking the queue.
@@ -38,7 +40,8 @@ const COUNT_KEY: &[u8] = b"count_at_close";
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    data: sled::Tree,
+    /// The readings: chunk trees and the acknowledged-up-to floor ([`queue`]).
+    queue: Arc<Queue>,
     meta: sled::Tree,
     quarantine: sled::Tree,
     log_file: Arc<File>,
@@ -87,10 +90,10 @@ impl Store {
         guarded("iter", || Ok(self.quarantine.len()))
     }
 
-    fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
+    fn move_to_quarantine(&self, key: u64, v: sled::IVec) -> anyhow::Result<()> {
         // Copy first: a crash in between leaves a copy in both trees, never in neither.
-        self.quarantine.insert(k, v)?;
-        self.data.remove(k)?;
+        self.quarantine.insert(key.to_be_bytes(), v)?;
+        self.queue.remove(key)?;
         Ok(())
     }
 }
@@ -127,7 +130,7 @@ impl Backend for Store {
             let mut fresh = entries.len() as u64;
             if check_existing {
                 for (key, _) in entries {
-                    if self.data.contains_key(key.to_be_bytes())? {
+                    if self.queue.get(*key)?.is_some() {
                         fresh -= 1;
                     }
                 }
@@ -135,24 +138,15 @@ impl Backend for Store {
             // The counter first: the readings are then the last record(s) of the commit, so a
             // flush that fails part-way cannot have written them (sled recovers a log prefix).
             self.save_seq(next_seq)?;
-            match entries {
-                // One reading (the usual case at low rates): a plain insert. `apply_batch` writes
-                // a manifest and forces its own log buffer out, so a commit of one reading wrote
-                // two 4 KiB pages instead of one (SD wear, BENCHMARKS.md). One record is atomic
-                // anyway.
-                [(key, record)] => {
-                    self.data.insert(key.to_be_bytes(), encode(record))?;
-                }
-                // Several: one atomic batch, so a failed flush leaves none of them on disk (no
-                // copy that the memory tier would then not know about).
-                _ => {
-                    let mut batch = sled::Batch::default();
-                    for (key, record) in entries {
-                        batch.insert(&key.to_be_bytes(), encode(record));
-                    }
-                    self.data.apply_batch(batch)?;
-                }
-            }
+            // One reading (the usual case at low rates) is a plain insert: `apply_batch` writes
+            // a manifest and forces its own log buffer out, so a commit of one reading wrote two
+            // 4 KiB pages instead of one (SD wear, BENCHMARKS.md); one record is atomic anyway.
+            // Several: one atomic batch per chunk, so a failed flush leaves none of a chunk's
+            // part on disk.
+            let encoded = entries
+                .iter()
+                .map(|(key, record)| (*key, encode(record).into()));
+            self.queue.insert(encoded.collect())?;
             Ok(fresh)
         })
     }
@@ -161,7 +155,7 @@ impl Backend for Store {
     /// written afterwards (a clean close).
     fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
         guarded("insert", || {
-            let (first, last) = ends(&self.data)?;
+            let (first, last) = ends(&self.queue)?;
             let mut v = Vec::with_capacity(32);
             for n in [stored, first, last, next_seq] {
                 v.extend_from_slice(&n.to_be_bytes());
@@ -187,20 +181,20 @@ impl Backend for Store {
         }
         guarded("iter", || {
             let mut quarantined = 0;
-            for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
+            self.queue.scan(start, end, |k, v| {
                 if out.len() >= max {
-                    break;
+                    return Ok(false);
                 }
-                let (k, v) = item?;
                 match decode(&k, &v) {
                     Ok(entry) => out.push(entry),
                     Err(e) => {
-                        self.move_to_quarantine(&k, v)?;
+                        self.move_to_quarantine(key_of(&k)?, v)?;
                         quarantined += 1;
                         error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
                     }
                 }
-            }
+                Ok(out.len() < max)
+            })?;
             Ok(quarantined)
         })
     }
@@ -208,18 +202,17 @@ impl Backend for Store {
     /// The oldest reading, if any.
     fn first(&self) -> anyhow::Result<Option<Entry>> {
         guarded("iter", || {
-            self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+            self.queue.first()?.map(|(k, v)| decode(&k, &v)).transpose()
         })
     }
 
     /// Moves a reading to the quarantine tree; true if the key was there.
     fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
         guarded("insert", || {
-            let k = key.to_be_bytes();
-            let Some(v) = self.data.get(k)? else {
+            let Some(v) = self.queue.get(key)? else {
                 return Ok(false);
             };
-            self.move_to_quarantine(&k, v)?;
+            self.move_to_quarantine(key, v)?;
             Ok(true)
         })
     }
@@ -227,21 +220,20 @@ impl Backend for Store {
     /// True if `key` holds exactly `record`.
     fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
         guarded("iter", || {
-            let stored = self.data.get(key.to_be_bytes())?;
+            let stored = self.queue.get(key)?;
             Ok(stored.is_some_and(|v| v.as_ref() == encode(record).as_slice()))
         })
     }
 
-    /// True if the key was there.
-    fn remove(&self, key: u64) -> anyhow::Result<bool> {
-        guarded("remove", || {
-            Ok(self.data.remove(key.to_be_bytes())?.is_some())
-        })
+    /// Acknowledged keys: those at the front raise the floor, one write for the batch
+    /// ([`queue`]). Returns the keys that were there.
+    fn remove(&self, keys: &[u64]) -> anyhow::Result<Vec<u64>> {
+        guarded("remove", || self.queue.acknowledge(keys))
     }
 
     /// Drops the oldest reading; false if there was none.
     fn pop_oldest(&self) -> anyhow::Result<bool> {
-        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
+        guarded("remove", || self.queue.pop_first())
     }
 }
 
@@ -273,8 +265,35 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 impl Store {
     /// Overwrites a stored record with bytes that do not decode.
     pub fn corrupt(&self, key: u64) {
-        self.data
-            .insert(key.to_be_bytes(), b"junk".as_slice())
-            .unwrap();
+        self.queue.insert(vec![(key, b"junk".into())]).unwrap();
     }
+}
+
+#[cfg(test)]
+impl Store {
+    /// How many chunk trees the queue has open.
+    pub fn chunk_trees(&self) -> usize {
+        self.queue.chunk_count()
+    }
+
+    /// Puts `entries` into a tree of the layout before chunks, as an older telemetryd left it.
+    pub fn write_legacy(path: &std::path::Path, entries: &[Entry], next_seq: u64) {
+        let db = sled::open(path).unwrap();
+        let legacy = db.open_tree(queue::LEGACY_TREE).unwrap();
+        for (key, record) in entries {
+            legacy.insert(key.to_be_bytes(), encode(record)).unwrap();
+        }
+        legacy
+            .insert(b"bad".as_slice(), b"not a key".as_slice())
+            .unwrap();
+        let meta = db.open_tree(META_TREE).unwrap();
+        meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+}
+
+/// [`for_writing`] without a mark, for tests that reopen a store by hand.
+#[cfg(test)]
+pub fn for_writing_test(opened: Opened) -> Opened {
+    for_writing(opened, None).unwrap()
 }

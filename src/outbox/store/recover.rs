@@ -21,6 +21,7 @@ use anyhow::Context;
 use tracing::{error, warn};
 
 use super::Backend;
+use super::key_of;
 use super::{Mark, OpenError, Opened, aside_path, for_writing, guarded, open, sync_dir};
 
 /// The copy being made.
@@ -92,20 +93,23 @@ fn copy_survivors(damaged: &Opened, stage: &Path, mark: u64) -> anyhow::Result<(
     let new = open(stage)?;
     let old = &damaged.store;
     guarded("iter", || {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        for kv in old.data.iter() {
-            let (k, v) = kv?;
-            batch.insert(k, v);
-            in_batch += 1;
-            if in_batch == 10_000 {
-                new.store.data.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
+        let mut batch = Vec::new();
+        old.queue.all(|k, v| {
+            match key_of(&k) {
+                Ok(key) => batch.push((key, v)),
+                // Not one of ours: kept for a person to look at, as reading it would have done.
+                Err(_) => drop(new.store.quarantine.insert(k, v)?),
+            }
+            if batch.len() == 10_000 {
+                new.store.queue.insert(std::mem::take(&mut batch))?;
                 crate::service::still_starting();
                 step("copying")?;
             }
+            Ok(true)
+        })?;
+        if !batch.is_empty() {
+            new.store.queue.insert(batch)?;
         }
-        new.store.data.apply_batch(batch)?;
         for kv in old.quarantine.iter() {
             let (k, v) = kv?;
             new.store.quarantine.insert(k, v)?;

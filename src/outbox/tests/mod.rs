@@ -3,6 +3,7 @@
 
 mod model;
 mod quarantine;
+mod queue;
 mod recovery;
 mod reopen;
 mod tiers;

@@ -21,7 +21,8 @@ mod reservation;
 mod segment;
 mod snapshot;
 
-use std::{collections::BinaryHeap, ops::Deref};
+// telemetryd: the free list is a BTreeSet, not a BinaryHeap (PATCHES.md, change 6).
+use std::{collections::BTreeSet, ops::Deref};
 
 use crate::*;
 
@@ -509,7 +510,7 @@ pub struct PageCache {
     pub(crate) config: RunningConfig,
     inner: PageTable,
     next_pid_to_allocate: Mutex<PageId>,
-    free: Arc<Mutex<BinaryHeap<PageId>>>,
+    free: Arc<Mutex<BTreeSet<PageId>>>,
     #[doc(hidden)]
     pub log: Log,
     lru: Lru,
@@ -650,7 +651,7 @@ impl PageCache {
             config: config.clone(),
             inner: PageTable::default(),
             next_pid_to_allocate: Mutex::new(0),
-            free: Arc::new(Mutex::new(BinaryHeap::new())),
+            free: Arc::new(Mutex::new(BTreeSet::new())),
             log: Log::start(config, &snapshot)?,
             lru,
             idgen_persist_mu: Arc::new(Mutex::new(())),
@@ -781,7 +782,8 @@ impl PageCache {
     ) -> Result<(PageId, PageView<'g>)> {
         let mut allocation_serializer;
 
-        let free_opt = self.free.lock().pop();
+        // telemetryd: the highest free page first, as BinaryHeap::pop gave it.
+        let free_opt = self.free.lock().pop_last();
 
         let (pid, page_view) = if let Some(pid) = free_opt {
             trace!("re-allocating pid {}", pid);
@@ -970,11 +972,11 @@ impl PageCache {
             guard.defer(move || {
                 let mut free = free.lock();
                 // panic if we double-freed a page
-                if free.iter().any(|e| e == &pid) {
+                // telemetryd: a lookup, not a scan of the whole free list per freed page
+                // (quadratic when a dropped tree frees thousands of pages).
+                if !free.insert(pid) {
                     panic!("pid {} was double-freed", pid);
                 }
-
-                free.push(pid);
             });
         }
 
@@ -2110,7 +2112,7 @@ impl PageCache {
                         ts: 0,
                     };
                     cache_infos.push(cache_info);
-                    self.free.lock().push(pid);
+                    self.free.lock().insert(pid);
                 }
                 _ => panic!("tried to load a {:?}", state),
             }

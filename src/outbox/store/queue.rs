@@ -1,0 +1,359 @@
+//! The readings' keys on disk: one sled tree per chunk of keys, and the acknowledged-up-to floor.
+//!
+//! A reading's key `k` lives in the tree of chunk `k >> CHUNK_BITS`. Acknowledgements at the
+//! front of the queue (the usual case: PUBACKs come in order) do not remove keys one by one,
+//! which cost sled about 12,000 instructions each and rewrote a B-tree node per key
+//! (BENCHMARKS.md): they raise the **floor**, one `meta` record per batch, below which every
+//! key counts as gone. A chunk wholly below the floor is dropped as a whole tree (its pages
+//! freed together). Keys acknowledged out of order, quarantined ones and physical leftovers are
+//! removed one by one, as before.
+//!
+//! The floor is written like the removes it replaces: not fsynced on its own, durable with the
+//! next commit. After a power cut it may be older than it was, never newer, so the readings
+//! acknowledged last are sent again (duplicates), none lost.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+use sled::IVec;
+
+use super::record::key_of;
+
+/// Keys per chunk tree: 4,096 (16 in unit tests, so that chunks turn over in small tests).
+/// A tree costs a root page and a name in sled's meta; dropping it frees its pages at once.
+const CHUNK_BITS: u32 = if cfg!(test) { 4 } else { 12 };
+/// Chunk trees' names: this, then the chunk's number in 16 hex digits.
+const CHUNK_PREFIX: &[u8] = b"outbox.";
+/// The single tree of telemetryd before chunks (0.x stores): its readings are moved into
+/// chunks at the first open.
+pub(super) const LEGACY_TREE: &[u8] = b"outbox";
+/// In the `meta` tree: the floor (a big-endian `u64`).
+const FLOOR_KEY: &[u8] = b"acked_below";
+/// Keys moved per batch when a legacy tree is converted.
+const MOVE_BATCH: usize = 10_000;
+
+/// The chunk trees and the floor. Shared by every clone of the store; each call takes the lock
+/// for its own duration (the outbox already serialises the calls that change the queue).
+pub(super) struct Queue {
+    db: sled::Db,
+    meta: sled::Tree,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Every key below it is gone (acknowledged, or dropped at the bound), whatever a chunk
+    /// tree may still hold below it.
+    floor: u64,
+    /// Open chunk trees by chunk number, the oldest first.
+    chunks: BTreeMap<u64, sled::Tree>,
+}
+
+fn chunk_of(key: u64) -> u64 {
+    key >> CHUNK_BITS
+}
+
+/// The first key of the chunk after `chunk`.
+fn chunk_end(chunk: u64) -> u64 {
+    (chunk + 1).saturating_mul(1 << CHUNK_BITS)
+}
+
+fn chunk_name(chunk: u64) -> Vec<u8> {
+    let mut name = CHUNK_PREFIX.to_vec();
+    name.extend_from_slice(format!("{chunk:016x}").as_bytes());
+    name
+}
+
+fn chunk_number(name: &[u8]) -> Option<u64> {
+    let hex = std::str::from_utf8(name.strip_prefix(CHUNK_PREFIX)?).ok()?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+impl Queue {
+    /// Opens the chunk trees of `db`, converting a legacy single-tree store first, and drops
+    /// the chunks a crash left below the floor.
+    pub(super) fn open(
+        db: &sled::Db,
+        meta: &sled::Tree,
+        quarantine: &sled::Tree,
+    ) -> anyhow::Result<Queue> {
+        let floor = match meta.get(FLOOR_KEY)? {
+            Some(v) => key_of(&v)?,
+            None => 0,
+        };
+        let mut chunks = BTreeMap::new();
+        for name in db.tree_names() {
+            if let Some(chunk) = chunk_number(&name) {
+                chunks.insert(chunk, db.open_tree(&name)?);
+            }
+        }
+        let queue = Queue {
+            db: db.clone(),
+            meta: meta.clone(),
+            state: Mutex::new(State { floor, chunks }),
+        };
+        if db.tree_names().iter().any(|n| n.as_ref() == LEGACY_TREE) {
+            queue.convert_legacy(quarantine)?;
+        }
+        queue.drop_below_floor(&mut queue.state.lock())?;
+        Ok(queue)
+    }
+
+    /// Moves a legacy store's readings into chunk trees, then drops its tree. A crash midway
+    /// leaves the legacy tree, and the next open moves the same keys again (same values). A key
+    /// that is not one of ours goes to `quarantine`, as reading it would have done.
+    fn convert_legacy(&self, quarantine: &sled::Tree) -> anyhow::Result<()> {
+        let legacy = self.db.open_tree(LEGACY_TREE)?;
+        let mut moved = Vec::with_capacity(MOVE_BATCH.min(legacy.len()));
+        for kv in legacy.iter() {
+            let (k, v) = kv?;
+            match key_of(&k) {
+                Ok(key) => moved.push((key, v)),
+                Err(_) => drop(quarantine.insert(k, v)?),
+            }
+            if moved.len() == MOVE_BATCH {
+                self.insert(std::mem::take(&mut moved))?;
+                crate::service::still_starting();
+            }
+        }
+        if !moved.is_empty() {
+            self.insert(moved)?;
+        }
+        drop(legacy);
+        self.db.drop_tree(LEGACY_TREE)?;
+        Ok(())
+    }
+
+    /// Writes `entries` (ascending keys): one insert for one entry, else one atomic batch per
+    /// chunk they fall in (a commit spans two chunks once in 4,096 keys; a crash between the
+    /// two batches leaves the first, which the memory tier's retry tolerates like any key
+    /// already on disk).
+    pub(super) fn insert(&self, entries: Vec<(u64, IVec)>) -> anyhow::Result<()> {
+        let mut state = self.state.lock();
+        if let Some(&(lowest, _)) = entries.first()
+            && lowest < state.floor
+        {
+            // Cannot happen (new keys are above every acknowledged one), but a key below the
+            // floor would be invisible: a loss. Lowering the floor costs at worst duplicates.
+            tracing::warn!(
+                key = lowest,
+                floor = state.floor,
+                "a reading below the acknowledged floor: lowering it"
+            );
+            state.floor = lowest;
+            self.meta.insert(FLOOR_KEY, &lowest.to_be_bytes())?;
+        }
+        if entries.len() == 1 {
+            let (key, value) = entries.into_iter().next().expect("one entry");
+            self.tree(&mut state, chunk_of(key))?
+                .insert(key.to_be_bytes(), value)?;
+            return Ok(());
+        }
+        let mut batch: Option<(u64, sled::Batch)> = None;
+        for (key, value) in entries {
+            let chunk = chunk_of(key);
+            if let Some((c, b)) = batch.take_if(|(c, _)| *c != chunk) {
+                self.tree(&mut state, c)?.apply_batch(b)?;
+            }
+            let (_, b) = batch.get_or_insert_with(|| (chunk, sled::Batch::default()));
+            b.insert(&key.to_be_bytes(), value);
+        }
+        if let Some((c, b)) = batch {
+            self.tree(&mut state, c)?.apply_batch(b)?;
+        }
+        Ok(())
+    }
+
+    /// The tree of `chunk`, created if it is not there.
+    fn tree(&self, state: &mut State, chunk: u64) -> anyhow::Result<sled::Tree> {
+        if let Some(tree) = state.chunks.get(&chunk) {
+            return Ok(tree.clone());
+        }
+        let tree = self.db.open_tree(chunk_name(chunk))?;
+        state.chunks.insert(chunk, tree.clone());
+        Ok(tree)
+    }
+
+    /// The value of `key`, if it is in the queue.
+    pub(super) fn get(&self, key: u64) -> anyhow::Result<Option<IVec>> {
+        let state = self.state.lock();
+        if key < state.floor {
+            return Ok(None);
+        }
+        match state.chunks.get(&chunk_of(key)) {
+            Some(tree) => Ok(tree.get(key.to_be_bytes())?),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes `key` itself (quarantine, out-of-order acknowledgements); its value if it was in
+    /// the queue.
+    pub(super) fn remove(&self, key: u64) -> anyhow::Result<Option<IVec>> {
+        let state = self.state.lock();
+        if key < state.floor {
+            return Ok(None);
+        }
+        match state.chunks.get(&chunk_of(key)) {
+            Some(tree) => Ok(tree.remove(key.to_be_bytes())?),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with the queue's entries with keys in `start..end` in order, until it returns
+    /// false. `f` may call [`Queue::remove`].
+    pub(super) fn scan(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(IVec, IVec) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        let (start, trees) = {
+            let state = self.state.lock();
+            let start = start.max(state.floor);
+            if start >= end {
+                return Ok(());
+            }
+            let trees: Vec<sled::Tree> = state
+                .chunks
+                .range(chunk_of(start)..=chunk_of(end - 1))
+                .map(|(_, t)| t.clone())
+                .collect();
+            (start, trees)
+        };
+        for tree in trees {
+            for kv in tree.range(start.to_be_bytes()..end.to_be_bytes()) {
+                let (k, v) = kv?;
+                if !f(k, v)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The oldest entry.
+    pub(super) fn first(&self) -> anyhow::Result<Option<(IVec, IVec)>> {
+        let mut first = None;
+        self.scan(0, u64::MAX, |k, v| {
+            first = Some((k, v));
+            Ok(false)
+        })?;
+        Ok(first)
+    }
+
+    /// The newest entry's key, if any.
+    pub(super) fn last_key(&self) -> anyhow::Result<Option<u64>> {
+        let state = self.state.lock();
+        for tree in state.chunks.values().rev() {
+            if let Some((k, _)) = tree.last()? {
+                let key = key_of(&k)?;
+                return Ok((key >= state.floor).then_some(key));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many entries there are: one pass over the keys, `tick` every 100,000.
+    pub(super) fn count(&self, tick: impl Fn()) -> anyhow::Result<u64> {
+        let mut n = 0u64;
+        self.scan(0, u64::MAX, |_, _| {
+            n += 1;
+            if n.is_multiple_of(100_000) {
+                tick();
+            }
+            Ok(true)
+        })?;
+        Ok(n)
+    }
+
+    /// Takes acknowledged `keys` out of the queue; returns those that were in it. Those at the
+    /// front raise the floor (one write for the batch); the others are removed one by one.
+    pub(super) fn acknowledge(&self, keys: &[u64]) -> anyhow::Result<Vec<u64>> {
+        let mut acked = keys.to_vec();
+        acked.sort_unstable();
+        acked.dedup();
+        let mut present = Vec::with_capacity(acked.len());
+        let Some(&highest) = acked.last() else {
+            return Ok(present);
+        };
+        let floor = self.state.lock().floor;
+        // The front: the entries from the floor on while each is acknowledged. The scan stops
+        // at the first one that is not (still in flight), so it reads at most the batch and one.
+        let mut next = acked.partition_point(|&k| k < floor);
+        let mut new_floor = floor;
+        self.scan(floor, highest.saturating_add(1), |k, _| {
+            let key = key_of(&k)?;
+            while next < acked.len() && acked[next] < key {
+                next += 1; // acknowledged but not in the queue
+            }
+            if next < acked.len() && acked[next] == key {
+                present.push(key);
+                new_floor = key + 1;
+                next += 1;
+                Ok(next < acked.len())
+            } else {
+                Ok(false)
+            }
+        })?;
+        // The rest, behind an entry still in flight: one by one.
+        for &key in acked[next..].iter().filter(|&&k| k >= new_floor) {
+            if self.remove(key)?.is_some() {
+                present.push(key);
+            }
+        }
+        if new_floor > floor {
+            self.raise_floor(new_floor)?;
+        }
+        Ok(present)
+    }
+
+    /// Drops the oldest entry; false if there is none.
+    pub(super) fn pop_first(&self) -> anyhow::Result<bool> {
+        let Some((k, _)) = self.first()? else {
+            return Ok(false);
+        };
+        self.raise_floor(key_of(&k)? + 1)?;
+        Ok(true)
+    }
+
+    fn raise_floor(&self, floor: u64) -> anyhow::Result<()> {
+        let mut state = self.state.lock();
+        if floor <= state.floor {
+            return Ok(());
+        }
+        self.meta.insert(FLOOR_KEY, &floor.to_be_bytes())?;
+        state.floor = floor;
+        self.drop_below_floor(&mut state)
+    }
+
+    /// Drops the chunk trees wholly below the floor, after the floor itself was written (sled
+    /// recovers a prefix of its log, so a crash in between leaves the floor and some trees).
+    fn drop_below_floor(&self, state: &mut State) -> anyhow::Result<()> {
+        while let Some((&chunk, _)) = state.chunks.first_key_value() {
+            if chunk_end(chunk) > state.floor {
+                break;
+            }
+            state.chunks.remove(&chunk);
+            self.db.drop_tree(chunk_name(chunk))?;
+        }
+        Ok(())
+    }
+
+    /// Every entry, for copying a damaged store's survivors.
+    pub(super) fn all(
+        &self,
+        f: impl FnMut(IVec, IVec) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<()> {
+        self.scan(0, u64::MAX, f)
+    }
+}
+
+#[cfg(test)]
+impl Queue {
+    /// How many chunk trees are open.
+    pub(super) fn chunk_count(&self) -> usize {
+        self.state.lock().chunks.len()
+    }
+}
