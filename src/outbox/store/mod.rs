@@ -181,14 +181,21 @@ impl Backend for Store {
         }
         guarded("iter", || {
             let mut quarantined = 0;
-            self.queue.scan(start, end, |k, v| {
+            self.queue.scan(start, end, |tree, k, v| {
                 if out.len() >= max {
                     return Ok(false);
                 }
                 match decode(&k, &v) {
                     Ok(entry) => out.push(entry),
                     Err(e) => {
-                        self.move_to_quarantine(key_of(&k)?, v)?;
+                        match key_of(&k) {
+                            Ok(key) => self.move_to_quarantine(key, v)?,
+                            // Not even a key of ours (a damaged store): by its raw bytes.
+                            Err(_) => {
+                                self.quarantine.insert(&k, v)?;
+                                Queue::remove_raw(tree, &k)?;
+                            }
+                        }
                         quarantined += 1;
                         error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
                     }

@@ -92,11 +92,15 @@ fn copy_survivors(damaged: &Opened, stage: &Path, mark: u64) -> anyhow::Result<(
     }
     let new = open(stage)?;
     let old = &damaged.store;
-    guarded("iter", || {
+    let copied = guarded("iter", || {
         let mut batch = Vec::new();
+        let mut copied = 0u64;
         old.queue.all(|k, v| {
             match key_of(&k) {
-                Ok(key) => batch.push((key, v)),
+                Ok(key) => {
+                    batch.push((key, v));
+                    copied += 1;
+                }
                 // Not one of ours: kept for a person to look at, as reading it would have done.
                 Err(_) => drop(new.store.quarantine.insert(k, v)?),
             }
@@ -114,13 +118,13 @@ fn copy_survivors(damaged: &Opened, stage: &Path, mark: u64) -> anyhow::Result<(
             let (k, v) = kv?;
             new.store.quarantine.insert(k, v)?;
         }
-        Ok(())
+        Ok(copied)
     })?;
     // Sequence numbers go on above everything handed out before the damage. The count saves
     // counting the copy again when it is opened as the store.
     let saved_seq = mark.max(damaged.saved_seq);
     new.store.save_seq(saved_seq)?;
-    new.store.save_count(damaged.stored, saved_seq)?;
+    new.store.save_count(copied, saved_seq)?;
     new.store.sync(saved_seq)?;
     let (new_mark, _) = Mark::open(stage);
     if let Some(m) = &new_mark {

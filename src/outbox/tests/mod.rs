@@ -4,6 +4,7 @@
 mod model;
 mod quarantine;
 mod queue;
+mod queue_damage;
 mod recovery;
 mod reopen;
 mod tiers;
