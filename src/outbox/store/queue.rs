@@ -72,7 +72,9 @@ fn chunk_number(name: &[u8]) -> Option<u64> {
     if hex.len() != 16 || !hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    let chunk = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    // Beyond it, a chunk's first key does not fit in a u64.
+    (chunk <= u64::MAX >> CHUNK_BITS).then_some(chunk)
 }
 
 /// The floor saved in `meta`, if it can be believed. Every key ever handed out is below the

@@ -184,3 +184,54 @@ fn a_refused_reading_at_the_front_does_not_pin_the_floor() {
     );
     assert!(all_keys(&store).is_empty());
 }
+
+/// An MQTT 5 broker that refuses every reading (an ACL on every topic): nothing is ever
+/// acknowledged, and the quarantined readings' trees must still go.
+#[test]
+fn readings_all_refused_leave_no_trees_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = store::open(&dir.path().join("buf")).unwrap();
+    let store = opened.store;
+    for i in 0..200u64 {
+        let keys: Vec<u64> = (1_000_000 + 16 * i..1_000_000 + 16 * i + 16).collect();
+        let batch: Vec<Entry> = keys.iter().map(|&k| (k, record(k))).collect();
+        store.write(&batch, keys[15] + 1, false).unwrap();
+        for k in keys {
+            assert!(store.quarantine(k).unwrap());
+        }
+    }
+    assert!(
+        store.chunk_trees() < 3,
+        "{} chunk trees left",
+        store.chunk_trees()
+    );
+    assert_eq!(store.quarantined().unwrap(), 3200);
+}
+
+/// Tree names for chunks whose keys would not fit in a u64 are not chunks of ours: neither a
+/// panic (the store taken for damaged) nor keys served outside their chunk.
+#[test]
+fn trees_named_for_chunks_beyond_the_keys_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buf");
+    fill(&path, &(1_000_000..1_000_010).collect::<Vec<_>>());
+    {
+        let db = raw(&path);
+        db.open_tree("outbox.ffffffffffffffff").unwrap();
+        let wraps = db.open_tree("outbox.1000000000000000").unwrap();
+        wraps
+            .insert(2_000_000u64.to_be_bytes(), store::encode(&record(7)))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = Outbox::open(&path, 1000).unwrap();
+    assert_eq!(outbox.depth(), 10);
+    let keys: Vec<u64> = outbox
+        .read_after(None, 100)
+        .iter()
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(keys, (1_000_000..1_000_010).collect::<Vec<_>>());
+    let entries = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(entries, 1, "the store was moved aside");
+}
