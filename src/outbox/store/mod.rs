@@ -296,9 +296,10 @@ impl Store {
         for (key, record) in entries {
             legacy.insert(key.to_be_bytes(), encode(record)).unwrap();
         }
-        legacy
-            .insert(b"bad".as_slice(), b"not a key".as_slice())
-            .unwrap();
+        // A key that is not one of ours, among the others: quarantined when read.
+        let mut bad = entries[entries.len() / 2].0.to_be_bytes().to_vec();
+        bad.push(0);
+        legacy.insert(bad, b"not a key".as_slice()).unwrap();
         let meta = db.open_tree(META_TREE).unwrap();
         meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes()).unwrap();
         db.flush().unwrap();
@@ -309,4 +310,15 @@ impl Store {
 #[cfg(test)]
 pub fn for_writing_test(opened: Opened) -> Opened {
     for_writing(opened, None).unwrap()
+}
+
+#[cfg(test)]
+impl Store {
+    /// True if the store at `path` (not open) still has a tree from before chunks.
+    pub fn has_legacy(path: &std::path::Path) -> bool {
+        let db = sled::open(path).unwrap();
+        db.tree_names()
+            .iter()
+            .any(|n| n.as_ref() == queue::LEGACY_TREE)
+    }
 }

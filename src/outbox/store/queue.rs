@@ -8,6 +8,11 @@
 //! freed together). Keys acknowledged out of order, quarantined ones and physical leftovers are
 //! removed one by one, as before.
 //!
+//! A store from before chunks (one tree, `outbox`) is served where it is: its keys are all
+//! below every new one, its acknowledgements are removes as before, and the tree is dropped
+//! once empty. (Moving its readings into chunks at the first open took 85 MiB for 100,000 of
+//! them: a big backlog at an upgrade would have met the unit's memory limit at every start.)
+//!
 //! The floor is written like the removes it replaces: not fsynced on its own, durable with the
 //! next commit. After a power cut it may be older than it was, never newer, so the readings
 //! acknowledged last are sent again (duplicates), none lost.
@@ -17,21 +22,18 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use sled::IVec;
 
+use super::NEXT_SEQ_KEY;
 use super::record::key_of;
-use super::{COUNT_KEY, NEXT_SEQ_KEY};
 
 /// Keys per chunk tree: 4,096 (16 in unit tests, so that chunks turn over in small tests).
 /// A tree costs a root page and a name in sled's meta; dropping it frees its pages at once.
 const CHUNK_BITS: u32 = if cfg!(test) { 4 } else { 12 };
 /// Chunk trees' names: this, then the chunk's number in 16 lowercase hex digits.
 const CHUNK_PREFIX: &[u8] = b"outbox.";
-/// The single tree of telemetryd before chunks: its readings are moved into chunks at the
-/// first open.
+/// The single tree of telemetryd before chunks, served until it is empty.
 pub(super) const LEGACY_TREE: &[u8] = b"outbox";
 /// In the `meta` tree: the floor (a big-endian `u64`).
 const FLOOR_KEY: &[u8] = b"acked_below";
-/// Keys moved per batch when a legacy tree is converted.
-const MOVE_BATCH: usize = 10_000;
 
 /// The chunk trees and the floor. Shared by every clone of the store; each call takes the lock
 /// for its own duration (the outbox already serialises the calls that change the queue).
@@ -47,6 +49,23 @@ struct State {
     floor: u64,
     /// Open chunk trees by chunk number, the oldest first.
     chunks: BTreeMap<u64, sled::Tree>,
+    /// A tree from before chunks that still holds readings, and the key after its last: every
+    /// key below that is in it, every key above in the chunks.
+    legacy: Option<(sled::Tree, u64)>,
+}
+
+impl State {
+    /// The tree that holds `key`, if any.
+    fn tree_of(&self, key: u64) -> Option<&sled::Tree> {
+        match &self.legacy {
+            Some((tree, end)) if key < *end => Some(tree),
+            _ => self.chunks.get(&chunk_of(key)),
+        }
+    }
+
+    fn legacy_end(&self) -> u64 {
+        self.legacy.as_ref().map_or(0, |(_, end)| *end)
+    }
 }
 
 fn chunk_of(key: u64) -> u64 {
@@ -101,13 +120,9 @@ fn read_floor(meta: &sled::Tree) -> anyhow::Result<u64> {
 }
 
 impl Queue {
-    /// Opens the chunk trees of `db`, converting a legacy single-tree store first, and drops
+    /// Opens the chunk trees of `db` and a legacy single tree if it holds readings, and drops
     /// the chunks a crash left below the floor.
-    pub(super) fn open(
-        db: &sled::Db,
-        meta: &sled::Tree,
-        quarantine: &sled::Tree,
-    ) -> anyhow::Result<Queue> {
+    pub(super) fn open(db: &sled::Db, meta: &sled::Tree) -> anyhow::Result<Queue> {
         let floor = read_floor(meta)?;
         let mut chunks = BTreeMap::new();
         for name in db.tree_names() {
@@ -115,45 +130,36 @@ impl Queue {
                 chunks.insert(chunk, db.open_tree(&name)?);
             }
         }
+        let mut legacy = None;
+        if db.tree_names().iter().any(|n| n.as_ref() == LEGACY_TREE) {
+            let tree = db.open_tree(LEGACY_TREE)?;
+            if tree.is_empty() {
+                drop(tree);
+                db.drop_tree(LEGACY_TREE)?;
+            } else {
+                // After the last of its keys that is one of ours (one that is not is quarantined
+                // when read); only keys that are not ours: all of it is read.
+                let mut last = None;
+                for kv in tree.iter().rev() {
+                    if let Ok(key) = key_of(&kv?.0) {
+                        last = Some(key);
+                        break;
+                    }
+                }
+                legacy = Some((tree, last.map_or(u64::MAX, |k| k.saturating_add(1))));
+            }
+        }
         let queue = Queue {
             db: db.clone(),
             meta: meta.clone(),
-            state: Mutex::new(State { floor, chunks }),
+            state: Mutex::new(State {
+                floor,
+                chunks,
+                legacy,
+            }),
         };
-        if db.tree_names().iter().any(|n| n.as_ref() == LEGACY_TREE) {
-            queue.convert_legacy(quarantine)?;
-        }
         queue.drop_below_floor(&mut queue.state.lock())?;
         Ok(queue)
-    }
-
-    /// Moves a legacy store's readings into chunk trees, then drops its tree. A crash midway
-    /// leaves the legacy tree, and the next open moves the same keys again (same values). A key
-    /// that is not one of ours goes to `quarantine`, as reading it would have done, and the
-    /// count saved at close, which counted it, is forgotten.
-    fn convert_legacy(&self, quarantine: &sled::Tree) -> anyhow::Result<()> {
-        let legacy = self.db.open_tree(LEGACY_TREE)?;
-        let mut moved = Vec::new();
-        for kv in legacy.iter() {
-            let (k, v) = kv?;
-            match key_of(&k) {
-                Ok(key) => moved.push((key, v)),
-                Err(_) => {
-                    quarantine.insert(k, v)?;
-                    self.meta.remove(COUNT_KEY)?;
-                }
-            }
-            if moved.len() == MOVE_BATCH {
-                self.insert(std::mem::take(&mut moved))?;
-                crate::service::still_starting();
-            }
-        }
-        if !moved.is_empty() {
-            self.insert(moved)?;
-        }
-        drop(legacy);
-        self.db.drop_tree(LEGACY_TREE)?;
-        Ok(())
     }
 
     /// Writes `entries` (ascending keys): one insert for one entry, else one atomic batch per
@@ -174,6 +180,23 @@ impl Queue {
             );
             state.floor = lowest;
             self.meta.insert(FLOOR_KEY, &lowest.to_be_bytes())?;
+        }
+        // Keys of the legacy tree's range go there (cannot happen either: every new key is
+        // above it), so that they are where reads look for them.
+        let legacy_end = state.legacy_end();
+        let entries = match &state.legacy {
+            Some((tree, _)) if entries.first().is_some_and(|(k, _)| *k < legacy_end) => {
+                let (old, new): (Vec<_>, Vec<_>) =
+                    entries.into_iter().partition(|(k, _)| *k < legacy_end);
+                for (key, value) in old {
+                    tree.insert(key.to_be_bytes(), value)?;
+                }
+                new
+            }
+            _ => entries,
+        };
+        if entries.is_empty() {
+            return Ok(());
         }
         if entries.len() == 1 {
             let (key, value) = entries.into_iter().next().expect("one entry");
@@ -212,7 +235,7 @@ impl Queue {
         if key < state.floor {
             return Ok(None);
         }
-        match state.chunks.get(&chunk_of(key)) {
+        match state.tree_of(key) {
             Some(tree) => Ok(tree.get(key.to_be_bytes())?),
             None => Ok(None),
         }
@@ -225,7 +248,7 @@ impl Queue {
         if key < state.floor {
             return Ok(None);
         }
-        match state.chunks.get(&chunk_of(key)) {
+        match state.tree_of(key) {
             Some(tree) => Ok(tree.remove(key.to_be_bytes())?),
             None => Ok(None),
         }
@@ -241,6 +264,26 @@ impl Queue {
         mut f: impl FnMut(&sled::Tree, IVec, IVec) -> anyhow::Result<bool>,
     ) -> anyhow::Result<()> {
         let mut from = start;
+        let legacy = {
+            let state = self.state.lock();
+            from = from.max(state.floor);
+            state.legacy.clone()
+        };
+        if let Some((tree, legacy_end)) = legacy {
+            let hi = end.min(legacy_end);
+            if from < hi {
+                for kv in tree.range(from.to_be_bytes()..hi.to_be_bytes()) {
+                    let (k, v) = kv?;
+                    if !f(&tree, k, v)? {
+                        return Ok(());
+                    }
+                }
+            }
+            if hi == end {
+                return Ok(());
+            }
+            from = from.max(legacy_end);
+        }
         loop {
             let next = {
                 let state = self.state.lock();
@@ -296,7 +339,10 @@ impl Queue {
                 return Ok((key >= state.floor).then_some(key));
             }
         }
-        Ok(None)
+        match &state.legacy {
+            Some((_, end)) if *end != u64::MAX && *end > state.floor => Ok(Some(end - 1)),
+            _ => Ok(None),
+        }
     }
 
     /// How many entries there are: one pass over the keys, `tick` every 100,000.
@@ -328,10 +374,10 @@ impl Queue {
         let Some(&highest) = acked.last() else {
             return Ok(present);
         };
-        let (floor, newest) = {
+        let (floor, newest, legacy_end) = {
             let state = self.state.lock();
             let newest = state.chunks.last_key_value().map(|(&c, _)| c);
-            (state.floor, newest.unwrap_or(0))
+            (state.floor, newest.unwrap_or(0), state.legacy_end())
         };
         // The front: the entries from the floor on while each is acknowledged. The scan stops
         // at the first one that is not (still in flight), so it reads at most the batch and one.
@@ -348,7 +394,7 @@ impl Queue {
             }
             if next < acked.len() && acked[next] == key {
                 present.push(key);
-                if chunk_of(key) == newest {
+                if key < legacy_end || chunk_of(key) == newest {
                     removed.push((tree.clone(), k));
                 } else {
                     left_below = true;
@@ -375,6 +421,9 @@ impl Queue {
         if left_below || chunk_of(new_floor) > chunk_of(floor) {
             self.raise_floor(new_floor)?;
         }
+        if present.first().is_some_and(|&k| k < legacy_end) {
+            self.drop_legacy_if_empty()?;
+        }
         Ok(present)
     }
 
@@ -399,7 +448,29 @@ impl Queue {
 
     /// Drops the chunk trees wholly below the floor, after the floor itself was written (sled
     /// recovers a prefix of its log, so a crash in between leaves the floor and some trees).
+    /// Drops the legacy tree once it holds nothing (its last readings acknowledged).
+    fn drop_legacy_if_empty(&self) -> anyhow::Result<()> {
+        let mut state = self.state.lock();
+        if state
+            .legacy
+            .as_ref()
+            .is_some_and(|(tree, _)| tree.is_empty())
+        {
+            state.legacy = None;
+            self.db.drop_tree(LEGACY_TREE)?;
+        }
+        Ok(())
+    }
+
     fn drop_below_floor(&self, state: &mut State) -> anyhow::Result<()> {
+        if state
+            .legacy
+            .as_ref()
+            .is_some_and(|(_, end)| *end <= state.floor)
+        {
+            state.legacy = None;
+            self.db.drop_tree(LEGACY_TREE)?;
+        }
         while let Some((&chunk, _)) = state.chunks.first_key_value() {
             if chunk_keys(chunk).end > state.floor {
                 break;

@@ -61,11 +61,21 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_store_holds_what_a_map_would(ops in prop::collection::vec(op(), 1..40), page in 1usize..20) {
+    fn the_store_holds_what_a_map_would(
+        ops in prop::collection::vec(op(), 1..40),
+        page in 1usize..20,
+        legacy in prop::option::of(1u64..40),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("buf");
-        let mut opened = store::open(&path).unwrap();
         let mut model: BTreeMap<u64, Record> = BTreeMap::new();
+        if let Some(n) = legacy {
+            // A store an older telemetryd left (one tree, and a key that is not ours).
+            let old: Vec<Entry> = (0..n).map(|i| (900_000 + 3 * i, record(i))).collect();
+            Store::write_legacy(&path, &old, 1_000_000);
+            model.extend(old);
+        }
+        let mut opened = store::open(&path).unwrap();
         let mut next = 1_000_000u64;
         for op in ops {
             let store = opened.store.clone();
@@ -161,10 +171,11 @@ fn acknowledged_chunks_are_dropped_whole() {
     assert_eq!(rest, batch[150..]);
 }
 
-/// A store an older telemetryd wrote (one tree) is carried into chunks at the first open,
-/// every reading kept, a key that is not one of ours quarantined.
+/// A store an older telemetryd wrote (one tree) is served where it is: every reading kept and
+/// in order before new ones, a key that is not one of ours quarantined, and the old tree
+/// dropped once its readings are acknowledged.
 #[test]
-fn a_store_from_before_chunks_is_converted() {
+fn a_store_from_before_chunks_is_served_then_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buf");
     let batch: Vec<Entry> = (0..100u64)
@@ -172,14 +183,30 @@ fn a_store_from_before_chunks_is_converted() {
         .collect();
     Store::write_legacy(&path, &batch, 5_000_300);
     let opened = store::open(&path).unwrap();
+    // The key that is not ours counts until a read moves it to quarantine, as before chunks.
     assert_eq!(
         (opened.stored, opened.last, opened.saved_seq),
-        (100, 5_000_297, 5_000_300)
+        (101, 5_000_297, 5_000_300)
     );
     assert_eq!(read_all(&opened.store, 7), batch);
     assert_eq!(opened.store.quarantined().unwrap(), 1);
+    let newer: Vec<Entry> = (0..40u64).map(|k| (5_000_300 + k, record(k))).collect();
+    opened.store.write(&newer, 5_000_340, false).unwrap();
     drop(opened);
     let opened = store::open(&path).unwrap();
-    assert_eq!(opened.stored, 100);
-    assert_eq!(read_all(&opened.store, 100), batch);
+    assert_eq!(opened.stored, 140);
+    assert_eq!(
+        read_all(&opened.store, 100),
+        [batch.clone(), newer.clone()].concat()
+    );
+    let keys: Vec<u64> = batch.iter().map(|(k, _)| *k).collect();
+    for acked in keys.chunks(9) {
+        assert_eq!(opened.store.remove(acked).unwrap(), acked);
+    }
+    assert_eq!(read_all(&opened.store, 7), newer);
+    drop(opened);
+    assert!(!Store::has_legacy(&path), "the old tree is still there");
+    let opened = store::open(&path).unwrap();
+    assert_eq!(opened.stored, 40);
+    assert_eq!(read_all(&opened.store, 100), newer);
 }
