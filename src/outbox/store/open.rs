@@ -147,7 +147,7 @@ pub(in crate::outbox) fn open(path: &Path) -> anyhow::Result<Opened> {
     };
     let meta = db.open_tree(META_TREE)?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
-    let queue = Queue::open(&db, &meta)?;
+    let queue = Queue::open(&db, &meta, &quarantine)?;
     let log_file = File::options()
         .read(true)
         .open(path.join("db"))

@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use parking_lot::Mutex;
 use sled::IVec;
 
-use super::NEXT_SEQ_KEY;
 use super::record::key_of;
+use super::{COUNT_KEY, NEXT_SEQ_KEY};
 
 /// Keys per chunk tree: 4,096 (16 in unit tests, so that chunks turn over in small tests).
 /// A tree costs a root page and a name in sled's meta; dropping it frees its pages at once.
@@ -119,34 +119,90 @@ fn read_floor(meta: &sled::Tree) -> anyhow::Result<u64> {
     }
 }
 
+/// The legacy tree, made fit to serve in place, and the key after its last; `None` once it is
+/// empty (then dropped). One pass over it at each open while it holds readings (an upgrade's
+/// backlog being sent): keys that are not ours go to `quarantine` (and the count saved at
+/// close, which counted them, is forgotten), so that every key left is a reading below every
+/// chunk's. If a chunk holds a key below its last (an older telemetryd ran on this store after
+/// a newer one, and wrote there), the legacy readings are moved into chunks instead, one by one.
+fn open_legacy(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    quarantine: &sled::Tree,
+    floor: u64,
+) -> anyhow::Result<Option<(sled::Tree, u64)>> {
+    let tree = db.open_tree(LEGACY_TREE)?;
+    let mut last = None;
+    let mut bad = Vec::new();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        match key_of(&k) {
+            Ok(key) => last = Some(key),
+            Err(_) => bad.push((k, v)),
+        }
+    }
+    for (k, v) in bad.drain(..) {
+        tracing::error!(key = ?k.as_ref(), "moved an undecodable reading to the store's quarantine tree");
+        quarantine.insert(&k, v)?;
+        tree.remove(&k)?;
+        meta.remove(COUNT_KEY)?;
+    }
+    let end = match last {
+        Some(key) if key >= floor => key + 1,
+        _ => {
+            // Empty, or every key below the floor (acknowledged).
+            drop(tree);
+            db.drop_tree(LEGACY_TREE)?;
+            return Ok(None);
+        }
+    };
+    let mut mixed = false;
+    for name in db.tree_names() {
+        if let Some(c) = chunk_number(&name)
+            && chunk_keys(c).start < end
+        {
+            let t = db.open_tree(&name)?;
+            mixed |= t
+                .range(floor.to_be_bytes()..end.to_be_bytes())
+                .next()
+                .is_some();
+        }
+    }
+    if !mixed {
+        return Ok(Some((tree, end)));
+    }
+    tracing::warn!(
+        "the store holds readings of two layouts (an older telemetryd ran on it): moving the older ones into the newer"
+    );
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        let key = key_of(&k)?;
+        let chunk = db.open_tree(chunk_name(chunk_of(key)))?;
+        chunk.insert(&k, v)?;
+        crate::service::still_starting();
+    }
+    drop(tree);
+    db.drop_tree(LEGACY_TREE)?;
+    Ok(None)
+}
+
 impl Queue {
     /// Opens the chunk trees of `db` and a legacy single tree if it holds readings, and drops
     /// the chunks a crash left below the floor.
-    pub(super) fn open(db: &sled::Db, meta: &sled::Tree) -> anyhow::Result<Queue> {
+    pub(super) fn open(
+        db: &sled::Db,
+        meta: &sled::Tree,
+        quarantine: &sled::Tree,
+    ) -> anyhow::Result<Queue> {
         let floor = read_floor(meta)?;
+        let legacy = match db.tree_names().iter().any(|n| n.as_ref() == LEGACY_TREE) {
+            true => open_legacy(db, meta, quarantine, floor)?,
+            false => None,
+        };
         let mut chunks = BTreeMap::new();
         for name in db.tree_names() {
             if let Some(chunk) = chunk_number(&name) {
                 chunks.insert(chunk, db.open_tree(&name)?);
-            }
-        }
-        let mut legacy = None;
-        if db.tree_names().iter().any(|n| n.as_ref() == LEGACY_TREE) {
-            let tree = db.open_tree(LEGACY_TREE)?;
-            if tree.is_empty() {
-                drop(tree);
-                db.drop_tree(LEGACY_TREE)?;
-            } else {
-                // After the last of its keys that is one of ours (one that is not is quarantined
-                // when read); only keys that are not ours: all of it is read.
-                let mut last = None;
-                for kv in tree.iter().rev() {
-                    if let Ok(key) = key_of(&kv?.0) {
-                        last = Some(key);
-                        break;
-                    }
-                }
-                legacy = Some((tree, last.map_or(u64::MAX, |k| k.saturating_add(1))));
             }
         }
         let queue = Queue {
@@ -340,8 +396,14 @@ impl Queue {
             }
         }
         match &state.legacy {
-            Some((_, end)) if *end != u64::MAX && *end > state.floor => Ok(Some(end - 1)),
-            _ => Ok(None),
+            Some((tree, _)) => match tree.last()? {
+                Some((k, _)) => {
+                    let key = key_of(&k)?;
+                    Ok((key >= state.floor).then_some(key))
+                }
+                None => Ok(None),
+            },
+            None => Ok(None),
         }
     }
 

@@ -5,6 +5,7 @@ mod model;
 mod quarantine;
 mod queue;
 mod queue_damage;
+mod queue_legacy;
 mod recovery;
 mod reopen;
 mod tiers;
