@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::record;
+use super::{read_all, record};
 use crate::outbox::backend::Backend;
 use crate::outbox::store::{self, Store};
 use crate::outbox::{Entry, Record};
@@ -34,20 +34,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1usize..20).prop_map(Op::Pop),
         1 => any::<bool>().prop_map(Op::Reopen),
     ]
-}
-
-/// Everything the store holds, read in pages of `page`.
-fn read_all(store: &Store, page: usize) -> Vec<Entry> {
-    let mut all: Vec<Entry> = Vec::new();
-    loop {
-        let start = all.last().map_or(0, |(k, _)| k + 1);
-        let mut out = Vec::new();
-        store.read(start, u64::MAX, page, &mut out).unwrap();
-        if out.is_empty() {
-            return all;
-        }
-        all.extend(out);
-    }
 }
 
 fn check(store: &Store, model: &BTreeMap<u64, Record>, page: usize) -> Result<(), TestCaseError> {

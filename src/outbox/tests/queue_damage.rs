@@ -3,25 +3,11 @@
 //! and a front that never gets acknowledged. None may lose or hide a reading.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use super::record;
+use super::{raw, record};
 use crate::outbox::backend::Backend;
 use crate::outbox::store::{self, Store};
 use crate::outbox::{Entry, Outbox};
-
-/// sled itself on `path`, once the store's own handle has let go of its lock.
-fn raw(path: &Path) -> sled::Db {
-    let give_up = Instant::now() + Duration::from_secs(5);
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e) if Instant::now() > give_up => panic!("{e}"),
-            // A retry pause while sled's threads let go of the lock, not a synchronisation.
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
 
 /// The name of the chunk tree of `key` with the unit tests' 16 keys per chunk.
 fn chunk_tree(key: u64) -> String {

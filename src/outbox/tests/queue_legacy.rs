@@ -2,41 +2,11 @@
 //! older telemetryd wrote to it after a newer one (found by review).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use super::record;
+use super::{keys, raw, read_all, record};
 use crate::outbox::Entry;
 use crate::outbox::backend::Backend;
 use crate::outbox::store::{self, Store};
-
-fn raw(path: &Path) -> sled::Db {
-    let give_up = Instant::now() + Duration::from_secs(5);
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e) if Instant::now() > give_up => panic!("{e}"),
-            // A retry pause while sled's threads let go of the lock, not a synchronisation.
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-fn read_all(store: &Store, page: usize) -> Vec<Entry> {
-    let mut all: Vec<Entry> = Vec::new();
-    loop {
-        let start = all.last().map_or(0, |(k, _)| k + 1);
-        let mut out = Vec::new();
-        store.read(start, u64::MAX, page, &mut out).unwrap();
-        if out.is_empty() {
-            return all;
-        }
-        all.extend(out);
-    }
-}
-
-fn keys(e: &[Entry]) -> Vec<u64> {
-    e.iter().map(|(k, _)| *k).collect()
-}
 
 /// A wrong-length key sorting before the first reading of a legacy tree: quarantined at open,
 /// not taken for damage.
@@ -82,23 +52,26 @@ fn readings_of_both_layouts_are_all_served_in_order() {
     );
 }
 
+/// An older telemetryd's store of 10 readings (100..110) with a key that is not ours after the
+/// last and one among them ([`Store::write_legacy`]).
+fn old_store_with_a_bad_last_key(path: &Path) -> Vec<Entry> {
+    let old: Vec<Entry> = (0..10u64).map(|i| (100 + i, record(i))).collect();
+    Store::write_legacy(path, &old, 110);
+    let db = raw(path);
+    let legacy = db.open_tree("outbox").unwrap();
+    legacy.insert(b"bad", b"junk".as_slice()).unwrap();
+    db.flush().unwrap();
+    old
+}
+
 /// A key that is not ours after the last reading is quarantined, not dropped with the tree.
 #[test]
 fn a_bad_key_after_an_old_stores_last_is_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buf");
-    let old: Vec<Entry> = (0..10u64).map(|i| (100 + i, record(i))).collect();
-    Store::write_legacy(&path, &old, 110);
-    {
-        let db = raw(&path);
-        db.open_tree("outbox")
-            .unwrap()
-            .insert(b"bad", b"junk".as_slice())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    let old = old_store_with_a_bad_last_key(&path);
     let opened = store::open(&path).unwrap();
-    read_all(&opened.store, 100);
+    assert_eq!(read_all(&opened.store, 100), old);
     assert_eq!(opened.store.quarantined().unwrap(), 2);
 }
 
@@ -107,16 +80,7 @@ fn a_bad_key_after_an_old_stores_last_is_quarantined() {
 fn an_old_store_with_a_bad_key_is_not_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buf");
-    let old: Vec<Entry> = (0..10u64).map(|i| (100 + i, record(i))).collect();
-    Store::write_legacy(&path, &old, 110);
-    {
-        let db = raw(&path);
-        db.open_tree("outbox")
-            .unwrap()
-            .insert(b"bad", b"junk".as_slice())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    let old = old_store_with_a_bad_last_key(&path);
     let newer: Vec<Entry> = (110..114u64).map(|k| (k, record(k))).collect();
     {
         let opened = store::open(&path).unwrap();
