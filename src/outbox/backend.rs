@@ -24,8 +24,8 @@ pub trait Backend: Clone + Send + 'static {
     fn first(&self) -> anyhow::Result<Option<Entry>>;
     /// True if `key` holds exactly `record`.
     fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool>;
-    /// Takes acknowledged keys out; returns those that were there.
-    fn remove(&self, keys: &[u64]) -> anyhow::Result<Vec<u64>>;
+    /// True if the key was there.
+    fn remove(&self, key: u64) -> anyhow::Result<bool>;
     /// Moves the reading to quarantine; true if the key was there.
     fn quarantine(&self, key: u64) -> anyhow::Result<bool>;
     /// Drops the oldest entry; false if there was none.

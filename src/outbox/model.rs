@@ -154,18 +154,11 @@ impl Backend for Model {
         let disk = self.disk();
         Ok(!disk.corrupt.contains(&key) && disk.data.get(&key) == Some(record))
     }
-    fn remove(&self, keys: &[u64]) -> anyhow::Result<Vec<u64>> {
+    fn remove(&self, key: u64) -> anyhow::Result<bool> {
         let mut disk = self.disk();
-        let mut present = Vec::new();
-        // Key by key, so that a fault can come part-way through a batch, as in sled.
-        for &key in keys {
-            disk.hit(Fault::Remove)?;
-            disk.corrupt.remove(&key);
-            if disk.data.remove(&key).is_some() {
-                present.push(key);
-            }
-        }
-        Ok(present)
+        disk.hit(Fault::Remove)?;
+        disk.corrupt.remove(&key);
+        Ok(disk.data.remove(&key).is_some())
     }
     fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
         let mut disk = self.disk();

@@ -167,36 +167,11 @@ impl<B: Backend> Outbox<B> {
 
     /// Forgets acknowledged readings, unless `generation` (when they were read) is stale.
     pub fn remove(&self, keys: &[u64], generation: u64) {
-        let mut inner = self.lock();
-        if generation != self.generation() {
+        if self.take(keys, generation, true, B::remove).is_none() {
             debug!(
                 count = keys.len(),
                 "acks from before the store was reopened: those readings will be sent again"
             );
-            return;
-        }
-        let mut in_store = Vec::with_capacity(keys.len());
-        for &key in keys {
-            match inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
-                Ok(i) => drop(inner.memory.remove(i)),
-                Err(_) => in_store.push(key),
-            }
-        }
-        let Some(store) = inner.store.clone() else {
-            return;
-        };
-        if in_store.is_empty() {
-            return;
-        }
-        // One call for the batch: at the queue's front it is one write, not one per key.
-        match store.remove(&in_store) {
-            Ok(present) => {
-                inner.stored -= present.len() as u64;
-                for key in present {
-                    inner.recent.forget(key);
-                }
-            }
-            Err(e) => self.fail_store(&mut inner, &e),
         }
     }
 
@@ -205,16 +180,37 @@ impl<B: Backend> Outbox<B> {
     /// memory tier (the store cannot be written) stay where they are and are sent again later.
     /// Returns how many were moved.
     pub fn quarantine(&self, keys: &[u64], generation: u64) -> u64 {
+        self.take(keys, generation, false, B::quarantine)
+            .unwrap_or(0)
+    }
+
+    /// Takes `keys` out of the queue with `op` on the store (true: the key was there), keeping
+    /// the count exact; with `from_memory`, keys in the memory tier are dropped from it too.
+    /// `None` when `generation` is stale (nothing done), else how many store keys `op` took.
+    fn take(
+        &self,
+        keys: &[u64],
+        generation: u64,
+        from_memory: bool,
+        op: impl Fn(&B, u64) -> anyhow::Result<bool>,
+    ) -> Option<u64> {
         let mut inner = self.lock();
         if generation != self.generation() {
-            return 0;
+            return None;
         }
-        let Some(store) = inner.store.clone() else {
-            return 0;
-        };
+        // One handle for the whole batch: cloning it per key (five reference counts up and
+        // down) was 1% of a backlog drain's instructions (BENCHMARKS.md).
+        let store = inner.store.clone();
         let mut taken = 0;
         for &key in keys {
-            match store.quarantine(key) {
+            if from_memory && let Ok(i) = inner.memory.binary_search_by_key(&key, |(k, _)| *k) {
+                inner.memory.remove(i);
+                continue;
+            }
+            let Some(store) = &store else {
+                continue;
+            };
+            match op(store, key) {
                 Ok(true) => {
                     inner.stored -= 1;
                     inner.recent.forget(key);
@@ -227,7 +223,7 @@ impl<B: Backend> Outbox<B> {
                 }
             }
         }
-        taken
+        Some(taken)
     }
 
     /// Drops up to `n` of the store's oldest readings (the store holds the oldest); returns

@@ -2,7 +2,6 @@
 
 mod mark;
 mod open;
-mod queue;
 mod record;
 mod recover;
 #[cfg(test)]
@@ -21,10 +20,9 @@ use super::{Entry, Record};
 use mark::Mark;
 pub(super) use open::open;
 use open::{aside_path, ends, for_writing, open_or_replace, sync_dir};
-use queue::Queue;
-use record::key_of;
 pub(super) use record::{decode, encode};
 
+const DATA_TREE: &[u8] = b"outbox";
 const META_TREE: &[u8] = b"meta";
 /// Records that could not be decoded, and readings an MQTT 5 broker refused for good (e.g. an
 /// ACL), kept for a person to look at instead of blocking the queue.
@@ -40,8 +38,7 @@ const COUNT_KEY: &[u8] = b"count_at_close";
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    /// The readings: chunk trees and the acknowledged-up-to floor ([`queue`]).
-    queue: Arc<Queue>,
+    data: sled::Tree,
     meta: sled::Tree,
     quarantine: sled::Tree,
     log_file: Arc<File>,
@@ -90,12 +87,10 @@ impl Store {
         guarded("iter", || Ok(self.quarantine.len()))
     }
 
-    /// For a read that meets an undecodable record: a plain remove, since it runs inside the
-    /// queue's scan, and an acknowledgement could drop the tree being read.
-    fn move_to_quarantine(&self, key: u64, v: sled::IVec) -> anyhow::Result<()> {
+    fn move_to_quarantine(&self, k: &[u8], v: sled::IVec) -> anyhow::Result<()> {
         // Copy first: a crash in between leaves a copy in both trees, never in neither.
-        self.quarantine.insert(key.to_be_bytes(), v)?;
-        self.queue.remove(key)?;
+        self.quarantine.insert(k, v)?;
+        self.data.remove(k)?;
         Ok(())
     }
 }
@@ -132,7 +127,7 @@ impl Backend for Store {
             let mut fresh = entries.len() as u64;
             if check_existing {
                 for (key, _) in entries {
-                    if self.queue.get(*key)?.is_some() {
+                    if self.data.contains_key(key.to_be_bytes())? {
                         fresh -= 1;
                     }
                 }
@@ -140,15 +135,24 @@ impl Backend for Store {
             // The counter first: the readings are then the last record(s) of the commit, so a
             // flush that fails part-way cannot have written them (sled recovers a log prefix).
             self.save_seq(next_seq)?;
-            // One reading (the usual case at low rates) is a plain insert: `apply_batch` writes
-            // a manifest and forces its own log buffer out, so a commit of one reading wrote two
-            // 4 KiB pages instead of one (SD wear, BENCHMARKS.md); one record is atomic anyway.
-            // Several: one atomic batch per chunk, so a failed flush leaves none of a chunk's
-            // part on disk.
-            let encoded = entries
-                .iter()
-                .map(|(key, record)| (*key, encode(record).into()));
-            self.queue.insert(encoded.collect())?;
+            match entries {
+                // One reading (the usual case at low rates): a plain insert. `apply_batch` writes
+                // a manifest and forces its own log buffer out, so a commit of one reading wrote
+                // two 4 KiB pages instead of one (SD wear, BENCHMARKS.md). One record is atomic
+                // anyway.
+                [(key, record)] => {
+                    self.data.insert(key.to_be_bytes(), encode(record))?;
+                }
+                // Several: one atomic batch, so a failed flush leaves none of them on disk (no
+                // copy that the memory tier would then not know about).
+                _ => {
+                    let mut batch = sled::Batch::default();
+                    for (key, record) in entries {
+                        batch.insert(&key.to_be_bytes(), encode(record));
+                    }
+                    self.data.apply_batch(batch)?;
+                }
+            }
             Ok(fresh)
         })
     }
@@ -157,7 +161,7 @@ impl Backend for Store {
     /// written afterwards (a clean close).
     fn save_count(&self, stored: u64, next_seq: u64) -> anyhow::Result<()> {
         guarded("insert", || {
-            let (first, last) = ends(&self.queue)?;
+            let (first, last) = ends(&self.data)?;
             let mut v = Vec::with_capacity(32);
             for n in [stored, first, last, next_seq] {
                 v.extend_from_slice(&n.to_be_bytes());
@@ -183,27 +187,20 @@ impl Backend for Store {
         }
         guarded("iter", || {
             let mut quarantined = 0;
-            self.queue.scan(start, end, |tree, k, v| {
+            for item in self.data.range(start.to_be_bytes()..end.to_be_bytes()) {
                 if out.len() >= max {
-                    return Ok(false);
+                    break;
                 }
+                let (k, v) = item?;
                 match decode(&k, &v) {
                     Ok(entry) => out.push(entry),
                     Err(e) => {
-                        match key_of(&k) {
-                            Ok(key) => self.move_to_quarantine(key, v)?,
-                            // Not even a key of ours (a damaged store): by its raw bytes.
-                            Err(_) => {
-                                self.quarantine.insert(&k, v)?;
-                                Queue::remove_raw(tree, &k)?;
-                            }
-                        }
+                        self.move_to_quarantine(&k, v)?;
                         quarantined += 1;
                         error!(key = ?k.as_ref(), error = %e, "moved an undecodable reading to the store's quarantine tree");
                     }
                 }
-                Ok(out.len() < max)
-            })?;
+            }
             Ok(quarantined)
         })
     }
@@ -211,21 +208,18 @@ impl Backend for Store {
     /// The oldest reading, if any.
     fn first(&self) -> anyhow::Result<Option<Entry>> {
         guarded("iter", || {
-            self.queue.first()?.map(|(k, v)| decode(&k, &v)).transpose()
+            self.data.first()?.map(|(k, v)| decode(&k, &v)).transpose()
         })
     }
 
     /// Moves a reading to the quarantine tree; true if the key was there.
     fn quarantine(&self, key: u64) -> anyhow::Result<bool> {
         guarded("insert", || {
-            let Some(v) = self.queue.get(key)? else {
+            let k = key.to_be_bytes();
+            let Some(v) = self.data.get(k)? else {
                 return Ok(false);
             };
-            // Copy first: a crash in between leaves a copy in both trees, never in neither.
-            self.quarantine.insert(key.to_be_bytes(), v)?;
-            // Taken out as an acknowledgement is: at the front it lets the floor up, so a
-            // broker that refuses everything does not leave emptied trees behind for good.
-            self.queue.acknowledge(&[key])?;
+            self.move_to_quarantine(&k, v)?;
             Ok(true)
         })
     }
@@ -233,20 +227,21 @@ impl Backend for Store {
     /// True if `key` holds exactly `record`.
     fn holds(&self, key: u64, record: &Record) -> anyhow::Result<bool> {
         guarded("iter", || {
-            let stored = self.queue.get(key)?;
+            let stored = self.data.get(key.to_be_bytes())?;
             Ok(stored.is_some_and(|v| v.as_ref() == encode(record).as_slice()))
         })
     }
 
-    /// Acknowledged keys: those at the front raise the floor, one write for the batch
-    /// ([`queue`]). Returns the keys that were there.
-    fn remove(&self, keys: &[u64]) -> anyhow::Result<Vec<u64>> {
-        guarded("remove", || self.queue.acknowledge(keys))
+    /// True if the key was there.
+    fn remove(&self, key: u64) -> anyhow::Result<bool> {
+        guarded("remove", || {
+            Ok(self.data.remove(key.to_be_bytes())?.is_some())
+        })
     }
 
     /// Drops the oldest reading; false if there was none.
     fn pop_oldest(&self) -> anyhow::Result<bool> {
-        guarded("remove", || self.queue.pop_first())
+        guarded("remove", || Ok(self.data.pop_min()?.is_some()))
     }
 }
 
@@ -278,47 +273,8 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 impl Store {
     /// Overwrites a stored record with bytes that do not decode.
     pub fn corrupt(&self, key: u64) {
-        self.queue.insert(vec![(key, b"junk".into())]).unwrap();
-    }
-}
-
-#[cfg(test)]
-impl Store {
-    /// How many chunk trees the queue has open.
-    pub fn chunk_trees(&self) -> usize {
-        self.queue.chunk_count()
-    }
-
-    /// Puts `entries` into a tree of the layout before chunks, as an older telemetryd left it.
-    pub fn write_legacy(path: &std::path::Path, entries: &[Entry], next_seq: u64) {
-        let db = sled::open(path).unwrap();
-        let legacy = db.open_tree(queue::LEGACY_TREE).unwrap();
-        for (key, record) in entries {
-            legacy.insert(key.to_be_bytes(), encode(record)).unwrap();
-        }
-        // A key that is not one of ours, among the others: quarantined when read.
-        let mut bad = entries[entries.len() / 2].0.to_be_bytes().to_vec();
-        bad.push(0);
-        legacy.insert(bad, b"not a key".as_slice()).unwrap();
-        let meta = db.open_tree(META_TREE).unwrap();
-        meta.insert(NEXT_SEQ_KEY, &next_seq.to_be_bytes()).unwrap();
-        db.flush().unwrap();
-    }
-}
-
-/// [`for_writing`] without a mark, for tests that reopen a store by hand.
-#[cfg(test)]
-pub fn for_writing_test(opened: Opened) -> Opened {
-    for_writing(opened, None).unwrap()
-}
-
-#[cfg(test)]
-impl Store {
-    /// True if the store at `path` (not open) still has a tree from before chunks.
-    pub fn has_legacy(path: &std::path::Path) -> bool {
-        let db = sled::open(path).unwrap();
-        db.tree_names()
-            .iter()
-            .any(|n| n.as_ref() == queue::LEGACY_TREE)
+        self.data
+            .insert(key.to_be_bytes(), b"junk".as_slice())
+            .unwrap();
     }
 }

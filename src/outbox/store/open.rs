@@ -10,9 +10,8 @@ use anyhow::Context;
 use tracing::error;
 
 use super::mark::Mark;
-use super::queue::Queue;
 use super::record::key_of;
-use super::{COUNT_KEY, META_TREE, NEXT_SEQ_KEY, OpenError, Opened, QUARANTINE_TREE};
+use super::{COUNT_KEY, DATA_TREE, META_TREE, NEXT_SEQ_KEY, OpenError, Opened, QUARANTINE_TREE};
 use super::{Store, panic_message, recover};
 
 /// sled's page cache. Its default is 1 GiB; a Pi has far less, and the outbox is a queue
@@ -145,9 +144,9 @@ pub(in crate::outbox) fn open(path: &Path) -> anyhow::Result<Opened> {
             }
         }
     };
+    let data = db.open_tree(DATA_TREE)?;
     let meta = db.open_tree(META_TREE)?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
-    let queue = Queue::open(&db, &meta, &quarantine)?;
     let log_file = File::options()
         .read(true)
         .open(path.join("db"))
@@ -161,7 +160,7 @@ pub(in crate::outbox) fn open(path: &Path) -> anyhow::Result<Opened> {
             sync_dir(parent)?;
         }
     }
-    let (first, last) = ends(&queue)?;
+    let (first, last) = ends(&data)?;
     let saved_seq = match meta.get(NEXT_SEQ_KEY)? {
         Some(v) => key_of(&v)?,
         None => 1,
@@ -176,12 +175,22 @@ pub(in crate::outbox) fn open(path: &Path) -> anyhow::Result<Opened> {
     });
     let stored = match saved {
         Some(n) => n,
-        // Seconds on a big store on a Pi: systemd must not take it for a hang.
-        None => queue.count(crate::service::still_starting)?,
+        None => {
+            let mut n = 0u64;
+            for key in data.iter().keys() {
+                key?;
+                n += 1;
+                if n.is_multiple_of(100_000) {
+                    // Seconds on a big store on a Pi: systemd must not take it for a hang.
+                    crate::service::still_starting();
+                }
+            }
+            n
+        }
     };
     let store = Store {
         db,
-        queue: Arc::new(queue),
+        data,
         meta,
         quarantine,
         log_file: Arc::new(log_file),
@@ -197,10 +206,10 @@ pub(in crate::outbox) fn open(path: &Path) -> anyhow::Result<Opened> {
 }
 
 /// The first and last key, 0 when empty.
-pub(super) fn ends(queue: &Queue) -> anyhow::Result<(u64, u64)> {
-    let first = match queue.first()? {
-        Some((k, _)) => key_of(&k)?,
-        None => 0,
+pub(super) fn ends(data: &sled::Tree) -> anyhow::Result<(u64, u64)> {
+    let key = |kv: Option<(sled::IVec, sled::IVec)>| match kv {
+        Some((k, _)) => key_of(&k),
+        None => Ok(0),
     };
-    Ok((first, queue.last_key()?.unwrap_or(0)))
+    Ok((key(data.first()?)?, key(data.last()?)?))
 }

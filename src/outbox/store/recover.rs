@@ -21,7 +21,6 @@ use anyhow::Context;
 use tracing::{error, warn};
 
 use super::Backend;
-use super::key_of;
 use super::{Mark, OpenError, Opened, aside_path, for_writing, guarded, open, sync_dir};
 
 /// The copy being made.
@@ -92,39 +91,32 @@ fn copy_survivors(damaged: &Opened, stage: &Path, mark: u64) -> anyhow::Result<(
     }
     let new = open(stage)?;
     let old = &damaged.store;
-    let copied = guarded("iter", || {
-        let mut batch = Vec::new();
-        let mut copied = 0u64;
-        old.queue.all(|k, v| {
-            match key_of(&k) {
-                Ok(key) => {
-                    batch.push((key, v));
-                    copied += 1;
-                }
-                // Not one of ours: kept for a person to look at, as reading it would have done.
-                Err(_) => drop(new.store.quarantine.insert(k, v)?),
-            }
-            if batch.len() == 10_000 {
-                new.store.queue.insert(std::mem::take(&mut batch))?;
+    guarded("iter", || {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for kv in old.data.iter() {
+            let (k, v) = kv?;
+            batch.insert(k, v);
+            in_batch += 1;
+            if in_batch == 10_000 {
+                new.store.data.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
                 crate::service::still_starting();
                 step("copying")?;
             }
-            Ok(true)
-        })?;
-        if !batch.is_empty() {
-            new.store.queue.insert(batch)?;
         }
+        new.store.data.apply_batch(batch)?;
         for kv in old.quarantine.iter() {
             let (k, v) = kv?;
             new.store.quarantine.insert(k, v)?;
         }
-        Ok(copied)
+        Ok(())
     })?;
     // Sequence numbers go on above everything handed out before the damage. The count saves
     // counting the copy again when it is opened as the store.
     let saved_seq = mark.max(damaged.saved_seq);
     new.store.save_seq(saved_seq)?;
-    new.store.save_count(copied, saved_seq)?;
+    new.store.save_count(damaged.stored, saved_seq)?;
     new.store.sync(saved_seq)?;
     let (new_mark, _) = Mark::open(stage);
     if let Some(m) = &new_mark {

@@ -46,7 +46,7 @@ fn a_saved_count_is_ignored_once_the_store_changed() {
     drop(outbox);
     let opened = store::open(&path).unwrap();
     assert!(opened.from_close);
-    opened.store.remove(&k[..1]).unwrap();
+    opened.store.remove(k[0]).unwrap();
     opened.store.save_seq(opened.saved_seq + 10).unwrap();
     opened.store.sync(opened.saved_seq + 10).unwrap();
     drop(opened);
