@@ -5,6 +5,7 @@ mod model;
 mod quarantine;
 mod recovery;
 mod reopen;
+mod sparse;
 mod tiers;
 
 use super::{Entry, Outbox, Record};
