@@ -5,6 +5,7 @@
 //! printed for the record.
 
 mod nats;
+mod nats_health;
 
 use std::fs;
 use std::process::Command;
