@@ -14,6 +14,9 @@ mod error;
 mod events;
 mod options;
 
+#[cfg(test)]
+mod batch_tests;
+
 use rumqttc::v5 as r5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{MqttOptions, QoS, Request};
