@@ -48,3 +48,53 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.0 200").then(|| body.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::lagging_replica;
+
+    /// n1's report, shaped like nats-server 2.9's `/jsz?consumers=true`.
+    fn report(consumers: &str) -> serde_json::Value {
+        serde_json::from_str(&format!(
+            r#"{{"account_details": [{{"name": "$G", "stream_detail": [
+                {{"name": "$MQTT_msgs", "cluster": {{"leader": "n1", "replicas": [
+                    {{"name": "n0", "current": true}}, {{"name": "n2", "current": true}}]}},
+                  "consumer_detail": [{consumers}]}},
+                {{"name": "$MQTT_sess", "cluster": {{"leader": "n2", "replicas": [
+                    {{"name": "n0", "current": false}}, {{"name": "n1", "current": true}}]}}}}
+            ]}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn consumer(name: &str, leader: &str, n0_current: bool) -> String {
+        format!(
+            r#"{{"stream_name": "$MQTT_msgs", "name": "{name}", "cluster": {{"leader": "{leader}",
+                "replicas": [{{"name": "n0", "current": {n0_current}}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_replica_behind_its_leader_is_named_and_retained_message_consumers_are_not() {
+        // $MQTT_sess is led by n2: n2's report speaks for it, not n1's.
+        assert_eq!(lagging_replica(&report(""), "n1", "n0"), None);
+        let behind = report(&consumer("sub_x", "n1", false));
+        assert_eq!(
+            lagging_replica(&behind, "n1", "n0").as_deref(),
+            Some("its replica of sub_x is behind leader n1")
+        );
+        let rmsgs = report(&consumer("$MQTT_rmsgs_6DVFpukC", "n1", false));
+        assert_eq!(lagging_replica(&rmsgs, "n1", "n0"), None);
+        // The node asked about leads it: nothing to wait for.
+        assert_eq!(lagging_replica(&behind, "n1", "n1"), None);
+    }
+
+    #[test]
+    fn an_asset_without_a_leader_is_not_ready() {
+        let leaderless = report(&consumer("sub_y", "", true));
+        assert_eq!(
+            lagging_replica(&leaderless, "n1", "n0").as_deref(),
+            Some("sub_y has no leader")
+        );
+    }
+}
